@@ -1,0 +1,168 @@
+"""``edgepipe``: one console script, a subcommand per stage.
+
+The CLI turns arguments into a config and calls one library function; library
+code never prints, parses arguments or exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DEMO_RUN = "runs/demo"
+
+
+def _common(p: argparse.ArgumentParser, needs_task: bool = False) -> None:
+    p.add_argument("--run-dir", required=True, type=Path, help="the run folder (created by train)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. train.epochs=5",
+    )
+    if needs_task:
+        p.add_argument("--task", default=None, help="classification | detection | segmentation")
+        p.add_argument("--config", type=Path, default=None, help="YAML config (optional; defaults per task)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="edgepipe", description="Train, prune, quantize, export and measure edge vision models."
+    )
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True)
+    _common(sub.add_parser("train", help="train the float model"), needs_task=True)
+    _common(sub.add_parser("prune", help="magnitude-prune and fine-tune the float model"))
+    _common(sub.add_parser("qat", help="quantization-aware training (prune-preserving for the pruned model)"))
+    p = sub.add_parser("export", help="write TFLite variants, labels and sidecars")
+    _common(p)
+    p.add_argument("--variants", default=None, help="comma list, e.g. float32,int8,qat_int8 (default: export.variants)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: exports/<run-name>)")
+    _common(sub.add_parser("evaluate", help="measure every exported variant on LiteRT"))
+    p = sub.add_parser("all", help="train → prune → qat → export → evaluate")
+    _common(p, needs_task=True)
+    p = sub.add_parser("demo", help="the whole chain on the built-in synthetic set, small settings")
+    p.add_argument("--run-dir", type=Path, default=Path(DEMO_RUN))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--task", default="classification")
+    p = sub.add_parser("config", help="print the resolved config, or the reference of all keys")
+    p.add_argument("--task", default="classification")
+    p.add_argument("--config", type=Path, default=None)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--reference", action="store_true", help="print every key as a Markdown table")
+    return ap
+
+
+def _resolve_for_train(args):
+    from pipeline import config
+    from pipeline.rundir import RunDir
+
+    run = RunDir(args.run_dir)
+    if args.config is None and args.task is None and run.config_path.is_file():
+        return run, run.load_config(args.overrides)  # rerun of train in an existing run
+    return run, config.load(args.config, args.overrides, task=args.task)
+
+
+def run_stage(name: str, run, cfg, args=None):
+    """Call one stage's library function."""
+    from pipeline import evaluate, export, optimize, train
+
+    if name == "train":
+        return train.train(run, cfg)
+    if name == "prune":
+        return optimize.prune(run, cfg)
+    if name == "qat":
+        return optimize.qat(run, cfg)
+    if name == "export":
+        variants = args.variants.split(",") if args is not None and getattr(args, "variants", None) else None
+        return export.export(run, cfg, variants, getattr(args, "out", None))
+    if name == "evaluate":
+        return evaluate.evaluate(run, cfg)
+    raise ValueError(f"Unknown stage {name!r}")
+
+
+CHAIN = ("train", "prune", "qat", "export", "evaluate")
+
+DEMO_SETTINGS = [
+    "data.synthetic_samples=2000",
+    "model.input_size=64",
+    "model.width=0.5",
+    "train.epochs=10",
+    "train.batch_size=32",
+    "train.learning_rate=0.01",
+    "prune.epochs=2",
+    "qat.epochs=2",
+    "evaluate.latency_runs=30",
+]
+
+
+def _dispatch(args) -> int:
+    from pipeline import config
+    from pipeline.rundir import RunDir
+
+    if args.command == "config":
+        if args.reference:
+            print(config.reference())
+        else:
+            print(config.dump(config.load(args.config, args.overrides, task=args.task)), end="")
+        return 0
+    if args.command in ("train", "all", "demo"):
+        if args.command == "demo":
+            run = RunDir(args.run_dir)
+            cfg = config.load(None, [*DEMO_SETTINGS, *args.overrides], task=args.task)
+        else:
+            run, cfg = _resolve_for_train(args)
+        stages = ("train",) if args.command == "train" else CHAIN
+    else:
+        run = RunDir(args.run_dir)
+        cfg = run.load_config(args.overrides)
+        stages = (args.command,)
+    result = None
+    for name in stages:
+        logging.getLogger("edgepipe").info("=== %s ===", name)
+        result = run_stage(name, run, cfg, args)
+    if stages[-1] == "evaluate":
+        print((run.path / "report.md").read_text())
+    elif stages[-1] == "export":
+        for name, path in result.items():
+            print(f"{name}\t{path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    from pipeline.config import ConfigError
+    from pipeline.data.classification import DataError
+    from pipeline.data.images import ImageError
+    from pipeline.rundir import StageInputError
+
+    expected = (ConfigError, DataError, ImageError, StageInputError, FileNotFoundError)
+    try:
+        from pipeline.runtime.tflite_model import ModelFileError
+
+        expected += (ModelFileError,)
+        return _dispatch(args)
+    except expected as e:
+        print(f"edgepipe {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"edgepipe {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+def stage_main(stage: str) -> None:
+    """``python -m pipeline.<stage> ARGS`` is ``edgepipe <stage> ARGS``."""
+    sys.exit(main([stage, *sys.argv[1:]]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""Typed, frozen configuration: YAML → validated dataclasses.
+
+A config is locked (big_vision's ``lock_config``): an unknown key, a value of the
+wrong type or a value out of range is a :class:`ConfigError` that names the key and
+the value, raised before any work starts. Each task supplies its own defaults and
+its own data formats; the user's file and ``--set key=value`` overrides go on top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+TASKS = ("classification", "detection", "segmentation")
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and value."""
+
+
+def _range(lo: float | None = None, hi: float | None = None, **kw: Any) -> dict:
+    return {"range": (lo, hi), **kw}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are split and augmented."""
+
+    format: str = "synthetic"
+    path: str = ""
+    val_split: float = field(default=0.2, metadata=_range(0.0, 0.9))
+    seed: int = 0
+    class_names: tuple[str, ...] = ()
+    synthetic_samples: int = field(default=1200, metadata=_range(8, None))
+    synthetic_classes: int = field(default=4, metadata=_range(2, 8))
+    augment: bool = True
+    cache: bool = True
+    shuffle_buffer: int = field(default=2048, metadata=_range(1, None))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture knobs shared by every task's model."""
+
+    name: str = "mobilenet_v2_lite"
+    input_size: int = field(default=64, metadata=_range(16, 1024))
+    channels: Literal[1, 3] = 3
+    width: float = field(default=1.0, metadata=_range(0.125, 4.0))
+    depth: float = field(default=1.0, metadata=_range(0.25, 4.0))
+    stem_stride: Literal[1, 2] = 2
+    dropout: float = field(default=0.1, metadata=_range(0.0, 0.9))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Float training: schedule, callbacks and hardware switches."""
+
+    epochs: int = field(default=10, metadata=_range(1, 10_000))
+    batch_size: int = field(default=64, metadata=_range(1, 65_536))
+    learning_rate: float = field(default=3e-3, metadata=_range(0.0, 10.0, open_lo=True))
+    warmup_epochs: float = field(default=1.0, metadata=_range(0.0, None))
+    weight_decay: float = field(default=1e-4, metadata=_range(0.0, 1.0))
+    early_stopping_patience: int = field(default=0, metadata=_range(0, None))
+    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    xla: Literal["auto", "on", "off"] = "auto"
+    seed: int = 0
+    steps_per_epoch: int = field(default=0, metadata=_range(0, None))
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Magnitude pruning with a polynomial schedule, then strip."""
+
+    target_sparsity: float = field(default=0.5, metadata=_range(0.0, 0.99))
+    epochs: int = field(default=2, metadata=_range(1, 10_000))
+    learning_rate: float = field(default=5e-4, metadata=_range(0.0, 10.0, open_lo=True))
+    structured_2_4: bool = False
+    schedule_end: float = field(default=0.7, metadata=_range(0.05, 1.0))
+    min_params: int = field(default=512, metadata=_range(0, None))
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """Quantization-aware fine-tuning (prune-preserving when a pruned model exists)."""
+
+    epochs: int = field(default=2, metadata=_range(1, 10_000))
+    learning_rate: float = field(default=2e-4, metadata=_range(0.0, 10.0, open_lo=True))
+    sources: tuple[Literal["float", "pruned"], ...] = ("float", "pruned")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Which TFLite variants to write, and how int8 is calibrated."""
+
+    variants: tuple[str, ...] = ("auto",)
+    dir: str = "exports"
+    representative_samples: int = field(default=200, metadata=_range(1, 100_000))
+    int8_io: Literal["uint8", "int8"] = "uint8"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """How each exported variant is measured on the LiteRT runtime."""
+
+    threads: int = field(default=2, metadata=_range(1, 64))
+    latency_threads: tuple[int, ...] = (1, 2)
+    latency_runs: int = field(default=50, metadata=_range(1, 100_000))
+    warmup_runs: int = field(default=5, metadata=_range(0, 10_000))
+    max_samples: int = field(default=0, metadata=_range(0, None))
+    batch_size: int = field(default=32, metadata=_range(1, 4096))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, resolved configuration of one run."""
+
+    task: Literal["classification", "detection", "segmentation"] = "classification"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    prune: PruneConfig = PruneConfig()
+    qat: QATConfig = QATConfig()
+    export: ExportConfig = ExportConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (tuples as lists) for YAML/JSON."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# === Validation ===
+
+
+def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it in canonical form."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if isinstance(value, bool) and "on" in choices:
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a bool
+        if value not in choices or type(value) is not type(choices[0]):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, item_tp, {}) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+    lo, hi = meta.get("range", (None, None))
+    if lo is not None and (value < lo or (meta.get("open_lo") and value == lo)):
+        raise ConfigError(f"{key}: {value!r} is below the minimum {lo}{' (exclusive)' if meta.get('open_lo') else ''}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{key}: {value!r} is above the maximum {hi}")
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown key '{where}{unknown[0]}' (value {raw[unknown[0]]!r}); "
+            f"valid keys under {prefix or 'the top level'}: {sorted(fields)}"
+        )
+    kwargs = {}
+    for name, value in raw.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key)
+        else:
+            kwargs[name] = _coerce(key, value, tp, dict(fields[name].metadata))
+    return cls(**kwargs)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(item: str) -> dict:
+    """Turn ``a.b=value`` into ``{"a": {"b": value}}``, the value parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; an empty file is an empty mapping."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def load(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    task: str | None = None,
+    base: dict | None = None,
+) -> Config:
+    """Resolve a config: task defaults ← ``base`` ← YAML file ← ``--set`` overrides.
+
+    Raises:
+        ConfigError: for unknown keys, wrong types, out-of-range values or a data
+            format the task does not read.
+    """
+    raw = dict(base or {})
+    if path is not None:
+        raw = _merge(raw, read_yaml(path))
+    for item in overrides:
+        raw = _merge(raw, parse_override(item))
+    chosen = task or raw.get("task") or "classification"
+    if raw.get("task") not in (None, chosen):
+        raise ConfigError(f"task: the config says {raw['task']!r} but --task is {chosen!r}")
+    if chosen not in TASKS:
+        raise ConfigError(f"task: {chosen!r} is not one of {list(TASKS)}")
+    from pipeline.tasks import get_task
+
+    spec = get_task(chosen)
+    raw = _merge(_merge({}, spec.default_config), raw)
+    raw["task"] = chosen
+    cfg = _build(Config, raw, "")
+    if cfg.data.format not in spec.data_formats:
+        raise ConfigError(
+            f"data.format: {cfg.data.format!r} is not a {chosen} format; expected one of {list(spec.data_formats)}"
+        )
+    if cfg.data.format != "synthetic" and not cfg.data.path:
+        raise ConfigError(f"data.path: required when data.format is {cfg.data.format!r}")
+    from pipeline.export import check_variant_names
+
+    check_variant_names(cfg.export.variants)
+    return cfg
+
+
+def dump(cfg: Config) -> str:
+    """The resolved config as YAML text."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def reference() -> str:
+    """A Markdown table of every key, its type and default, generated from the classes."""
+    rows = ["| key | type | default | range |", "| --- | --- | --- | --- |"]
+    for section in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[section.name]
+        if not dataclasses.is_dataclass(cls):
+            rows.append(f"| `{section.name}` | {_type_name(cls)} | `{section.default}` | |")
+            continue
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            lo, hi = f.metadata.get("range", (None, None))
+            rng = (
+                "" if lo is None and hi is None else f"{lo if lo is not None else ''} … {hi if hi is not None else ''}"
+            )
+            rows.append(f"| `{section.name}.{f.name}` | {_type_name(hints[f.name])} | `{_plain(f.default)}` | {rng} |")
+    return "\n".join(rows)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " \\| ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))

@@ -1,0 +1,135 @@
+"""Image decoding and the one preprocessing function shared by every stage.
+
+Training (inside tf.data), evaluation on LiteRT, export calibration and the video
+runner all call :func:`prepare` and :func:`normalize`, so a model never sees pixels
+prepared two different ways.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+# Models take RGB in [0, 1]: (pixel - MEAN) / STD. With these values a uint8 input
+# tensor quantized with scale 1/255 and zero point 0 is the raw pixel itself, which
+# is what a phone camera hands over.
+MEAN = 0.0
+STD = 255.0
+
+
+class ImageError(ValueError):
+    """An image file cannot be read or decoded."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model expects as input; stored in every export's sidecar."""
+
+    size: int
+    channels: int = 3
+    resize: Literal["stretch", "letterbox"] = "stretch"
+    mean: float = MEAN
+    std: float = STD
+
+    def to_dict(self) -> dict:
+        return {
+            "size": [self.size, self.size],
+            "layout": "NHWC",
+            "channels": self.channels,
+            "color_space": "RGB" if self.channels == 3 else "GRAYSCALE",
+            "resize": self.resize,
+            "normalization": {"mean": [self.mean] * self.channels, "std": [self.std] * self.channels},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputSpec:
+        return cls(
+            size=int(d["size"][0]),
+            channels=int(d["channels"]),
+            resize=d.get("resize", "stretch"),
+            mean=float(d["normalization"]["mean"][0]),
+            std=float(d["normalization"]["std"][0]),
+        )
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to an RGB (or RGBA / grayscale) uint8 array.
+
+    Raises:
+        ImageError: naming the file, when it is missing, empty or not decodable.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise ImageError(f"{path}: cannot read image ({e.strerror})") from e
+    if data.size == 0:
+        raise ImageError(f"{path}: empty file")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageError(f"{path}: not a decodable image (corrupt or unsupported format)")
+    return to_rgb(img, bgr=True)
+
+
+def to_rgb(img: np.ndarray, bgr: bool = False) -> np.ndarray:
+    """Any frame (gray, BGR/RGB, BGRA/RGBA, uint16, float) → 3-channel RGB uint8."""
+    if img.dtype != np.uint8:
+        if np.issubdtype(img.dtype, np.floating):
+            img = np.clip(img * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        else:
+            img = (img >> 8).astype(np.uint8) if img.dtype == np.uint16 else np.clip(img, 0, 255).astype(np.uint8)
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        return cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if bgr else img
+
+
+def prepare(img: np.ndarray, spec: InputSpec, bgr: bool = False) -> np.ndarray:
+    """Resize (stretch or letterbox) and set the channel count: → (S, S, C) uint8.
+
+    Accepts gray, RGB(A) or BGR(A) frames of any size; ``bgr`` says the frame came
+    from OpenCV.
+    """
+    rgb = to_rgb(img, bgr=bgr)
+    h, w = rgb.shape[:2]
+    s = spec.size
+    if (h, w) != (s, s):
+        interp = cv2.INTER_AREA if h > s or w > s else cv2.INTER_LINEAR
+        if spec.resize == "letterbox":
+            scale = s / max(h, w)
+            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+            canvas = np.full((s, s, 3), 114, np.uint8)
+            top, left = (s - nh) // 2, (s - nw) // 2
+            canvas[top : top + nh, left : left + nw] = cv2.resize(rgb, (nw, nh), interpolation=interp)
+            rgb = canvas
+        else:
+            rgb = cv2.resize(rgb, (s, s), interpolation=interp)
+    if spec.channels == 1:
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None]
+    return rgb
+
+
+def normalize(x, spec: InputSpec):
+    """uint8 pixels → the float the model was trained on. Works on numpy and tf."""
+    if isinstance(x, np.ndarray):
+        x = x.astype(np.float32)
+    else:  # a tf.Tensor inside tf.data; tf is already imported by then.
+        import tensorflow as tf
+
+        x = tf.cast(x, tf.float32)
+    return (x - spec.mean) / spec.std
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted for determinism."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

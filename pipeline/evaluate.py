@@ -1,0 +1,174 @@
+"""Evaluate every exported variant on the LiteRT runtime → report.json / report.md.
+
+Accuracy, agreement with the Keras float model, file and gzip size, weight
+sparsity, latency percentiles (XNNPACK, configurable threads) and the ops XNNPACK
+did not take, for each ``.tflite`` file, side by side in one run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import Config
+from pipeline.data.images import normalize
+from pipeline.rundir import RunDir, StageInputError, write_json, write_text
+from pipeline.runtime.tflite_model import TFLiteModel, undelegated_ops
+from pipeline.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+
+def _stack(outputs: list[list[np.ndarray]]) -> list[np.ndarray]:
+    return [np.concatenate(parts) for parts in zip(*outputs)]
+
+
+def machine() -> str:
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def evaluate(run: RunDir, cfg: Config) -> dict:
+    """Measure every variant listed in ``RUN/exports.json``; write the reports."""
+    from pipeline.train import input_spec, rebuild
+
+    exports = run.path / "exports.json"
+    if not exports.is_file():
+        raise StageInputError(f"{exports} is missing: run `edgepipe export --run-dir {run.path}` first")
+    listed = json.loads(exports.read_text())["variants"]
+    task = get_task(cfg.task)
+    spec = input_spec(cfg)
+    ev = cfg.evaluate
+    with run.stage("evaluate", inputs=[Path(p) for p in listed.values()] + [run.weights("float")]) as entry:
+        data = task.load_data(cfg)
+        class_names = task.class_names(data)
+        batches = list(task.eval_batches(data, cfg, spec, ev.batch_size, ev.max_samples))
+        if not batches:
+            raise StageInputError("the validation split is empty: nothing to evaluate")
+        images = [x for x, _ in batches]
+        targets = [t for _, t in batches]
+        keras_model = rebuild(cfg, len(class_names), run.require("float"))
+        ref = _stack(
+            [[np.asarray(o) for o in _as_list(keras_model.predict_on_batch(normalize(x, spec)))] for x in images]
+        )
+        keras_scores = task.score(ref, targets, class_names)
+        report = {
+            "task": cfg.task,
+            "metric": task.metric,
+            "keras_float": keras_scores[task.metric],
+            "variants": {},
+            "run": run.name,
+            "samples": int(sum(len(x) for x in images)),
+            "threads": ev.threads,
+            "machine": machine(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "keras_float_details": keras_scores,
+        }
+        for name, path in listed.items():
+            report["variants"][name] = _measure(Path(path), spec, task, images, targets, class_names, ref, ev)
+            log.info(
+                "%s: %s=%.4f p50=%.3f ms",
+                name,
+                task.metric,
+                report["variants"][name]["metric"],
+                report["variants"][name]["latency_ms_p50"],
+            )
+        write_json(run.path / "report.json", report)
+        write_text(run.path / "report.md", render_markdown(report))
+        entry["outputs"] += [run.path / "report.json", run.path / "report.md"]
+        entry["results"] = {
+            n: {task.metric: v["metric"], "p50_ms": v["latency_ms_p50"]} for n, v in report["variants"].items()
+        }
+    return report
+
+
+def _as_list(y) -> list:
+    return list(y) if isinstance(y, (list, tuple)) else [y]
+
+
+def _measure(path: Path, spec, task, images, targets, class_names, ref, ev) -> dict:
+    if not path.is_file():
+        raise StageInputError(f"{path} is missing: run `edgepipe export` again")
+    from pipeline.export import read_sidecar
+
+    model = TFLiteModel(path, spec, threads=ev.threads)
+    outputs = _stack([model(x) for x in images])
+    scores = task.score(outputs, targets, class_names)
+    blob = path.read_bytes()
+    lat = {}
+    for t in sorted({ev.threads, *ev.latency_threads}):
+        m = model if t == ev.threads else TFLiteModel(path, spec, threads=t)
+        times = m.latency_ms(images[0][0], runs=ev.latency_runs, warmup=ev.warmup_runs)
+        lat[str(t)] = {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
+    sidecar = read_sidecar(path)
+    return {
+        "path": str(path),
+        "size_bytes": len(blob),
+        "gzip_bytes": len(gzip.compress(blob, 9)),
+        "sparsity": float(sidecar.get("sparsity", 0.0)),
+        "metric": float(scores[task.metric]),
+        "latency_ms_p50": lat[str(ev.threads)]["p50"],
+        "latency_ms_p90": lat[str(ev.threads)]["p90"],
+        "agreement": task.agreement(outputs, ref),
+        "latency_by_threads": lat,
+        "input_dtype": str(np.dtype(model.input["dtype"])),
+        "undelegated_ops": undelegated_ops(model.interpreter),
+        "details": {k: v for k, v in scores.items() if k != task.metric},
+    }
+
+
+def render_markdown(report: dict) -> str:
+    """The variant table as Markdown, with the machine and date it was measured on."""
+    threads = sorted({int(t) for v in report["variants"].values() for t in v["latency_by_threads"]})
+    head = ["variant", report["metric"], "Δ vs Keras", "agreement", "size KB", "gzip KB", "sparsity"]
+    head += [f"p50 ms ({t}T)" for t in threads] + [f"p90 ms ({report['threads']}T)", "not on XNNPACK"]
+    lines = [
+        f"# {report['task']} report: {report['run']}",
+        "",
+        f"Keras float {report['metric']}: **{report['keras_float']:.4f}** on {report['samples']} validation samples.",
+        f"Measured with LiteRT + XNNPACK on {report['machine']}, {report['date']}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name, v in report["variants"].items():
+        ops = ", ".join(f"{k}×{n}" for k, n in v["undelegated_ops"].items()) or "–"
+        row = [
+            name,
+            f"{v['metric']:.4f}",
+            f"{(v['metric'] - report['keras_float']) * 100:+.2f} pt",
+            f"{v['agreement']:.4f}",
+            f"{v['size_bytes'] / 1024:.1f}",
+            f"{v['gzip_bytes'] / 1024:.1f}",
+            f"{v['sparsity']:.2f}",
+        ]
+        row += [
+            f"{v['latency_by_threads'][str(t)]['p50']:.3f}" if str(t) in v["latency_by_threads"] else ""
+            for t in threads
+        ]
+        row += [f"{v['latency_ms_p90']:.3f}", ops]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    from pipeline.cli import stage_main
+
+    stage_main("evaluate")

@@ -1,0 +1,161 @@
+"""Pruning and quantization-aware training with TFMOT.
+
+* ``prune``: magnitude pruning to ``prune.target_sparsity`` with a polynomial
+  schedule (or 2:4 structured sparsity), fine-tuning, then ``strip_pruning``.
+* ``qat``: QAT of the float model (``qat``), and prune-preserving QAT of the pruned
+  model (``pqat``) so that its zeros survive quantization.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline._keras import keras, layers, tfmot
+from pipeline.config import Config
+from pipeline.rundir import RunDir
+from pipeline.tasks import get_task
+from pipeline.train import input_spec, make_optimizer, rebuild, save_weights, steps_per_epoch, verbose
+
+log = logging.getLogger(__name__)
+
+PRUNABLE = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
+
+
+def _kernels(model: keras.Model) -> list:
+    # Conv, depthwise and dense kernels are the variables named ".../kernel:0" or
+    # ".../depthwise_kernel:0", whether or not a TFMOT wrapper sits around the layer.
+    return [v for v in model.weights if v.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel")]
+
+
+def kernel_sparsity(model: keras.Model) -> dict[str, float]:
+    """Fraction of exact zeros in each conv / dense kernel, by variable name."""
+    return {v.name.rsplit(":", 1)[0]: float((v.numpy() == 0).mean()) for v in _kernels(model)}
+
+
+def overall_sparsity(model: keras.Model) -> float:
+    """Zero fraction over all conv / dense kernels, weighted by size."""
+    ks = [v.numpy() for v in _kernels(model)]
+    return float(sum(int((k == 0).sum()) for k in ks) / max(1, sum(k.size for k in ks)))
+
+
+def _can_prune_2_4(layer) -> bool:
+    # 2:4 groups run along the input-channel axis of Conv2D/Dense kernels.
+    return (
+        isinstance(layer, (layers.Conv2D, layers.Dense))
+        and not isinstance(layer, layers.DepthwiseConv2D)
+        and (layer.kernel.shape[-2] % 4 == 0)
+    )
+
+
+def _finetune(model, cfg: Config, run: RunDir, data, epochs: int, lr: float, name: str, callbacks=()) -> dict:
+    task = get_task(cfg.task)
+    train_ds, val_ds = task.datasets(data, cfg, input_spec(cfg))
+    steps = steps_per_epoch(cfg, len(data.train))
+    model.compile(optimizer=make_optimizer(lr, steps * epochs, 0, 0.0), **task.compile_args(cfg))
+    model.fit(
+        train_ds.repeat() if cfg.train.steps_per_epoch else train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        steps_per_epoch=cfg.train.steps_per_epoch or None,
+        callbacks=[*callbacks, keras.callbacks.CSVLogger(str(run.path / f"{name}_log.csv"))],
+        verbose=verbose(),
+    )
+    return {k: float(v) for k, v in model.evaluate(val_ds, return_dict=True, verbose=0).items()}
+
+
+def prune(run: RunDir, cfg: Config) -> dict:
+    """Prune the float model to the target sparsity, fine-tune, strip, save ``pruned``."""
+    task = get_task(cfg.task)
+    src = run.require("float")
+    p = cfg.prune
+    keras.utils.set_random_seed(cfg.train.seed)
+    with run.stage("prune", inputs=[src, run.config_path]) as entry:
+        data = task.load_data(cfg)
+        model = rebuild(cfg, len(task.class_names(data)), src)
+        steps = steps_per_epoch(cfg, len(data.train))
+        end = max(1, int(steps * p.epochs * p.schedule_end))
+        schedule = tfmot.sparsity.keras.PolynomialDecay(
+            0.0, p.target_sparsity, begin_step=0, end_step=end, frequency=max(1, end // 20)
+        )
+
+        def wrap(layer):
+            if not isinstance(layer, PRUNABLE) or layer.count_params() < p.min_params:
+                return layer
+            if p.structured_2_4:
+                if not _can_prune_2_4(layer):
+                    return layer
+                return tfmot.sparsity.keras.prune_low_magnitude(layer, sparsity_m_by_n=(2, 4))
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+
+        pruned = keras.models.clone_model(model, clone_function=wrap)
+        _copy_weights(model, pruned)
+        results = _finetune(
+            pruned, cfg, run, data, p.epochs, p.learning_rate, "prune", [tfmot.sparsity.keras.UpdatePruningStep()]
+        )
+        stripped = tfmot.sparsity.keras.strip_pruning(pruned)
+        save_weights(stripped, run.weights("pruned"))
+        entry["outputs"].append(run.weights("pruned"))
+        results["sparsity"] = overall_sparsity(stripped)
+        results["layer_sparsity"] = kernel_sparsity(stripped)
+        entry["results"] = results
+    log.info(
+        "pruned model: sparsity %.3f, %s",
+        results["sparsity"],
+        {k: v for k, v in results.items() if k != "layer_sparsity"},
+    )
+    return results
+
+
+def _copy_weights(src: keras.Model, dst: keras.Model) -> None:
+    """Copy weights layer by layer into a model whose layers may be TFMOT-wrapped."""
+    for layer in dst.layers:
+        inner = getattr(layer, "layer", layer)
+        source = src.get_layer(inner.name)
+        inner.set_weights(source.get_weights())
+
+
+def quantize(model: keras.Model, prune_preserving: bool) -> keras.Model:
+    """Wrap ``model`` for QAT; with ``prune_preserving`` its zero weights stay zero."""
+    q = tfmot.quantization.keras
+    if not prune_preserving:
+        return q.quantize_model(model)
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.prune_preserve import (
+        default_8bit_prune_preserve_quantize_scheme as pp,
+    )
+
+    return q.quantize_apply(q.quantize_annotate_model(model), pp.Default8BitPrunePreserveQuantizeScheme())
+
+
+def build_qat(cfg: Config, num_classes: int, source: str, weights=None) -> keras.Model:
+    """The QAT model for ``source`` (``qat`` from float, ``pqat`` from pruned)."""
+    base = rebuild(cfg, num_classes)
+    model = quantize(base, prune_preserving=source == "pqat")
+    if weights is not None:
+        model.load_weights(str(weights))
+    return model
+
+
+def qat(run: RunDir, cfg: Config) -> dict:
+    """Quantization-aware fine-tuning of each configured source that exists."""
+    task = get_task(cfg.task)
+    jobs = []
+    if "float" in cfg.qat.sources:
+        jobs.append(("qat", run.require("float")))
+    if "pruned" in cfg.qat.sources and run.has("pruned"):
+        jobs.append(("pqat", run.weights("pruned")))
+    elif "pruned" in cfg.qat.sources:
+        log.info("no pruned model in %s: prune-preserving QAT skipped (run `edgepipe prune` to add it)", run.path)
+    out = {}
+    for name, src in jobs:
+        keras.utils.set_random_seed(cfg.train.seed)
+        with run.stage(f"qat:{name}", inputs=[src, run.config_path]) as entry:
+            data = task.load_data(cfg)
+            n = len(task.class_names(data))
+            model = quantize(rebuild(cfg, n, src), prune_preserving=name == "pqat")
+            results = _finetune(model, cfg, run, data, cfg.qat.epochs, cfg.qat.learning_rate, name)
+            save_weights(model, run.weights(name))
+            entry["outputs"].append(run.weights(name))
+            results["sparsity"] = overall_sparsity(model)
+            entry["results"] = out[name] = results
+        log.info("%s model: %s", name, results)
+    return out

@@ -1,0 +1,173 @@
+"""The run folder: resolved config, weights per stage, a manifest, atomic writes.
+
+Layout::
+
+    RUN/config.yaml            the resolved config (rewritten when a stage gets --set)
+    RUN/manifest.json          every stage that ran: when, inputs (sha256), outputs, seconds
+    RUN/models/<name>.h5          float | pruned | qat | pqat weights
+    RUN/checkpoints/           best weights and BackupAndRestore state while training
+    RUN/logs/                  TensorBoard; RUN/<stage>_log.csv the CSV logs
+    RUN/exports.json           where `export` put each variant
+    RUN/report.json, report.md from `evaluate`
+
+Every stage reads its inputs here, so each one can be rerun alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipeline import config as config_mod
+
+log = logging.getLogger(__name__)
+
+# Which stage produces each model, for "run X first" messages.
+PRODUCER = {"float": "train", "pruned": "prune", "qat": "qat", "pqat": "qat"}
+
+
+class StageInputError(RuntimeError):
+    """A stage's inputs are missing from the run folder; says which stage to run."""
+
+
+# === Atomic writes ===
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it into place atomically.
+
+    The temporary name keeps the suffix, so writers that dispatch on it (Keras'
+    ``.h5``) behave. On failure the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# === The run folder ===
+
+
+class RunDir:
+    """A run folder and the conventions for what lives in it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def weights(self, model: str) -> Path:
+        return self.path / "models" / f"{model}.h5"
+
+    def has(self, model: str) -> bool:
+        return self.weights(model).is_file()
+
+    def require(self, model: str) -> Path:
+        """The weights of ``model``, or an error naming the stage that makes them."""
+        p = self.weights(model)
+        if not p.is_file():
+            stage = PRODUCER[model]
+            raise StageInputError(f"{p} is missing: run `edgepipe {stage} --run-dir {self.path}` first")
+        return p
+
+    # --- config ---
+    def save_config(self, cfg: config_mod.Config) -> None:
+        write_text(self.config_path, config_mod.dump(cfg))
+
+    def load_config(self, overrides: list[str] | tuple[str, ...] = ()) -> config_mod.Config:
+        """The saved config with ``overrides`` applied (and saved back when given)."""
+        if not self.config_path.is_file():
+            raise StageInputError(
+                f"{self.config_path} is missing: run `edgepipe train --task ... --run-dir {self.path}` first"
+            )
+        raw = config_mod.read_yaml(self.config_path)
+        cfg = config_mod.load(None, overrides, task=raw.get("task"), base=raw)
+        if overrides:
+            self.save_config(cfg)
+        return cfg
+
+    # --- manifest ---
+    def manifest(self) -> dict:
+        if not self.manifest_path.is_file():
+            return {"run": self.name, "stages": []}
+        return json.loads(self.manifest_path.read_text())
+
+    @contextlib.contextmanager
+    def stage(self, name: str, inputs: list[Path] = ()) -> Iterator[dict]:
+        """Record a stage in the manifest: inputs with checksums, outputs, duration, status.
+
+        The body may append paths to ``entry["outputs"]`` and fill ``entry["results"]``.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        entry = {
+            "stage": name,
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "host": socket.gethostname(),
+            "inputs": {str(p): sha256(p) for p in inputs if Path(p).is_file()},
+            "outputs": [],
+            "results": {},
+            "status": "running",
+        }
+        t0 = time.perf_counter()
+        try:
+            yield entry
+            entry["status"] = "ok"
+        except BaseException as e:
+            entry["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+            entry["error"] = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            entry["seconds"] = round(time.perf_counter() - t0, 2)
+            entry["outputs"] = {str(p): sha256(p) for p in map(Path, entry["outputs"]) if p.is_file()}
+            m = self.manifest()
+            m["stages"].append(entry)
+            write_json(self.manifest_path, m)

@@ -1,0 +1,123 @@
+"""A ``.tflite`` model on the LiteRT interpreter: prepare → quantize → invoke → dequantize.
+
+Used by the evaluator, the exporter's checks and the video runner, so every one of
+them feeds a model the same way: the shared :func:`prepare`/:func:`normalize`, then
+the input tensor's own dtype and quantization parameters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.images import InputSpec, normalize
+
+
+class ModelFileError(ValueError):
+    """A file is not a loadable TFLite model."""
+
+
+def open_interpreter(model_path: str | Path | None = None, model_content: bytes | None = None, threads: int = 1):
+    """A LiteRT interpreter with XNNPACK, tensors allocated; clear error on a bad file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    where = str(model_path) if model_path is not None else "<in-memory model>"
+    if model_path is not None:
+        p = Path(model_path)
+        if not p.is_file():
+            raise ModelFileError(f"{p}: no such model file")
+        head = p.open("rb").read(8)
+        if len(head) < 8 or head[4:8] != b"TFL3":
+            raise ModelFileError(f"{p}: not a TFLite model (no TFL3 flatbuffer identifier)")
+    try:
+        it = Interpreter(
+            model_path=None if model_path is None else str(model_path), model_content=model_content, num_threads=threads
+        )
+        it.allocate_tensors()
+    except (ValueError, RuntimeError) as e:
+        raise ModelFileError(f"{where}: cannot load TFLite model (truncated or corrupt?): {e}") from e
+    return it
+
+
+def quantize_input(x: np.ndarray, detail: dict, spec: InputSpec) -> np.ndarray:
+    """uint8 pixels → the input tensor's dtype, via the model's own scale and zero point."""
+    dtype = np.dtype(detail["dtype"])
+    scale, zp = detail["quantization"]
+    f = normalize(x, spec)
+    if dtype == np.float32:
+        return f
+    info = np.iinfo(dtype)
+    return np.clip(np.round(f / scale + zp), info.min, info.max).astype(dtype)
+
+
+def dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zp = detail["quantization"]
+    if not scale or y.dtype == np.float32:
+        return y.astype(np.float32, copy=False)
+    return (y.astype(np.float32) - zp) * scale
+
+
+class TFLiteModel:
+    """One exported model: interpreter plus the input spec from its sidecar."""
+
+    def __init__(self, path: str | Path, spec: InputSpec, threads: int = 2) -> None:
+        self.path = Path(path)
+        self.spec = spec
+        self.threads = threads
+        self.interpreter = open_interpreter(self.path, threads=threads)
+        self.input = self.interpreter.get_input_details()[0]
+        self.outputs = self.interpreter.get_output_details()
+        self._batch = int(self.input["shape"][0])
+
+    def _resize(self, batch: int) -> None:
+        if batch != self._batch:
+            self.interpreter.resize_tensor_input(self.input["index"], [batch, *self.input["shape"][1:]])
+            self.interpreter.allocate_tensors()
+            self.input = self.interpreter.get_input_details()[0]
+            self.outputs = self.interpreter.get_output_details()
+            self._batch = batch
+
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+        """Prepared uint8 images (N,S,S,C) → dequantized float outputs, one array per output."""
+        self._resize(len(images))
+        self.interpreter.set_tensor(self.input["index"], quantize_input(images, self.input, self.spec))
+        self.interpreter.invoke()
+        return [dequantize(self.interpreter.get_tensor(d["index"]), d) for d in self.outputs]
+
+    def latency_ms(self, image: np.ndarray, runs: int = 50, warmup: int = 5) -> np.ndarray:
+        """Per-invoke wall times at batch 1, after warm-up (inference only)."""
+        self._resize(1)
+        self.interpreter.set_tensor(self.input["index"], quantize_input(image[None], self.input, self.spec))
+        for _ in range(warmup):
+            self.interpreter.invoke()
+        times = np.empty(runs)
+        for i in range(runs):
+            t0 = time.perf_counter()
+            self.interpreter.invoke()
+            times[i] = (time.perf_counter() - t0) * 1e3
+        return times
+
+
+def undelegated_ops(interpreter) -> dict[str, int]:
+    """Ops that still run on the builtin kernels rather than inside a DELEGATE node.
+
+    A delegate node's partition is found by walking back from its output tensors to
+    its input tensors; every op met on the way is delegated.
+    """
+    ops = interpreter._get_ops_details()
+    producer = {int(t): o for o in ops if o["op_name"] != "DELEGATE" for t in o["outputs"]}
+    delegated: set[int] = set()
+    for d in (o for o in ops if o["op_name"] == "DELEGATE"):
+        boundary = {int(t) for t in d["inputs"]}
+        stack = [int(t) for t in d["outputs"]]
+        while stack:
+            t = stack.pop()
+            o = producer.get(t)
+            if t in boundary or o is None or o["index"] in delegated:
+                continue
+            delegated.add(o["index"])
+            stack += [int(x) for x in o["inputs"] if x >= 0]
+    return dict(Counter(o["op_name"] for o in ops if o["op_name"] != "DELEGATE" and o["index"] not in delegated))

@@ -1,0 +1,177 @@
+"""Float training: strategy from the hardware, callbacks, resumable ``fit``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+
+from pipeline._keras import keras, tf
+from pipeline.config import Config
+from pipeline.data.images import InputSpec
+from pipeline.rundir import RunDir, atomic_path
+from pipeline.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+
+# === Hardware ===
+
+
+@dataclass(frozen=True)
+class Hardware:
+    strategy: tf.distribute.Strategy
+    gpus: int
+    mixed_precision: bool
+    xla: bool
+
+
+def select_strategy() -> tf.distribute.Strategy:
+    """MultiWorkerMirrored when TF_CONFIG names several workers, Mirrored on several
+    GPUs, else the default strategy (one GPU or the CPU)."""
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    if len(cluster.get("worker", [])) > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if len(tf.config.list_physical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def setup_hardware(cfg: Config) -> Hardware:
+    """Pick the strategy; mixed precision and XLA default on for GPUs, off on CPU."""
+    strategy = select_strategy()
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    mp = cfg.train.mixed_precision == "on" or (cfg.train.mixed_precision == "auto" and gpus > 0)
+    xla = cfg.train.xla == "on" or (cfg.train.xla == "auto" and gpus > 0)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mp else "float32")
+    log.info("strategy %s, %d GPU(s), mixed precision %s, XLA %s", type(strategy).__name__, gpus, mp, xla)
+    return Hardware(strategy, gpus, mp, xla)
+
+
+def input_spec(cfg: Config) -> InputSpec:
+    return InputSpec(size=cfg.model.input_size, channels=cfg.model.channels)
+
+
+# === Schedule ===
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up, then cosine decay to zero; per step, so a resumed run continues it."""
+
+    def __init__(self, peak: float, total_steps: int, warmup_steps: int) -> None:
+        self.peak, self.total, self.warmup = peak, max(1, total_steps), max(0, warmup_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * (step + 1) / max(1, self.warmup)
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        cos = 0.5 * self.peak * (1 + tf.cos(math.pi * tf.clip_by_value(progress, 0.0, 1.0)))
+        return tf.where(step < self.warmup, warm, cos)
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "total_steps": self.total, "warmup_steps": self.warmup}
+
+
+def steps_per_epoch(cfg: Config, n_train: int) -> int:
+    if cfg.train.steps_per_epoch:
+        return cfg.train.steps_per_epoch
+    return max(1, n_train // cfg.train.batch_size)
+
+
+def make_optimizer(lr: float, total_steps: int, warmup_steps: int, weight_decay: float):
+    schedule = WarmupCosine(lr, total_steps, warmup_steps) if total_steps > 1 else lr
+    return keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
+
+
+def verbose() -> int:
+    """Keras' live progress bar on a terminal, one line per epoch in logs and CI."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+# === Stage ===
+
+
+def train(run: RunDir, cfg: Config) -> dict:
+    """Train the float model; resumes from ``RUN/checkpoints/backup`` if a run was killed.
+
+    Returns:
+        Validation results of the best weights, also saved as ``models/float.h5``.
+    """
+    task = get_task(cfg.task)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.save_config(cfg)
+    keras.utils.set_random_seed(cfg.train.seed)
+    hw = setup_hardware(cfg)
+    spec = input_spec(cfg)
+    with run.stage("train") as entry:
+        data = task.load_data(cfg)
+        train_ds, val_ds = task.datasets(data, cfg, spec)
+        steps = steps_per_epoch(cfg, len(data.train))
+        total = steps * cfg.train.epochs
+        with hw.strategy.scope():
+            model = task.build_model(cfg, len(task.class_names(data)))
+            opt = make_optimizer(
+                cfg.train.learning_rate, total, int(steps * cfg.train.warmup_epochs), cfg.train.weight_decay
+            )
+            model.compile(optimizer=opt, jit_compile=hw.xla, **task.compile_args(cfg))
+        ckpt = run.path / "checkpoints"
+        best = ckpt / "best.h5"
+        callbacks = [
+            keras.callbacks.BackupAndRestore(str(ckpt / "backup")),
+            keras.callbacks.ModelCheckpoint(
+                str(best), monitor=task.monitor, mode=task.monitor_mode, save_best_only=True, save_weights_only=True
+            ),
+            keras.callbacks.CSVLogger(str(run.path / "train_log.csv"), append=True),
+            keras.callbacks.TensorBoard(str(run.path / "logs" / "train"), profile_batch=0),
+            keras.callbacks.TerminateOnNaN(),
+        ]
+        if cfg.train.early_stopping_patience:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    task.monitor, patience=cfg.train.early_stopping_patience, mode=task.monitor_mode
+                )
+            )
+        model.fit(
+            train_ds.repeat() if cfg.train.steps_per_epoch else train_ds,
+            validation_data=val_ds,
+            epochs=cfg.train.epochs,
+            steps_per_epoch=cfg.train.steps_per_epoch or None,
+            callbacks=callbacks,
+            verbose=verbose(),
+        )
+        # fit() returned: the run is complete, so the resume state is obsolete.
+        shutil.rmtree(ckpt / "backup", ignore_errors=True)
+        if best.is_file():
+            model.load_weights(str(best))
+        results = model.evaluate(val_ds, return_dict=True, verbose=0)
+        save_weights(model, run.weights("float"))
+        entry["outputs"].append(run.weights("float"))
+        entry["results"] = {k: float(v) for k, v in results.items()}
+        entry["results"]["hardware"] = {"gpus": hw.gpus, "mixed_precision": hw.mixed_precision, "xla": hw.xla}
+    log.info("float model: %s", entry["results"])
+    return entry["results"]
+
+
+def save_weights(model: keras.Model, path) -> None:
+    """Save weights atomically, so a killed stage never leaves a half-written file."""
+    with atomic_path(path) as tmp:
+        model.save_weights(str(tmp))
+
+
+def rebuild(cfg: Config, num_classes: int, weights=None) -> keras.Model:
+    """The task's model in float32 (whatever policy trained it), with ``weights`` loaded."""
+    keras.mixed_precision.set_global_policy("float32")
+    model = get_task(cfg.task).build_model(cfg, num_classes)
+    if weights is not None:
+        model.load_weights(str(weights))
+    return model
+
+
+if __name__ == "__main__":
+    from pipeline.cli import stage_main
+
+    stage_main("train")

@@ -1,0 +1,108 @@
+"""The console script: stage order errors, config errors before work, resume after a kill."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import TINY, edgepipe_cmd, subprocess_env
+
+
+def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(edgepipe_cmd(*args), capture_output=True, text=True, env=subprocess_env(), timeout=timeout)
+
+
+def test_each_stage_is_a_subcommand_and_a_module():
+    out = _run("--help")
+    for stage in ("train", "prune", "qat", "export", "evaluate", "all", "demo"):
+        assert stage in out.stdout
+    for module in (
+        "pipeline.train",
+        "pipeline.prune",
+        "pipeline.qat",
+        "pipeline.export",
+        "pipeline.evaluate",
+        "pipeline.all",
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", module, "--help"], capture_output=True, text=True, env=subprocess_env()
+        )
+        assert r.returncode == 0 and "--run-dir" in r.stdout, module
+
+
+@pytest.mark.parametrize(
+    "stage, first", [("prune", "train"), ("qat", "train"), ("export", "train"), ("evaluate", "train")]
+)
+def test_a_stage_without_its_inputs_says_which_stage_to_run_first(tmp_path, stage, first):
+    r = _run(stage, "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 2
+    assert f"edgepipe {first}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_stage_outputs_name_the_producing_stage(tmp_path):
+    from pipeline import config
+    from pipeline.rundir import RunDir, StageInputError
+
+    run = RunDir(tmp_path / "run")
+    run.save_config(config.load(None))
+    with pytest.raises(StageInputError, match="edgepipe train"):
+        run.require("float")
+    with pytest.raises(StageInputError, match="edgepipe prune"):
+        run.require("pruned")
+    from pipeline.export import resolve_variants
+
+    run.weights("float").parent.mkdir(parents=True)
+    run.weights("float").write_bytes(b"")
+    with pytest.raises(StageInputError, match="qat_int8.*edgepipe qat"):
+        resolve_variants(["float32", "qat_int8"], run)
+    assert "pruned_int8" not in resolve_variants(["auto"], run)
+
+
+def test_config_errors_are_reported_before_any_work(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  epochs: -3\n")
+    t0 = time.time()
+    r = _run("train", "--task", "classification", "--config", str(bad), "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 2 and "train.epochs" in r.stderr and "-3" in r.stderr
+    assert not (tmp_path / "run").exists()
+    r = _run("all", "--task", "classification", "--set", "model.widht=2", "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 2 and "model.widht" in r.stderr
+    assert time.time() - t0 < 120
+
+
+@pytest.mark.slow
+def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--task", "classification", "--run-dir", str(run)]
+    sets = [*TINY, "train.epochs=4", "data.synthetic_samples=600", "model.input_size=48"]
+    for s in sets:
+        args += ["--set", s]
+    proc = subprocess.Popen(
+        edgepipe_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=subprocess_env()
+    )
+    log = run / "train_log.csv"
+    deadline = time.time() + 240
+    # Kill as soon as the first epoch is logged and backed up: mid-run, for real.
+    while time.time() < deadline and proc.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 2 and (run / "checkpoints" / "backup").is_dir():
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "training ended before it could be killed"
+    assert not (run / "models" / "float.h5").exists()
+    epochs_before = [int(r["epoch"]) for r in csv.DictReader(log.open())]
+    assert epochs_before and epochs_before[-1] < 3
+
+    r = subprocess.run(edgepipe_cmd(*args), capture_output=True, text=True, env=subprocess_env(), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    epochs = [int(r["epoch"]) for r in csv.DictReader(log.open())]
+    resumed = epochs[len(epochs_before) :]
+    assert resumed and resumed[0] == epochs_before[-1] + 1, (epochs_before, resumed)
+    assert epochs[-1] == 3
+    assert (run / "models" / "float.h5").is_file()
+    assert not (run / "checkpoints" / "backup").exists()

@@ -1,0 +1,115 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pipeline import config
+from pipeline.config import ConfigError
+
+
+def test_no_config_gives_task_defaults():
+    cfg = config.load(None, task="classification")
+    assert cfg.task == "classification"
+    assert cfg.data.format == "synthetic"
+    assert cfg.export.variants == ("auto",)
+
+
+def test_empty_file_is_the_defaults(tmp_path: Path):
+    f = tmp_path / "empty.yaml"
+    f.write_text("")
+    assert config.load(f) == config.load(None)
+
+
+def test_yaml_and_overrides_apply_in_order(tmp_path: Path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  epochs: 7\n  batch_size: 8\nmodel:\n  input_size: 96\n")
+    cfg = config.load(f, ["train.epochs=3", "export.variants=float32,int8", "evaluate.latency_threads=[1,4]"])
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.model.input_size) == (3, 8, 96)
+    assert cfg.export.variants == ("float32", "int8")
+    assert cfg.evaluate.latency_threads == (1, 4)
+
+
+def test_config_is_frozen():
+    cfg = config.load(None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.epochs = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        (["train.epochz=3"], ["train.epochz", "3"]),
+        (["nope.x=1"], ["nope"]),
+        (["train.epochs=three"], ["train.epochs", "three"]),
+        (["train.epochs=2.5"], ["train.epochs", "2.5"]),
+        (["train.epochs=0"], ["train.epochs", "0"]),
+        (["data.val_split=1.5"], ["data.val_split", "1.5"]),
+        (["model.width=-1"], ["model.width", "-1"]),
+        (["model.channels=2"], ["model.channels", "2"]),
+        (["train.mixed_precision=maybe"], ["train.mixed_precision", "maybe"]),
+        (["data.augment=yes please"], ["data.augment", "yes please"]),
+        (["data.format=coco"], ["data.format", "coco"]),
+        (["data.format=folder"], ["data.path"]),
+        (["export.variants=float32,int4"], ["export.variants", "int4"]),
+        (["train.learning_rate=0"], ["train.learning_rate", "0"]),
+        (["train"], ["train", "key=value"]),
+    ],
+)
+def test_bad_values_name_the_key_and_value(override, words):
+    with pytest.raises(ConfigError) as e:
+        config.load(None, override)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_bad_yaml_names_the_file(tmp_path: Path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        config.load(f)
+    f.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        config.load(f)
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        config.load(tmp_path / "missing.yaml")
+
+
+def test_task_mismatch_between_file_and_flag(tmp_path: Path):
+    f = tmp_path / "c.yaml"
+    f.write_text("task: segmentation\n")
+    with pytest.raises(ConfigError, match="task"):
+        config.load(f, task="classification")
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path: Path):
+    cfg = config.load(None, ["train.epochs=4", "data.class_names=[a, b]"])
+    f = tmp_path / "resolved.yaml"
+    f.write_text(config.dump(cfg))
+    assert config.load(f) == cfg
+
+
+def test_reference_lists_every_key_users_rely_on():
+    ref = config.reference()
+    for key in [
+        "data.format",
+        "data.path",
+        "data.val_split",
+        "model.input_size",
+        "model.width",
+        "train.epochs",
+        "train.batch_size",
+        "train.learning_rate",
+        "prune.target_sparsity",
+        "prune.epochs",
+        "qat.epochs",
+        "export.variants",
+        "evaluate.threads",
+    ]:
+        assert f"`{key}`" in ref
+
+
+def test_example_configs_ship_and_load():
+    files = sorted((Path(config.__file__).parent / "configs").glob("*.yaml"))
+    assert files
+    for f in files:
+        config.load(f)

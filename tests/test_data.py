@@ -1,0 +1,211 @@
+"""Readers, preprocessing and the bad-input cases of the classification data."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.data import classification as cd
+from pipeline.data.classification import DataError
+from pipeline.data.images import ImageError, InputSpec, normalize, prepare, read_image
+from pipeline.data.synthetic import classification_set
+
+
+def _img(path: Path, value: int = 128, channels: int = 3, size=(20, 24)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.full((*size, channels), value, np.uint8) if channels > 1 else np.full(size, value, np.uint8)
+    assert cv2.imwrite(str(path), arr)
+    return path
+
+
+def _tree(root: Path, classes=("cat", "dog"), n=4, split: str | None = None) -> Path:
+    base = root / split if split else root
+    for c in classes:
+        for i in range(n):
+            _img(base / c / f"{i}.png", value=(40 * i) % 256)
+    return root
+
+
+# === Folder reader ===
+
+
+def test_folder_without_splits_is_split_by_ratio_and_seed(tmp_path):
+    _tree(tmp_path, n=10)
+    a = cd.read_folder(tmp_path, val_split=0.2, seed=1)
+    b = cd.read_folder(tmp_path, val_split=0.2, seed=1)
+    assert a.class_names == ("cat", "dog")
+    assert (len(a.train), len(a.val)) == (16, 4)
+    assert a.val.paths == b.val.paths
+    assert set(a.val.labels) == {0, 1}  # stratified
+    assert not set(a.train.paths) & set(a.val.paths)
+
+
+def test_folder_with_split_folders(tmp_path):
+    _tree(tmp_path, split="train")
+    _tree(tmp_path, n=2, split="val")
+    data = cd.read_folder(tmp_path, val_split=0.5, seed=0)
+    assert (len(data.train), len(data.val)) == (8, 4)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda r: _tree(r, classes=("only",)), "only one class"),
+        (lambda r: (_tree(r), (r / "empty").mkdir()), "empty class folder"),
+        (lambda r: _tree(r, split="train"), "no validation split"),
+        (lambda r: _img(r / "loose.png"), "no class folders"),
+        (lambda r: None, "no class folders"),
+    ],
+    ids=["single-class", "empty-class", "missing-split", "images-without-classes", "no-images"],
+)
+def test_folder_errors_name_the_folder(tmp_path, make, match):
+    root = tmp_path / "data"
+    root.mkdir()
+    make(root)
+    with pytest.raises(DataError, match=match) as e:
+        cd.read_folder(root, 0.2, 0)
+    assert str(root) in str(e.value)
+
+
+def test_missing_folder_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        cd.read_folder(tmp_path / "nope", 0.2, 0)
+
+
+def test_val_split_with_other_classes_is_an_error(tmp_path):
+    _tree(tmp_path, split="train")
+    _tree(tmp_path, classes=("cat", "cow"), split="val")
+    with pytest.raises(DataError, match="classes differ"):
+        cd.read_folder(tmp_path, 0.2, 0)
+
+
+# === Images and preprocessing ===
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_gray_rgb_and_rgba_files_all_prepare_to_the_model_shape(tmp_path, channels):
+    p = tmp_path / f"x{channels}.png"
+    arr = np.random.default_rng(0).integers(0, 255, (30, 40, channels) if channels > 1 else (30, 40), dtype=np.uint8)
+    cv2.imwrite(str(p), arr)
+    img = read_image(p)
+    assert img.shape == (30, 40, 3) and img.dtype == np.uint8
+    for spec in (InputSpec(16, 3), InputSpec(16, 1), InputSpec(16, 3, resize="letterbox")):
+        out = prepare(img, spec)
+        assert out.shape == (16, 16, spec.channels) and out.dtype == np.uint8
+
+
+def test_read_image_converts_bgr_to_rgb(tmp_path):
+    p = tmp_path / "red.png"
+    bgr = np.zeros((4, 4, 3), np.uint8)
+    bgr[..., 2] = 255  # red in OpenCV's BGR
+    cv2.imwrite(str(p), bgr)
+    assert read_image(p)[0, 0].tolist() == [255, 0, 0]
+
+
+def test_letterbox_keeps_aspect_ratio():
+    img = np.full((10, 40, 3), 200, np.uint8)
+    out = prepare(img, InputSpec(40, 3, resize="letterbox"))
+    assert (out[:10] == 114).all() and (out[-10:] == 114).all() and (out[20, :, 0] == 200).all()
+
+
+def test_corrupt_and_empty_files_raise_image_error_with_the_path(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    for p in (bad, empty, tmp_path / "missing.png"):
+        with pytest.raises(ImageError, match=p.name):
+            read_image(p)
+
+
+def test_normalize_is_the_same_in_numpy_and_tensorflow():
+    from pipeline._keras import tf
+
+    x = np.arange(0, 256, dtype=np.uint8).reshape(16, 16, 1)
+    spec = InputSpec(16, 1)
+    eager = normalize(x, spec)
+    graph = tf.data.Dataset.from_tensors(x).map(lambda t: normalize(t, spec)).get_single_element().numpy()
+    np.testing.assert_allclose(eager, graph, rtol=0, atol=1e-7)
+    assert eager.min() == 0.0 and eager.max() == 1.0
+
+
+def test_decoding_in_tf_data_equals_decoding_eagerly(tmp_path):
+    from pipeline.data.pipeline import raw_dataset
+
+    _tree(tmp_path, n=3)
+    data = cd.read_folder(tmp_path, 0.0, 0)
+    spec = InputSpec(12, 3)
+    in_graph = [x for x, _ in raw_dataset(data.train, spec).as_numpy_iterator()]
+    eager = [prepare(read_image(p), spec) for p in data.train.paths]
+    assert len(in_graph) == len(eager) == 6
+    for a, b in zip(in_graph, eager):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_corrupt_image_is_skipped_and_counted_not_fatal(tmp_path, caplog):
+    from pipeline.data.pipeline import SKIPPED, raw_dataset
+
+    _tree(tmp_path, n=3)
+    bad = tmp_path / "dog" / "broken.jpg"
+    bad.write_bytes(b"garbage")
+    data = cd.read_folder(tmp_path, 0.0, 0)
+    before = len(SKIPPED)
+    with caplog.at_level("WARNING"):
+        items = list(raw_dataset(data.train, InputSpec(12, 3)).as_numpy_iterator())
+    assert len(items) == 6  # 7 files, 1 skipped
+    assert len(SKIPPED) == before + 1
+    assert str(bad) in caplog.text
+
+
+# === IDX ===
+
+
+def _write_idx(path: Path, arr: np.ndarray, gz: bool, truncate: int = 0) -> None:
+    raw = b"\0\0\x08" + bytes([arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.astype(np.uint8).tobytes()
+    raw = raw[: len(raw) - truncate]
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_reader_reads_mnist_layout(tmp_path, gz):
+    rng = np.random.default_rng(0)
+    sfx = ".gz" if gz else ""
+    for prefix, n in (("train", 12), ("t10k", 5)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte{sfx}", rng.integers(0, 255, (n, 28, 28)), gz)
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte{sfx}", np.arange(n) % 3, gz)
+    data = cd.read_idx(tmp_path)
+    assert data.train.images.shape == (12, 28, 28, 1) and len(data.val) == 5
+    assert data.class_names == ("0", "1", "2")
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    assert cd.read_idx(tmp_path).class_names == ("a", "b", "c")
+
+
+def test_idx_truncated_or_missing_files_are_clear_errors(tmp_path):
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((4, 28, 28)), False, truncate=100)
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(4), False)
+    with pytest.raises(DataError, match="truncated"):
+        cd.read_idx(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"hello world!")
+    with pytest.raises(DataError, match="magic"):
+        cd.read_idx(tmp_path)
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((4, 28, 28)), False)
+    with pytest.raises(DataError, match="t10k-images"):
+        cd.read_idx(tmp_path)
+
+
+# === Synthetic ===
+
+
+def test_synthetic_set_is_deterministic_and_balanced():
+    a = classification_set(40, 4, size=32, seed=3)
+    b = classification_set(40, 4, size=32, seed=3)
+    c = classification_set(40, 4, size=32, seed=4)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], c[0])
+    assert np.bincount(a[1]).tolist() == [10, 10, 10, 10]
+    assert a[2] == ["circle", "square", "triangle", "cross"]

@@ -1,0 +1,96 @@
+"""Every registered backbone: builds, trains a step, prunes, quantizes; no Lambda layers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from pipeline._keras import keras, layers, tf
+from pipeline.models import BACKBONES
+from pipeline.train import WarmupCosine, select_strategy, setup_hardware
+
+ALLOWED = (
+    layers.InputLayer,
+    layers.Conv2D,
+    layers.DepthwiseConv2D,
+    layers.BatchNormalization,
+    layers.ReLU,
+    layers.Add,
+    layers.GlobalAveragePooling2D,
+    layers.Dropout,
+    layers.Dense,
+    layers.Activation,
+)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("channels, stem", [(3, 2), (1, 1)])
+def test_classifier_is_built_from_quantizable_layers_only(backbone, channels, stem):
+    from pipeline.optimize import quantize
+    from pipeline.tasks import get_task
+
+    cfg = tiny_config(f"model.name={backbone}", f"model.channels={channels}", f"model.stem_stride={stem}")
+    model = get_task("classification").build_model(cfg, 5)
+    assert model.output_shape == (None, 5)
+    assert all(isinstance(layer, ALLOWED) for layer in model.layers), [
+        type(x).__name__ for x in model.layers if not isinstance(x, ALLOWED)
+    ]
+    x = np.random.default_rng(0).random((2, 32, 32, channels), np.float32)
+    np.testing.assert_allclose(model(x).numpy().sum(-1), 1.0, rtol=1e-5)
+    q = quantize(model, prune_preserving=False)
+    assert q(x).shape == (2, 5)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    loss = model.train_on_batch(x, np.array([0, 4]))
+    assert np.isfinite(loss)
+
+
+def test_width_and_depth_scale_the_model():
+    from pipeline.tasks import get_task
+
+    task = get_task("classification")
+    small = task.build_model(tiny_config("model.width=0.25"), 3).count_params()
+    wide = task.build_model(tiny_config("model.width=1.0"), 3).count_params()
+    deep = task.build_model(tiny_config("model.width=0.25", "model.depth=2.0"), 3).count_params()
+    assert small < deep < wide or small < wide and small < deep
+
+
+def test_single_machine_strategy_and_cpu_switches(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert isinstance(select_strategy(), type(tf.distribute.get_strategy()))
+    hw = setup_hardware(tiny_config())
+    assert (hw.gpus, hw.mixed_precision, hw.xla) == (0, False, False)
+    assert keras.mixed_precision.global_policy().name == "float32"
+    hw = setup_hardware(tiny_config("train.mixed_precision=on"))
+    assert hw.mixed_precision and keras.mixed_precision.global_policy().name == "mixed_float16"
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_tf_config_with_several_workers_selects_multi_worker(monkeypatch):
+    """Only the choice is checked: creating the strategy would start a gRPC server."""
+    seen = []
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", lambda: seen.append(1) or "mwms")
+    cluster = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
+    assert select_strategy() == "mwms" and seen
+
+
+def test_mixed_precision_model_keeps_float32_scores():
+    from pipeline.tasks import get_task
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = get_task("classification").build_model(tiny_config(), 3)
+        assert model.output.dtype == tf.float32
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    s = WarmupCosine(1e-2, total_steps=100, warmup_steps=10)
+    lr = [float(s(i)) for i in (0, 9, 10, 55, 100)]
+    assert (
+        lr[0] < lr[1] <= 1e-2 and lr[2] == pytest.approx(1e-2) and lr[3] < lr[2] and lr[4] == pytest.approx(0, abs=1e-9)
+    )
