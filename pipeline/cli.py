@@ -88,12 +88,11 @@ def run_stage(name: str, run, cfg, args=None):
 CHAIN = ("train", "prune", "qat", "export", "evaluate")
 
 DEMO_SETTINGS = [
-    "data.synthetic_samples=2000",
+    "data.synthetic_samples=1600",
     "model.input_size=64",
     "model.width=0.5",
-    "train.epochs=10",
+    "train.epochs=6",
     "train.batch_size=32",
-    "train.learning_rate=0.01",
     "prune.epochs=2",
     "qat.epochs=2",
     "evaluate.latency_runs=30",

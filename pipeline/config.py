@@ -65,7 +65,7 @@ class TrainConfig:
     learning_rate: float = field(default=3e-3, metadata=_range(0.0, 10.0, open_lo=True))
     warmup_epochs: float = field(default=1.0, metadata=_range(0.0, None))
     weight_decay: float = field(default=1e-4, metadata=_range(0.0, 1.0))
-    early_stopping_patience: int = field(default=0, metadata=_range(0, None))
+    early_stopping_patience: int = field(default=5, metadata=_range(0, None))
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     xla: Literal["auto", "on", "off"] = "auto"
     seed: int = 0

@@ -15,18 +15,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Small enough for a 2-core CI box, large enough that the model learns something.
 TINY = [
-    "data.synthetic_samples=240",
+    "data.synthetic_samples=480",
     "data.synthetic_classes=3",
     "model.input_size=32",
     "model.width=0.25",
     "model.depth=0.5",
-    "train.epochs=3",
+    "train.epochs=4",
     "train.batch_size=16",
     "train.learning_rate=0.005",
     "prune.epochs=1",
     "prune.min_params=64",
     "qat.epochs=1",
-    "export.representative_samples=16",
+    "export.representative_samples=64",
     "evaluate.latency_runs=5",
     "evaluate.warmup_runs=1",
     "evaluate.latency_threads=[1]",

@@ -15,9 +15,11 @@ from pipeline.train import input_spec, rebuild
 
 pytestmark = pytest.mark.slow
 
-# Max |LiteRT - Keras| on softmax scores, per variant: float32 is the same maths,
-# float16 weights round at ~1e-3, int8 scores are quantized in steps of 1/256.
-TOLERANCE = {"float32": 1e-4, "float16": 2e-2, "dynamic": 5e-2, "int8": 0.15}
+# (max, mean) |LiteRT - Keras| on softmax scores, per preset: float32 is the same
+# maths; float16 weights round at ~1e-3; int8 scores come in steps of 1/256 after
+# every activation of a tiny, briefly trained model was quantized, so single
+# outliers are allowed there and the mean and the top-1 check below are the sharp ones.
+TOLERANCE = {"float32": (1e-4, 1e-5), "float16": (2e-2, 2e-3), "dynamic": (5e-2, 1e-2), "int8": (0.35, 0.05)}
 
 
 def _val_images(run, cfg, n=48):
@@ -86,9 +88,14 @@ def test_litert_output_matches_keras_within_tolerance(chain, variant):
     )
     expected = keras_model.predict_on_batch(normalize(x, input_spec(cfg)))
     got = TFLiteModel(results["export"][variant], input_spec(cfg), threads=1)(x)[0]
-    tol = TOLERANCE[v.preset]
-    assert np.abs(got - expected).max() <= tol
-    assert (got.argmax(-1) == expected.argmax(-1)).mean() >= (1.0 if v.preset == "float32" else 0.9)
+    tol, mean_tol = TOLERANCE[v.preset]
+    diff = np.abs(got - expected)
+    assert diff.max() <= tol and diff.mean() <= mean_tol, (diff.max(), diff.mean())
+    # Where Keras is clear about its top-1 (margin above the tolerance), LiteRT agrees.
+    top2 = np.sort(expected, -1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > tol
+    assert clear.mean() > 0.3, "the tiny model is too unsure for this check to mean anything"
+    assert (got.argmax(-1) == expected.argmax(-1))[clear].mean() >= 0.98
 
 
 def test_report_json_has_the_documented_shape(chain):
@@ -126,7 +133,8 @@ def test_report_json_has_the_documented_shape(chain):
 def test_the_tiny_model_learned_something(chain):
     run, cfg, results = chain
     report = json.loads((run.path / "report.json").read_text())
-    assert report["keras_float"] > 1 / 3 + 0.1  # three classes: chance is 1/3
+    assert report["keras_float"] > 0.6  # three classes: chance is 1/3
+    assert report["variants"]["int8"]["metric"] > 0.6
 
 
 def test_int8_model_runs_on_xnnpack_except_io_and_softmax(chain):

@@ -13,16 +13,16 @@ import numpy as np
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "diamond", "bar", "star")
 
 
-def textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth colour gradient plus blurred noise blobs and a few random lines."""
+def textured_background(rng: np.random.Generator, size: int, lines: int = 3) -> np.ndarray:
+    """A smooth colour gradient plus blurred noise blobs and up to ``lines`` random lines."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     c0, c1 = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
     t = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1))[..., None]
     img = c0 + (c1 - c0) * (t - t.min()) / (np.ptp(t) + 1e-6)
     noise = cv2.GaussianBlur(rng.normal(0, 1, (size, size, 3)).astype(np.float32), (0, 0), size / 16)
-    img += noise / (noise.std() + 1e-6) * rng.uniform(5, 25)
+    img += noise / (noise.std() + 1e-6) * rng.uniform(4, 16)
     img = np.clip(img, 0, 255).astype(np.uint8)
-    for _ in range(rng.integers(0, 4)):
+    for _ in range(rng.integers(0, lines + 1)):
         p1, p2 = rng.integers(0, size, 2), rng.integers(0, size, 2)
         cv2.line(img, tuple(map(int, p1)), tuple(map(int, p2)), tuple(map(int, rng.integers(0, 255, 3))), 1)
     return img
@@ -62,12 +62,20 @@ def shape_mask(kind: str, size: int, cx: float, cy: float, r: float, angle: floa
     return m
 
 
-def paint(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> None:
-    """Fill ``mask`` on ``img`` with a random colour that contrasts with the background."""
+def class_colour(rng: np.random.Generator, class_id: int, num_classes: int) -> np.ndarray:
+    """A colour from the class's own hue band (varied saturation and value)."""
+    hue = (class_id + rng.uniform(-0.3, 0.3)) / num_classes * 180.0
+    hsv = np.array([[[hue % 180, rng.uniform(150, 255), rng.uniform(150, 255)]]], np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
+def paint(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, colour: np.ndarray | None = None) -> None:
+    """Fill ``mask`` on ``img`` with ``colour`` (default: random, contrasting with the background)."""
     bg = img[mask > 0].mean(0) if mask.any() else np.full(3, 128.0)
-    colour = rng.uniform(0, 255, 3)
-    while np.abs(colour - bg).sum() < 150:
+    if colour is None:
         colour = rng.uniform(0, 255, 3)
+        while np.abs(colour - bg).sum() < 150:
+            colour = rng.uniform(0, 255, 3)
     shade = colour + rng.normal(0, 12, img.shape).astype(np.float32)
     img[mask > 0] = np.clip(shade[mask > 0], 0, 255).astype(np.uint8)
 
@@ -86,10 +94,13 @@ def classification_set(
     rng.shuffle(labels)
     images = np.empty((n, size, size, 3), np.uint8)
     for i, y in enumerate(labels):
-        img = textured_background(rng, size)
-        r = rng.uniform(0.18, 0.38) * size
-        cx, cy = rng.uniform(r * 0.8, size - r * 0.8, 2)
+        # One large, fully visible object per image. Its class sets its shape and its
+        # hue band, so a small CNN learns the set in minutes on a CPU; size, position,
+        # rotation, shade and the textured background vary.
+        img = textured_background(rng, size, lines=1)
+        r = rng.uniform(0.28, 0.42) * size
+        cx, cy = rng.uniform(r, size - r, 2)
         mask = shape_mask(names[y], size, cx, cy, r, rng.uniform(0, 2 * np.pi), int(rng.integers(2, 5)))
-        paint(img, mask, rng)
+        paint(img, mask, rng, class_colour(rng, int(y), num_classes))
         images[i] = img
     return images, labels, names
