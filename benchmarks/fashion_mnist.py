@@ -4,7 +4,7 @@
     python benchmarks/fashion_mnist.py [--data DIR] [--run-dir DIR] [--set key=value ...]
 
 Runs train → prune → qat → export → evaluate with pipeline/configs/fashion_mnist.yaml
-(resuming any stage already done in --run-dir unless --fresh), prints the report
+(``--skip train,prune`` reuses stages already done in --run-dir), prints the report
 table and checks the issue's targets on the measured numbers. Exit status 1 if a
 target is missed.
 """

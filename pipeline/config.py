@@ -33,7 +33,7 @@ class DataConfig:
 
     format: str = "synthetic"
     path: str = ""
-    val_split: float = field(default=0.2, metadata=_range(0.0, 0.9))
+    val_split: float = field(default=0.2, metadata=_range(0.0, 0.9, open_lo=True))
     seed: int = 0
     class_names: tuple[str, ...] = ()
     synthetic_samples: int = field(default=1200, metadata=_range(8, None))
@@ -169,6 +169,11 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
     elif tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         value = float(value)
@@ -276,8 +281,10 @@ def load(
         raise ConfigError(f"task: the config says {raw['task']!r} but --task is {chosen!r}")
     if chosen not in TASKS:
         raise ConfigError(f"task: {chosen!r} is not one of {list(TASKS)}")
-    from pipeline.tasks import get_task
+    from pipeline.tasks import available_tasks, get_task
 
+    if chosen not in available_tasks():
+        raise ConfigError(f"task: {chosen!r} is not available in this version; available: {available_tasks()}")
     spec = get_task(chosen)
     raw = _merge(_merge({}, spec.default_config), raw)
     raw["task"] = chosen

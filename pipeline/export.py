@@ -44,6 +44,10 @@ def check_variant_names(names) -> None:
     """Raise a config error for an unknown variant name (``auto`` means all available)."""
     from pipeline.config import ConfigError
 
+    if "auto" in names and len(names) > 1:
+        raise ConfigError(
+            f"export.variants: 'auto' means every available variant; do not mix it with names ({list(names)})"
+        )
     for n in names:
         if n != "auto" and n not in VARIANTS:
             raise ConfigError(f"export.variants: unknown variant {n!r}. Expected 'auto' or some of {sorted(VARIANTS)}.")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import shutil
 
+import numpy as np
+
 from pipeline._keras import keras, layers, tfmot
 from pipeline.config import Config
 from pipeline.rundir import RunDir
@@ -19,10 +21,11 @@ from pipeline.train import input_spec, make_optimizer, rebuild, save_weights, st
 
 log = logging.getLogger(__name__)
 
-PRUNABLE = (layers.Conv2D, layers.DepthwiseConv2D, layers.Dense)
+# TFMOT's prune registry leaves DepthwiseConv2D kernels alone (they are tiny).
+PRUNABLE = (layers.Conv2D, layers.Dense)
 
 
-def _kernels(model: keras.Model) -> list:
+def _kernels(model) -> list:
     # Conv, depthwise and dense kernels are the variables named ".../kernel:0" or
     # ".../depthwise_kernel:0", whether or not a TFMOT wrapper sits around the layer.
     return [v for v in model.weights if v.name.split("/")[-1].split(":")[0] in ("kernel", "depthwise_kernel")]
@@ -82,12 +85,25 @@ def prune(run: RunDir, cfg: Config) -> dict:
         model = rebuild(cfg, len(task.class_names(data)), src)
         steps = steps_per_epoch(cfg, len(data.train))
         end = max(1, int(steps * p.epochs * p.schedule_end))
+
+        def prunable(layer) -> bool:
+            return (
+                isinstance(layer, PRUNABLE)
+                and not isinstance(layer, layers.DepthwiseConv2D)
+                and layer.count_params() >= p.min_params
+            )
+
+        # target_sparsity is over all conv/dense kernels; the few small layers left
+        # dense are made up for by pruning the others a little harder.
+        total = sum(int(np.prod(v.shape)) for v in _kernels(model))
+        covered = sum(int(np.prod(v.shape)) for layer in model.layers if prunable(layer) for v in _kernels(layer))
+        per_layer = min(0.95, p.target_sparsity * total / max(covered, 1))
         schedule = tfmot.sparsity.keras.PolynomialDecay(
-            0.0, p.target_sparsity, begin_step=0, end_step=end, frequency=max(1, end // 20)
+            0.0, per_layer, begin_step=0, end_step=end, frequency=max(1, end // 20)
         )
 
         def wrap(layer):
-            if not isinstance(layer, PRUNABLE) or layer.count_params() < p.min_params:
+            if not prunable(layer):
                 return layer
             if p.structured_2_4:
                 if not _can_prune_2_4(layer):

@@ -130,6 +130,12 @@ class RunDir:
                 f"{self.config_path} is missing: run `edgepipe train --task ... --run-dir {self.path}` first"
             )
         raw = config_mod.read_yaml(self.config_path)
+        frozen = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in ("task", "model")]
+        if frozen:
+            raise config_mod.ConfigError(
+                f"{frozen[0]!r}: the model's shape is fixed once trained; "
+                f"change it with `edgepipe train --set ...` in a new run folder"
+            )
         cfg = config_mod.load(None, overrides, task=raw.get("task"), base=raw)
         if overrides:
             self.save_config(cfg)

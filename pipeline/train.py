@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pipeline._keras import keras, tf
 from pipeline.config import Config
 from pipeline.data.images import InputSpec
+from pipeline.data.pipeline import SKIPPED
 from pipeline.rundir import RunDir, atomic_path
 from pipeline.tasks import get_task
 
@@ -123,7 +124,12 @@ def train(run: RunDir, cfg: Config) -> dict:
         callbacks = [
             keras.callbacks.BackupAndRestore(str(ckpt / "backup")),
             keras.callbacks.ModelCheckpoint(
-                str(best), monitor=task.monitor, mode=task.monitor_mode, save_best_only=True, save_weights_only=True
+                str(best),
+                monitor=task.monitor,
+                mode=task.monitor_mode,
+                save_best_only=True,
+                save_weights_only=True,
+                initial_value_threshold=_best_so_far(run, task) if (ckpt / "backup").is_dir() else None,
             ),
             keras.callbacks.CSVLogger(str(run.path / "train_log.csv"), append=True),
             keras.callbacks.TensorBoard(str(run.path / "logs" / "train"), profile_batch=0),
@@ -150,10 +156,28 @@ def train(run: RunDir, cfg: Config) -> dict:
         results = model.evaluate(val_ds, return_dict=True, verbose=0)
         save_weights(model, run.weights("float"))
         entry["outputs"].append(run.weights("float"))
+        # Models and exports made from an earlier float model no longer match it.
+        for stale in [*(run.weights(m) for m in ("pruned", "qat", "pqat")), run.path / "exports.json"]:
+            stale.unlink(missing_ok=True)
         entry["results"] = {k: float(v) for k, v in results.items()}
+        entry["results"]["skipped_images"] = len(SKIPPED)
         entry["results"]["hardware"] = {"gpus": hw.gpus, "mixed_precision": hw.mixed_precision, "xla": hw.xla}
     log.info("float model: %s", entry["results"])
     return entry["results"]
+
+
+def _best_so_far(run: RunDir, task) -> float | None:
+    """The best monitored value a killed run logged, so resuming never overwrites a
+    better checkpoint with a worse one."""
+    import csv
+
+    log_path = run.path / "train_log.csv"
+    if not log_path.is_file():
+        return None
+    values = [float(r[task.monitor]) for r in csv.DictReader(log_path.open()) if r.get(task.monitor)]
+    if not values:
+        return None
+    return max(values) if task.monitor_mode == "max" else min(values)
 
 
 def save_weights(model: keras.Model, path) -> None:

@@ -46,7 +46,7 @@ def test_every_stage_wrote_its_outputs_and_the_manifest(chain):
 
 def test_pruning_reaches_the_target_sparsity_and_pqat_keeps_it(chain):
     run, cfg, results = chain
-    assert results["prune"]["sparsity"] == pytest.approx(cfg.prune.target_sparsity, abs=0.08)
+    assert results["prune"]["sparsity"] == pytest.approx(cfg.prune.target_sparsity, abs=0.03)
     assert results["qat"]["pqat"]["sparsity"] == pytest.approx(results["prune"]["sparsity"], abs=0.01)
     assert results["qat"]["qat"]["sparsity"] < 0.05
 
@@ -161,11 +161,17 @@ def test_truncated_model_file_is_a_clear_error(chain, tmp_path):
 
 def test_a_stage_rerun_alone_with_overrides(chain, tmp_path):
     """Any stage runs alone from the run folder; --set updates the saved config."""
-    from pipeline.cli import run_stage
+    import shutil
 
-    run, cfg, results = chain
-    cfg2 = run.load_config(["export.variants=float32,int8", f"export.dir={tmp_path}"])
+    from pipeline.cli import run_stage
+    from pipeline.rundir import RunDir
+
+    shared, cfg, results = chain
+    run = RunDir(tmp_path / shared.name)  # a copy: the shared run stays as the other tests saw it
+    shutil.copytree(shared.path, run.path)
+    cfg2 = run.load_config(["export.variants=float32,int8", f"export.dir={tmp_path / 'exports'}"])
     out = run_stage("export", run, cfg2)
     assert sorted(out) == ["float32", "int8"]
     assert "float32" in run.config_path.read_text()
-    assert all(Path(p).parent == tmp_path / run.name for p in out.values())
+    assert all(Path(p).parent == tmp_path / "exports" / run.name for p in out.values())
+    assert "float32" not in shared.config_path.read_text()

@@ -18,8 +18,7 @@ def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 def test_each_stage_is_a_subcommand_and_a_module():
     out = _run("--help")
-    for stage in ("train", "prune", "qat", "export", "evaluate", "all", "demo"):
-        assert stage in out.stdout
+    assert "{train,prune,qat,export,evaluate,all,demo,config}" in out.stdout
     for module in (
         "pipeline.train",
         "pipeline.prune",
@@ -35,12 +34,31 @@ def test_each_stage_is_a_subcommand_and_a_module():
 
 
 @pytest.mark.parametrize(
-    "stage, first", [("prune", "train"), ("qat", "train"), ("export", "train"), ("evaluate", "train")]
+    "stage, first", [("prune", "train"), ("qat", "train"), ("export", "train"), ("evaluate", "export")]
 )
 def test_a_stage_without_its_inputs_says_which_stage_to_run_first(tmp_path, stage, first):
-    r = _run(stage, "--run-dir", str(tmp_path / "run"))
+    from pipeline import config
+
+    r = _run(stage, "--run-dir", str(tmp_path / "empty"))
+    assert r.returncode == 2 and "edgepipe train" in r.stderr and "Traceback" not in r.stderr
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(config.dump(config.load(None, TINY)))
+    r = _run(stage, "--run-dir", str(run))
     assert r.returncode == 2
-    assert f"edgepipe {first}" in r.stderr and "Traceback" not in r.stderr
+    assert f"run `edgepipe {first}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_later_stages_refuse_to_change_the_model_shape(tmp_path):
+    from pipeline import config
+    from pipeline.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.save_config(config.load(None, TINY))
+    with pytest.raises(config.ConfigError, match="model.width"):
+        run.load_config(["model.width=2.0"])
+    assert run.load_config(["prune.target_sparsity=0.7"]).prune.target_sparsity == 0.7
+    assert "target_sparsity: 0.7" in run.config_path.read_text()
 
 
 def test_missing_stage_outputs_name_the_producing_stage(tmp_path):

@@ -29,6 +29,12 @@ def test_yaml_and_overrides_apply_in_order(tmp_path: Path):
     assert cfg.evaluate.latency_threads == (1, 4)
 
 
+def test_scientific_notation_is_a_number(tmp_path: Path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train:\n  learning_rate: 1e-3\n")
+    assert config.load(f, ["prune.learning_rate=5e-4"]).train.learning_rate == 1e-3
+
+
 def test_config_is_frozen():
     cfg = config.load(None)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -53,6 +59,8 @@ def test_config_is_frozen():
         (["export.variants=float32,int4"], ["export.variants", "int4"]),
         (["train.learning_rate=0"], ["train.learning_rate", "0"]),
         (["train"], ["train", "key=value"]),
+        (["data.val_split=0"], ["data.val_split", "0"]),
+        (["export.variants=auto,int8"], ["export.variants", "auto"]),
     ],
 )
 def test_bad_values_name_the_key_and_value(override, words):
@@ -113,3 +121,8 @@ def test_example_configs_ship_and_load():
     assert files
     for f in files:
         config.load(f)
+
+
+def test_a_task_that_is_not_built_yet_is_a_config_error():
+    with pytest.raises(ConfigError, match="task"):
+        config.load(None, task="detection")

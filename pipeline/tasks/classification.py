@@ -50,7 +50,7 @@ class Classification(Task):
     def eval_batches(self, data, cfg, spec, batch_size, limit=0):
         from pipeline.data.pipeline import iterate_numpy
 
-        return iterate_numpy(data.val, spec, batch_size, limit)
+        return iterate_numpy(data.val, spec, batch_size, limit)  # readers already shuffled val
 
     def calibration_images(self, data, cfg, spec, n):
         from pipeline.data.pipeline import iterate_numpy
@@ -81,7 +81,7 @@ class Classification(Task):
         confusion = np.zeros((k, k), np.int64)
         np.add.at(confusion, (labels, pred), 1)
         per_class = {
-            name: float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else float("nan")
+            name: float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None
             for i, name in enumerate(class_names)
         }
         return {
