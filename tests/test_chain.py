@@ -175,3 +175,25 @@ def test_a_stage_rerun_alone_with_overrides(chain, tmp_path):
     assert "float32" in run.config_path.read_text()
     assert all(Path(p).parent == tmp_path / "exports" / run.name for p in out.values())
     assert "float32" not in shared.config_path.read_text()
+
+
+def test_structured_2_4_pruning_leaves_two_zeros_in_every_group_of_four(chain, tmp_path):
+    import shutil
+
+    from pipeline.cli import run_stage
+    from pipeline.rundir import RunDir
+
+    shared, cfg, results = chain
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(shared.path, run.path)
+    out = run_stage("prune", run, run.load_config(["prune.structured_2_4=true"]))
+    model = rebuild(cfg, 3, run.weights("pruned"))
+    checked = 0
+    for v in model.weights:
+        if v.name.endswith("/kernel:0") and "_dw" not in v.name and v.shape[-2] % 4 == 0:
+            k = v.numpy()
+            groups = np.moveaxis(k, -2, -1).reshape(-1, 4)  # runs of 4 along the input channels
+            if (groups == 0).mean() > 0.4:  # a layer TFMOT pruned
+                assert ((groups == 0).sum(-1) >= 2).all(), v.name
+                checked += 1
+    assert checked >= 5 and 0.3 < out["sparsity"] <= 0.5
