@@ -106,16 +106,14 @@ def read_folder(root: str | Path, val_split: float, seed: int) -> Classification
             )
         train, names = _class_folder(root / "train")
         val, _ = _class_folder(val_dir, names)
-        # Class-sorted file lists would make shuffle buffers and max_samples subsets
-        # see a few classes only; one seeded permutation fixes both.
-        rng = np.random.default_rng(seed)
-        train, val = train.take(rng.permutation(len(train))), val.take(rng.permutation(len(val)))
     else:
         full, names = _class_folder(root)
         _check_classes(full, names, root)
         train, val = ratio_split(full, val_split, seed)
-        rng = np.random.default_rng(seed)
-        train, val = train.take(rng.permutation(len(train))), val.take(rng.permutation(len(val)))
+    # Class-sorted file lists would make shuffle buffers and max_samples subsets
+    # see a few classes only; one seeded permutation fixes both.
+    rng = np.random.default_rng(seed)
+    train, val = train.take(rng.permutation(len(train))), val.take(rng.permutation(len(val)))
     _check_classes(train, names, root)
     return ClassificationData(train=train, val=val, class_names=names)
 
