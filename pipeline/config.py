@@ -38,6 +38,14 @@ class DataConfig:
     class_names: tuple[str, ...] = ()
     synthetic_samples: int = field(default=1200, metadata=_range(8, None))
     synthetic_classes: int = field(default=4, metadata=_range(2, 8))
+    splits: tuple[str, str] = ("train", "val")
+    train_annotations: str = ""
+    val_annotations: str = ""
+    train_images: str = ""
+    val_images: str = ""
+    train_masks: str = ""
+    val_masks: str = ""
+    ignore_index: int = field(default=255, metadata=_range(0, 255))
     augment: bool = True
     cache: bool = True
     shuffle_buffer: int = field(default=2048, metadata=_range(1, None))
@@ -155,11 +163,14 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
             raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
         return value
     if origin is tuple:
-        (item_tp, _) = typing.get_args(tp)
+        args = typing.get_args(tp)
+        item_tp = args[0]
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if args[-1] is not Ellipsis and len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} items, got {list(value)!r}")
         return tuple(_coerce(f"{key}[{i}]", v, item_tp, {}) for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):

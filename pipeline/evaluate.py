@@ -81,8 +81,16 @@ def evaluate(run: RunDir, cfg: Config) -> dict:
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "keras_float_details": keras_scores,
         }
+        grid_from = next((n for n in ("int8", "qat_int8", "pqat_int8") if n in listed), next(iter(listed)))
         for name, path in listed.items():
-            report["variants"][name] = _measure(Path(path), spec, task, images, targets, class_names, ref, ev)
+            report["variants"][name], outputs = _measure(Path(path), spec, task, images, targets, class_names, ref, ev)
+            if name == grid_from:
+                n = len(images[0])
+                grid = task.sample_grid(images[0], [o[:n] for o in outputs], targets[0], class_names)
+                if grid is not None:
+                    _write_png(run.path / "samples.png", grid)
+                    report["samples_png"] = {"path": str(run.path / "samples.png"), "variant": name}
+                    entry["outputs"].append(run.path / "samples.png")
             log.info(
                 "%s: %s=%.4f p50=%.3f ms",
                 name,
@@ -118,7 +126,7 @@ def _measure(path: Path, spec, task, images, targets, class_names, ref, ev) -> d
         times = m.latency_ms(images[0][0], runs=ev.latency_runs, warmup=ev.warmup_runs)
         lat[str(t)] = {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
     sidecar = read_sidecar(path)
-    return {
+    record = {
         "path": str(path),
         "size_bytes": len(blob),
         "gzip_bytes": len(gzip.compress(blob, 9)),
@@ -132,6 +140,18 @@ def _measure(path: Path, spec, task, images, targets, class_names, ref, ev) -> d
         "undelegated_ops": undelegated_ops(model.interpreter),
         "details": {k: v for k, v in scores.items() if k != task.metric},
     }
+    return record, outputs
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    import cv2
+
+    from pipeline.rundir import write_bytes
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"{path}: could not encode the sample grid as PNG")
+    write_bytes(path, buf.tobytes())
 
 
 def render_markdown(report: dict) -> str:

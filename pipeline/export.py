@@ -86,8 +86,17 @@ def _int8(conv, rep, io) -> None:
 PRESETS: dict[str, Callable] = {"float32": _float32, "float16": _float16, "dynamic": _dynamic, "int8": _int8}
 
 
-def convert(model, preset: str, representative: Callable | None = None, int8_io: str = "uint8") -> bytes:
-    """Convert a Keras model with batch size 1 under the named preset."""
+def convert(
+    model, preset: str, representative: Callable | None = None, int8_io: str = "uint8", serving: Callable | None = None
+) -> bytes:
+    """Convert a Keras model with batch size 1 under the named preset.
+
+    Args:
+        serving: the task's ``serving(outputs) -> {name: tensor}``: in-graph post-processing
+            (e.g. box decoding) and the output names. The TFLite outputs come in
+            alphabetical order of those names (TFLite names them ``Identity_<k>`` in
+            the sorted order of the dict's keys), and :class:`TFLiteModel` relies on it.
+    """
     from pipeline._keras import tf
 
     if preset not in PRESETS:
@@ -96,7 +105,8 @@ def convert(model, preset: str, representative: Callable | None = None, int8_io:
 
     @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="image")])
     def serve(x):
-        return model(x, training=False)
+        y = model(x, training=False)
+        return serving(y) if serving is not None else {"scores": y}
 
     # Without ``trackable_obj`` the converter freezes the graph directly instead of
     # writing a SavedModel first: 2 s instead of 20-30 s per variant on 2 cores, and
@@ -223,7 +233,7 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
                     else rebuild(cfg, len(class_names), w)
                 )
             log.info("converting %s (%s model, %s preset)", name, v.source, v.preset)
-            blob = convert(models[v.source], v.preset, rep, cfg.export.int8_io)
+            blob = convert(models[v.source], v.preset, rep, cfg.export.int8_io, serving=task.serving)
             path = out / f"{name}.tflite"
             write_bytes(path, blob)
             sidecar = {
@@ -258,7 +268,7 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
 
 def _io_details(blob: bytes) -> dict:
     """Input/output dtype, shape and quantization as the runtime will see them."""
-    from pipeline.runtime.tflite_model import open_interpreter
+    from pipeline.runtime.tflite_model import open_interpreter, ordered_outputs
 
     it = open_interpreter(model_content=blob)
 
@@ -270,7 +280,7 @@ def _io_details(blob: bytes) -> dict:
             "quantization": {"scale": float(scale), "zero_point": int(zp)} if scale else None,
         }
 
-    return {"input": describe(it.get_input_details()[0]), "outputs": [describe(d) for d in it.get_output_details()]}
+    return {"input": describe(it.get_input_details()[0]), "outputs": [describe(d) for d in ordered_outputs(it)]}
 
 
 def read_sidecar(model_path: str | Path) -> dict:

@@ -105,18 +105,61 @@ def prepare(img: np.ndarray, spec: InputSpec, bgr: bool = False) -> np.ndarray:
     s = spec.size
     if (h, w) != (s, s):
         interp = cv2.INTER_AREA if h > s or w > s else cv2.INTER_LINEAR
+        g = geometry((h, w), spec)
         if spec.resize == "letterbox":
-            scale = s / max(h, w)
-            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
             canvas = np.full((s, s, 3), 114, np.uint8)
-            top, left = (s - nh) // 2, (s - nw) // 2
-            canvas[top : top + nh, left : left + nw] = cv2.resize(rgb, (nw, nh), interpolation=interp)
+            canvas[g.top : g.top + g.height, g.left : g.left + g.width] = cv2.resize(
+                rgb, (g.width, g.height), interpolation=interp
+            )
             rgb = canvas
         else:
             rgb = cv2.resize(rgb, (s, s), interpolation=interp)
     if spec.channels == 1:
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None]
     return rgb
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a frame lands in the model input: scaled to ``width × height`` at
+    ``(left, top)``. Stretch fills the input; letterbox keeps the aspect ratio."""
+
+    scale_x: float
+    scale_y: float
+    left: int
+    top: int
+    width: int
+    height: int
+
+    def to_frame(self, boxes: np.ndarray) -> np.ndarray:
+        """``x1 y1 x2 y2`` boxes in input pixels → frame pixels (any leading shape)."""
+        b = np.asarray(boxes, np.float32).copy()
+        b[..., 0::2] = (b[..., 0::2] - self.left) / self.scale_x
+        b[..., 1::2] = (b[..., 1::2] - self.top) / self.scale_y
+        return b
+
+    def to_input(self, boxes: np.ndarray) -> np.ndarray:
+        """Frame-pixel boxes → model-input pixels (the inverse of :meth:`to_frame`)."""
+        b = np.asarray(boxes, np.float32).copy()
+        b[..., 0::2] = b[..., 0::2] * self.scale_x + self.left
+        b[..., 1::2] = b[..., 1::2] * self.scale_y + self.top
+        return b
+
+    def crop(self, plane: np.ndarray) -> np.ndarray:
+        """The part of an input-sized map (e.g. a class mask) that covers the frame."""
+        return plane[self.top : self.top + self.height, self.left : self.left + self.width]
+
+
+def geometry(frame_hw: tuple[int, int], spec: InputSpec) -> Geometry:
+    """The resize :func:`prepare` applies to a frame of ``(h, w)``: shared by the
+    readers (boxes → input), the post-processing (input → frame) and the runner."""
+    h, w = int(frame_hw[0]), int(frame_hw[1])
+    s = spec.size
+    if spec.resize == "letterbox":
+        scale = s / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        return Geometry(nw / w, nh / h, (s - nw) // 2, (s - nh) // 2, nw, nh)
+    return Geometry(s / w, s / h, 0, 0, s, s)
 
 
 def normalize(x, spec: InputSpec):

@@ -60,6 +60,28 @@ def dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
     return (y.astype(np.float32) - zp) * scale
 
 
+def ordered_outputs(interpreter) -> list[dict]:
+    """Output details in the alphabetical order of the exported output names.
+
+    The exporter returns a dict of named tensors, which TFLite flattens in sorted key
+    order and names ``Identity``, ``Identity_1``, …; the tensor order in the file may
+    differ, so sort by that suffix. Models from elsewhere keep the file's order.
+    """
+    details = interpreter.get_output_details()
+
+    def key(d: dict) -> int:
+        name = d["name"]
+        if name == "Identity":
+            return 0
+        head, _, k = name.rpartition("_")
+        return int(k) if head == "Identity" and k.isdigit() else -1
+
+    keys = [key(d) for d in details]
+    if -1 in keys:
+        return details
+    return [d for _, d in sorted(zip(keys, details), key=lambda kd: kd[0])]
+
+
 class TFLiteModel:
     """One exported model: interpreter plus the input spec from its sidecar."""
 
@@ -69,7 +91,7 @@ class TFLiteModel:
         self.threads = threads
         self.interpreter = open_interpreter(self.path, threads=threads)
         self.input = self.interpreter.get_input_details()[0]
-        self.outputs = self.interpreter.get_output_details()
+        self.outputs = ordered_outputs(self.interpreter)
         self._batch = int(self.input["shape"][0])
 
     def _resize(self, batch: int) -> None:
@@ -77,7 +99,7 @@ class TFLiteModel:
             self.interpreter.resize_tensor_input(self.input["index"], [batch, *self.input["shape"][1:]])
             self.interpreter.allocate_tensors()
             self.input = self.interpreter.get_input_details()[0]
-            self.outputs = self.interpreter.get_output_details()
+            self.outputs = ordered_outputs(self.interpreter)
             self._batch = batch
 
     def __call__(self, images: np.ndarray) -> list[np.ndarray]:

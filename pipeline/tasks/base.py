@@ -62,11 +62,45 @@ class Task:
         """Fraction in [0, 1] of predictions where two models agree."""
         raise NotImplementedError
 
-    # === Post-processing ===
+    # === Export and post-processing ===
+    def serving(self, outputs) -> dict:
+        """The exported graph's outputs: Keras outputs → ``{name: tensor}``.
+
+        In-graph post-processing (box decoding, an argmax) goes here, in TF ops. The
+        TFLite file lists the outputs in alphabetical order of the names, and
+        :meth:`output_signature` must list them in that order too.
+        """
+        return {"scores": outputs}
+
     def output_signature(self, class_names) -> list[dict]:
-        """What each output tensor means, for the sidecar."""
+        """What each output tensor means, for the sidecar; alphabetical by name."""
         raise NotImplementedError
 
     def postprocess(self, outputs: list[np.ndarray], class_names, **kw) -> Any:
-        """One frame's outputs → predictions (labels, boxes, masks)."""
+        """One frame's outputs (batch of 1) → JSON-ready predictions.
+
+        Keyword args the runner passes: ``spec`` (the model's InputSpec) and
+        ``frame_shape`` (``(h, w)`` of the original frame), so that boxes and masks
+        come back in frame coordinates; plus task options such as ``top_k`` or
+        ``score_threshold``.
+        """
         raise NotImplementedError
+
+    def to_json(self, predictions: Any) -> Any:
+        """``postprocess`` predictions → plain JSON (e.g. a mask → per-class pixel counts)."""
+        return predictions
+
+    def draw(self, frame: np.ndarray, predictions: Any, class_names) -> np.ndarray:
+        """Overlay ``postprocess`` predictions on a BGR frame (in place, returned)."""
+        raise NotImplementedError
+
+    # === Report figures ===
+    def sample_grid(
+        self, images: np.ndarray, outputs: list[np.ndarray], targets: list, class_names
+    ) -> np.ndarray | None:
+        """An RGB uint8 grid of sample predictions (evaluate saves it as a PNG), or None.
+
+        ``images`` are prepared uint8 inputs, ``outputs`` the model's outputs for them
+        and ``targets`` their ground truth, in ``eval_batches`` form.
+        """
+        return None
