@@ -61,6 +61,7 @@ class ModelConfig:
     width: float = field(default=1.0, metadata=_range(0.125, 4.0))
     depth: float = field(default=1.0, metadata=_range(0.25, 4.0))
     stem_stride: Literal[1, 2] = 2
+    resize: Literal["stretch", "letterbox"] = "stretch"
     dropout: float = field(default=0.1, metadata=_range(0.0, 0.9))
 
 
@@ -304,7 +305,8 @@ def load(
         raise ConfigError(
             f"data.format: {cfg.data.format!r} is not a {chosen} format; expected one of {list(spec.data_formats)}"
         )
-    if cfg.data.format != "synthetic" and not cfg.data.path:
+    d = cfg.data
+    if d.format != "synthetic" and not (d.path or d.train_annotations or d.train_images):
         raise ConfigError(f"data.path: required when data.format is {cfg.data.format!r}")
     from pipeline.export import check_variant_names
 

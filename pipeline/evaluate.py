@@ -65,9 +65,8 @@ def evaluate(run: RunDir, cfg: Config) -> dict:
         images = [x for x, _ in batches]
         targets = [t for _, t in batches]
         keras_model = rebuild(cfg, len(class_names), run.require("float"))
-        ref = _stack(
-            [[np.asarray(o) for o in _as_list(keras_model.predict_on_batch(normalize(x, spec)))] for x in images]
-        )
+        serve = served_outputs(keras_model, task)
+        ref = _stack([serve(normalize(x, spec)) for x in images])
         keras_scores = task.score(ref, targets, class_names)
         report = {
             "task": cfg.task,
@@ -107,8 +106,20 @@ def evaluate(run: RunDir, cfg: Config) -> dict:
     return report
 
 
-def _as_list(y) -> list:
-    return list(y) if isinstance(y, (list, tuple)) else [y]
+def served_outputs(model, task):
+    """Keras model → a function giving the exported graph's outputs as NumPy arrays,
+    in the TFLite file's order (sorted names), so Keras and LiteRT compare like for like."""
+    from pipeline._keras import tf
+
+    @tf.function
+    def run(x):
+        return task.serving(model(x, training=False))
+
+    def call(x: np.ndarray) -> list[np.ndarray]:
+        named = run(tf.constant(x))
+        return [np.asarray(named[k]) for k in sorted(named)]
+
+    return call
 
 
 def _measure(path: Path, spec, task, images, targets, class_names, ref, ev) -> dict:

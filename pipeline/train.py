@@ -54,7 +54,7 @@ def setup_hardware(cfg: Config) -> Hardware:
 
 
 def input_spec(cfg: Config) -> InputSpec:
-    return InputSpec(size=cfg.model.input_size, channels=cfg.model.channels)
+    return InputSpec(size=cfg.model.input_size, channels=cfg.model.channels, resize=cfg.model.resize)
 
 
 # === Schedule ===

@@ -93,21 +93,37 @@ class TFLiteModel:
         self.input = self.interpreter.get_input_details()[0]
         self.outputs = ordered_outputs(self.interpreter)
         self._batch = int(self.input["shape"][0])
+        self._fixed_batch = False
 
-    def _resize(self, batch: int) -> None:
-        if batch != self._batch:
+    def _resize(self, batch: int) -> bool:
+        """Resize the batch dimension; False when the graph has the batch baked in
+        (e.g. a Reshape to a fixed shape), so the caller feeds one image at a time."""
+        if batch == self._batch:
+            return True
+        if self._fixed_batch:
+            return batch == 1
+        try:
             self.interpreter.resize_tensor_input(self.input["index"], [batch, *self.input["shape"][1:]])
             self.interpreter.allocate_tensors()
-            self.input = self.interpreter.get_input_details()[0]
-            self.outputs = ordered_outputs(self.interpreter)
-            self._batch = batch
+        except (RuntimeError, ValueError):
+            # A failed resize leaves the interpreter unusable: start a fresh one at batch 1.
+            self._fixed_batch = True
+            self.interpreter = open_interpreter(self.path, threads=self.threads)
+        self.input = self.interpreter.get_input_details()[0]
+        self.outputs = ordered_outputs(self.interpreter)
+        self._batch = int(self.input["shape"][0])
+        return self._batch == batch
 
-    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+    def invoke(self, images: np.ndarray) -> list[np.ndarray]:
         """Prepared uint8 images (N,S,S,C) → dequantized float outputs, one array per output."""
-        self._resize(len(images))
+        if not self._resize(len(images)):
+            parts = [self.invoke(images[i : i + 1]) for i in range(len(images))]
+            return [np.concatenate(p) for p in zip(*parts)]
         self.interpreter.set_tensor(self.input["index"], quantize_input(images, self.input, self.spec))
         self.interpreter.invoke()
         return [dequantize(self.interpreter.get_tensor(d["index"]), d) for d in self.outputs]
+
+    __call__ = invoke
 
     def latency_ms(self, image: np.ndarray, runs: int = 50, warmup: int = 5) -> np.ndarray:
         """Per-invoke wall times at batch 1, after warm-up (inference only)."""

@@ -12,6 +12,13 @@ from pipeline.tasks.base import Task
 _REGISTRY: dict[str, Task] = {}
 
 
+# Imported on first use, so `edgepipe train --task classification` never loads detection code.
+_MODULES = {
+    "classification": "pipeline.tasks.classification",
+    "detection": "pipeline.tasks.detection",
+}
+
+
 def register_task(task: Task) -> Task:
     _REGISTRY[task.name] = task
     return task
@@ -19,16 +26,18 @@ def register_task(task: Task) -> Task:
 
 def get_task(name: str) -> Task:
     """The registered task called ``name``; detection/segmentation register when built."""
-    if not _REGISTRY:
-        from pipeline.tasks import classification  # noqa: F401 - registers itself
+    if name not in _REGISTRY and name in _MODULES:
+        import importlib
 
+        importlib.import_module(_MODULES[name])  # registers itself
     if name not in _REGISTRY:
         raise ValueError(f"Task {name!r} is not available. Available: {sorted(_REGISTRY)}.")
     return _REGISTRY[name]
 
 
 def available_tasks() -> list[str]:
-    get_task("classification")
+    for name in _MODULES:
+        get_task(name)
     return sorted(_REGISTRY)
 
 

@@ -1,0 +1,392 @@
+"""Detection data: COCO JSON, Pascal VOC XML, YOLO txt, and a built-in synthetic set.
+
+Every reader returns :class:`DetSplit` lists of image references with boxes in
+``x1 y1 x2 y2`` pixels of the original image. Boxes partly outside the image are
+clipped and boxes of no area dropped, counted in one warning per file; structural
+problems (a missing image, an unknown category, a bad YOLO line, malformed JSON or
+XML) are :class:`DataError` naming the file and the entry. Images without objects
+stay in as negatives.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.data.classification import DataError
+from pipeline.data.images import IMAGE_SUFFIXES, list_images
+from pipeline.data.synthetic import SHAPES, class_colour, paint, shape_mask, textured_background
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DetSplit:
+    """One split: image references (paths, or indices into ``arrays``) and their boxes."""
+
+    images: list = field(default_factory=list)
+    boxes: list[np.ndarray] = field(default_factory=list)  # (n, 4) float32 xyxy pixels
+    classes: list[np.ndarray] = field(default_factory=list)  # (n,) int32
+    arrays: np.ndarray | None = None  # in-memory images (synthetic)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def add(self, image, boxes, classes) -> None:
+        self.images.append(image)
+        self.boxes.append(np.asarray(boxes, np.float32).reshape(-1, 4))
+        self.classes.append(np.asarray(classes, np.int32).reshape(-1))
+
+    def take(self, idx) -> DetSplit:
+        out = DetSplit(arrays=self.arrays)
+        for i in idx:
+            out.add(self.images[i], self.boxes[i], self.classes[i])
+        return out
+
+    def object_count(self) -> int:
+        return int(sum(len(c) for c in self.classes))
+
+
+@dataclass
+class DetectionData:
+    train: DetSplit
+    val: DetSplit
+    class_names: tuple[str, ...]
+
+
+# === Box hygiene ===
+
+
+def clean_boxes(boxes: np.ndarray, classes: np.ndarray, hw: tuple[int, int], where: str):
+    """Clip boxes to the image and drop those of zero or negative area; one warning per file."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    classes = np.asarray(classes, np.int32).reshape(-1)
+    h, w = hw
+    clipped = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    n_clipped = int(((np.abs(clipped - boxes) > 1e-3).any(1) & keep).sum())
+    n_dropped = int((~keep).sum())
+    if n_clipped or n_dropped:
+        log.warning(
+            "%s: %d box(es) clipped to the %dx%d image, %d of zero or negative area dropped",
+            where,
+            n_clipped,
+            w,
+            h,
+            n_dropped,
+        )
+    return clipped[keep], classes[keep]
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(h, w)`` of an image file, read from its header when OpenCV can't be avoided."""
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DataError(f"{path}: cannot read image")
+    return img.shape[:2]
+
+
+# === COCO ===
+
+
+def read_coco(annotations: Path, image_root: Path, names: tuple[str, ...] | None = None):
+    """A COCO instances JSON → (DetSplit, class names in category-id order)."""
+    try:
+        doc = json.loads(Path(annotations).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{annotations}: annotation file not found") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{annotations}: malformed JSON ({e})") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+        raise DataError(f"{annotations}: not a COCO instances file (no 'images' list)")
+    cats = sorted(doc.get("categories") or [], key=lambda c: c["id"])
+    if not cats:
+        raise DataError(f"{annotations}: no 'categories'")
+    cat_index = {c["id"]: i for i, c in enumerate(cats)}
+    class_names = tuple(str(c["name"]) for c in cats)
+    if names and tuple(names) != class_names:
+        raise DataError(f"{annotations}: categories {list(class_names)} differ from the train split's {list(names)}")
+    per_image: dict[int, list] = {}
+    for k, a in enumerate(doc.get("annotations") or []):
+        try:
+            img_id, cat, bbox = a["image_id"], a["category_id"], a["bbox"]
+            x, y, bw, bh = (float(v) for v in bbox)
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{annotations}: annotation #{k} lacks a valid image_id, category_id or bbox") from None
+        if cat not in cat_index:
+            raise DataError(
+                f"{annotations}: annotation #{k} (id {a.get('id')}) has unknown category_id {cat!r}; "
+                f"known ids: {sorted(cat_index)}"
+            )
+        if a.get("iscrowd", 0):
+            continue
+        per_image.setdefault(img_id, []).append(([x, y, x + bw, y + bh], cat_index[cat]))
+    images = {im["id"]: im for im in doc["images"]}
+    for img_id in per_image:
+        if img_id not in images:
+            raise DataError(f"{annotations}: annotations refer to image_id {img_id!r}, which is not in 'images'")
+    split = DetSplit()
+    for img_id, im in images.items():
+        path = Path(image_root) / im["file_name"]
+        if not path.is_file():
+            raise DataError(f"{annotations}: image {im['file_name']!r} (id {img_id}) not found under {image_root}")
+        objs = per_image.get(img_id, [])
+        hw = (int(im["height"]), int(im["width"])) if "height" in im and "width" in im else _image_size(path)
+        b, c = clean_boxes([o[0] for o in objs], [o[1] for o in objs], hw, str(path))
+        split.add(str(path), b, c)
+    return split, class_names
+
+
+# === Pascal VOC ===
+
+
+def read_voc(root: Path, split_name: str, names: tuple[str, ...] | None = None):
+    """``root/ImageSets/Main/<split>.txt`` + ``Annotations/*.xml`` + ``JPEGImages``."""
+    root = Path(root)
+    listing = root / "ImageSets" / "Main" / f"{split_name}.txt"
+    if not listing.is_file():
+        raise DataError(f"{listing}: VOC split list not found")
+    ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{listing}: lists no images")
+    objects: list[tuple[str, list]] = []
+    found: list[str] = list(names or ())
+    for image_id in ids:
+        xml = root / "Annotations" / f"{image_id}.xml"
+        try:
+            tree = ET.parse(xml).getroot()
+        except FileNotFoundError:
+            raise DataError(f"{xml}: annotation for {image_id!r} (listed in {listing.name}) not found") from None
+        except ET.ParseError as e:
+            raise DataError(f"{xml}: malformed XML ({e})") from e
+        file_name = tree.findtext("filename") or f"{image_id}.jpg"
+        objs = []
+        for k, o in enumerate(tree.findall("object")):
+            name, bb = o.findtext("name"), o.find("bndbox")
+            try:
+                box = [float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")]
+            except (AttributeError, TypeError, ValueError):
+                raise DataError(f"{xml}: object #{k} ({name!r}) has no valid bndbox") from None
+            if not name:
+                raise DataError(f"{xml}: object #{k} has no name")
+            if names and name not in names:
+                raise DataError(f"{xml}: object #{k} has class {name!r}, not in the train split's {list(names)}")
+            if name not in found:
+                found.append(name)
+            objs.append((box, name, o.findtext("difficult") == "1"))
+        size = tree.find("size")
+        hw = None
+        if size is not None and size.findtext("height") and size.findtext("width"):
+            hw = (int(float(size.findtext("height"))), int(float(size.findtext("width"))))
+        objects.append((str(root / "JPEGImages" / file_name), objs, hw, str(xml)))
+    class_names = tuple(names) if names else tuple(sorted(found))
+    split = DetSplit()
+    for path, objs, hw, xml in objects:
+        if not Path(path).is_file():
+            raise DataError(f"{xml}: image {path} not found")
+        objs = [o for o in objs if not o[2]]  # VOC "difficult" objects are not scored
+        hw = hw or _image_size(Path(path))
+        b, c = clean_boxes([o[0] for o in objs], [class_names.index(o[1]) for o in objs], hw, xml)
+        split.add(path, b, c)
+    return split, class_names
+
+
+# === YOLO ===
+
+
+def read_yolo_yaml(data_yaml: Path) -> tuple[Path, dict[str, Path], tuple[str, ...]]:
+    """A YOLO ``data.yaml`` → (root, {split: image folder}, class names)."""
+    import yaml
+
+    p = Path(data_yaml)
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{p}: YOLO data.yaml not found") from None
+    except yaml.YAMLError as e:
+        raise DataError(f"{p}: malformed YAML ({e})") from e
+    if not isinstance(doc, dict) or "names" not in doc:
+        raise DataError(f"{p}: no 'names' list of classes")
+    names = doc["names"]
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    root = Path(doc.get("path") or p.parent)
+    root = root if root.is_absolute() else p.parent / root
+    splits = {k: root / str(doc[k]) for k in ("train", "val", "test") if doc.get(k)}
+    return root, splits, tuple(str(n) for n in names)
+
+
+def read_yolo(images_dir: Path, class_names: tuple[str, ...]) -> DetSplit:
+    """``images/<split>/*`` with ``labels/<split>/<stem>.txt`` lines ``class cx cy w h`` (normalized)."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise DataError(f"{images_dir}: YOLO image folder not found")
+    parts = list(images_dir.parts)
+    if "images" not in parts:
+        raise DataError(f"{images_dir}: YOLO image folders live under an 'images' folder, labels under 'labels'")
+    k = len(parts) - 1 - parts[::-1].index("images")
+    labels_dir = Path(*parts[:k], "labels", *parts[k + 1 :])
+    split = DetSplit()
+    for img in list_images(images_dir):
+        txt = labels_dir / f"{img.stem}.txt"
+        rows: list[list[float]] = []
+        if txt.is_file():
+            for n, line in enumerate(txt.read_text().splitlines(), 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) != 5:
+                    raise DataError(f"{txt}:{n}: expected 5 fields 'class cx cy w h', got {len(parts)}: {line!r}")
+                try:
+                    k, *xywh = int(parts[0]), *(float(v) for v in parts[1:])
+                except ValueError:
+                    raise DataError(f"{txt}:{n}: not numbers: {line!r}") from None
+                if not 0 <= k < len(class_names):
+                    raise DataError(f"{txt}:{n}: class {k} out of range 0..{len(class_names) - 1}")
+                rows.append([k, *xywh])
+        h, w = _image_size(img)
+        a = np.asarray(rows, np.float32).reshape(-1, 5)
+        xyxy = np.stack(
+            [
+                (a[:, 1] - a[:, 3] / 2) * w,
+                (a[:, 2] - a[:, 4] / 2) * h,
+                (a[:, 1] + a[:, 3] / 2) * w,
+                (a[:, 2] + a[:, 4] / 2) * h,
+            ],
+            1,
+        )
+        b, c = clean_boxes(xyxy, a[:, 0].astype(np.int32), (h, w), str(txt))
+        split.add(str(img), b, c)
+    if not len(split):
+        raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return split
+
+
+# === Synthetic ===
+
+
+def synthetic_detection_set(n: int, num_classes: int, size: int, seed: int = 0) -> tuple[DetSplit, tuple[str, ...]]:
+    """``n`` images of ``size``² with 0–6 shapes each; the shape kind and hue band are the class.
+
+    Objects vary in scale (6–55% of the side) and aspect ratio (0.5–2), may overlap
+    partly (at most 35% of an earlier object's box is covered) and may be cut by the
+    border. Boxes are the exact extent of each object's visible pixels.
+    """
+    names = tuple(SHAPES[:num_classes])
+    arrays = np.empty((n, size, size, 3), np.uint8)
+    split = DetSplit(arrays=arrays)
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        img = textured_background(rng, size, lines=2)
+        count = 0 if rng.random() < 0.04 else int(rng.integers(1, 7))
+        boxes: list[np.ndarray] = []
+        classes: list[int] = []
+        masks: list[np.ndarray] = []
+        for _ in range(count * 4):  # placement attempts
+            if len(boxes) == count:
+                break
+            k = int(rng.integers(num_classes))
+            side = rng.uniform(0.06, 0.55) * size
+            aspect = np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
+            w, h = side * np.sqrt(aspect), side / np.sqrt(aspect)
+            cx, cy = rng.uniform(-0.15 * w, size + 0.15 * w), rng.uniform(-0.15 * h, size + 0.15 * h)
+            m = _stretched_shape(names[k], size, cx, cy, w, h, rng)
+            ys, xs = np.nonzero(m)
+            if len(xs) < 12:
+                continue
+            box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+            if any(_covered(b, box) > 0.35 or _covered(box, b) > 0.35 for b in boxes):
+                continue
+            paint(img, m, rng, class_colour(rng, k, num_classes))
+            boxes.append(box)
+            classes.append(k)
+            masks.append(m)
+        arrays[i] = img
+        split.add(i, np.asarray(boxes, np.float32).reshape(-1, 4), classes)
+    return split, names
+
+
+def _stretched_shape(kind: str, size: int, cx: float, cy: float, w: float, h: float, rng) -> np.ndarray:
+    """A shape drawn in a square patch, stretched to ``w × h`` and pasted (clipped) at (cx, cy)."""
+    s = max(8, int(round(max(w, h))))
+    patch = shape_mask(kind, s, s / 2, s / 2, s / 2 - 1, rng.uniform(0, 2 * np.pi), max(2, s // 12))
+    patch = cv2.resize(patch, (max(2, int(round(w))), max(2, int(round(h)))), interpolation=cv2.INTER_NEAREST)
+    m = np.zeros((size, size), np.uint8)
+    x0, y0 = int(round(cx - patch.shape[1] / 2)), int(round(cy - patch.shape[0] / 2))
+    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + patch.shape[1], size), min(y0 + patch.shape[0], size)
+    if xb > xa and yb > ya:
+        m[ya:yb, xa:xb] = patch[ya - y0 : yb - y0, xa - x0 : xb - x0]
+    return m
+
+
+def _covered(a: np.ndarray, b: np.ndarray) -> float:
+    """Fraction of box ``a``'s area that box ``b`` covers."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return iw * ih / max((a[2] - a[0]) * (a[3] - a[1]), 1e-6)
+
+
+# === Loading by config ===
+
+
+def _ratio_split(split: DetSplit, val_split: float, seed: int) -> tuple[DetSplit, DetSplit]:
+    idx = np.random.default_rng(seed).permutation(len(split))
+    n_val = max(1, int(round(len(split) * val_split)))
+    if len(split) - n_val < 1:
+        raise DataError(f"only {len(split)} image(s): too few to split off a validation set")
+    return split.take(np.sort(idx[n_val:])), split.take(np.sort(idx[:n_val]))
+
+
+def load(cfg) -> DetectionData:
+    """Read the dataset the config names (``data.format``: coco | voc | yolo | synthetic)."""
+    d = cfg.data
+    fmt = d.format
+    if fmt == "synthetic":
+        full, names = synthetic_detection_set(d.synthetic_samples, d.synthetic_classes, cfg.model.input_size, d.seed)
+        train, val = _ratio_split(full, d.val_split, d.seed)
+    elif fmt == "coco":
+        if not d.train_annotations:
+            raise DataError("data.format=coco needs data.train_annotations (and data.train_images or data.path)")
+        train, names = read_coco(Path(d.train_annotations), Path(d.train_images or d.path))
+        if d.val_annotations:
+            val, _ = read_coco(Path(d.val_annotations), Path(d.val_images or d.train_images or d.path), names)
+        else:
+            train, val = _ratio_split(train, d.val_split, d.seed)
+    elif fmt == "voc":
+        if not d.path:
+            raise DataError("data.format=voc needs data.path, the folder holding Annotations/ and JPEGImages/")
+        train, names = read_voc(Path(d.path), d.splits[0])
+        val, _ = read_voc(Path(d.path), d.splits[1], names)
+    elif fmt == "yolo":
+        if not d.path:
+            raise DataError("data.format=yolo needs data.path, the dataset's data.yaml")
+        _, folders, names = read_yolo_yaml(Path(d.path))
+        tr, va = d.splits
+        if tr not in folders:
+            raise DataError(f"{d.path}: no {tr!r} entry")
+        train = read_yolo(folders[tr], names)
+        if va in folders:
+            val = read_yolo(folders[va], names)
+        else:
+            train, val = _ratio_split(train, d.val_split, d.seed)
+    else:
+        raise DataError(f"data.format {fmt!r} is not a detection format. Expected coco, voc, yolo or synthetic.")
+    if d.class_names:
+        names = tuple(d.class_names)
+    if not len(train) or not len(val):
+        raise DataError(f"empty split: {len(train)} train and {len(val)} validation images")
+    log.info(
+        "detection data: %d train images (%d objects), %d val images (%d objects), classes %s",
+        len(train),
+        train.object_count(),
+        len(val),
+        val.object_count(),
+        list(names),
+    )
+    return DetectionData(train, val, tuple(names))

@@ -1,0 +1,203 @@
+"""Detection: readers and their bad-input errors, target assignment and decoding,
+NMS, the Keras → LiteRT round trip and a short chain that learns."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline import boxes as B
+from pipeline.data import detection as D
+from pipeline.data.classification import DataError
+
+# === Readers ===
+
+
+def _image(path, h=60, w=80):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((h, w, 3), 127, np.uint8))
+
+
+def _coco(tmp_path, annotations=None, images=None, categories=None):
+    _image(tmp_path / "img" / "a.jpg")
+    _image(tmp_path / "img" / "b.jpg")
+    doc = {
+        "images": images
+        if images is not None
+        else [{"id": 1, "file_name": "a.jpg", "height": 60, "width": 80}, {"id": 2, "file_name": "b.jpg"}],
+        "categories": categories or [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}],
+        "annotations": annotations
+        if annotations is not None
+        else [
+            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [10, 20, 30, 15]},
+            {"id": 2, "image_id": 1, "category_id": 3, "bbox": [70, 50, 30, 30]},  # partly outside: clipped
+            {"id": 3, "image_id": 1, "category_id": 3, "bbox": [5, 5, 0, 10]},  # zero area: dropped
+        ],
+    }
+    p = tmp_path / "ann.json"
+    p.write_text(json.dumps(doc))
+    return p
+
+
+def test_coco_reader_maps_categories_clips_drops_and_keeps_negatives(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        split, names = D.read_coco(_coco(tmp_path), tmp_path / "img")
+    assert names == ("cat", "dog")
+    assert len(split) == 2  # b.jpg has no objects: kept as a negative
+    np.testing.assert_allclose(split.boxes[0], [[10, 20, 40, 35], [70, 50, 80, 60]])
+    assert split.classes[0].tolist() == [1, 0]
+    assert len(split.classes[1]) == 0
+    warnings = [r.getMessage() for r in caplog.records if "a.jpg" in r.getMessage()]
+    assert len(warnings) == 1 and "1 box(es) clipped" in warnings[0] and "1 of zero" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"annotations": [{"id": 9, "image_id": 1, "category_id": 5, "bbox": [0, 0, 5, 5]}]}, "unknown category_id 5"),
+        ({"annotations": [{"id": 9, "image_id": 42, "category_id": 3, "bbox": [0, 0, 5, 5]}]}, "image_id 42"),
+        ({"images": [{"id": 1, "file_name": "missing.jpg"}], "annotations": []}, "'missing.jpg' (id 1) not found"),
+        ({"annotations": [{"id": 9, "image_id": 1, "category_id": 3}]}, "annotation #0 lacks"),
+    ],
+)
+def test_coco_reader_errors_name_the_file_and_entry(tmp_path, kw, message):
+    path = _coco(tmp_path, **kw)
+    with pytest.raises(DataError, match="ann.json") as e:
+        D.read_coco(path, tmp_path / "img")
+    assert message in str(e.value)
+
+
+def test_coco_reader_rejects_malformed_json(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text('{"images": [')
+    with pytest.raises(DataError, match="bad.json: malformed JSON"):
+        D.read_coco(p, tmp_path)
+
+
+def _voc(tmp_path, xml_body):
+    root = tmp_path / "VOC"
+    _image(root / "JPEGImages" / "0001.jpg")
+    (root / "Annotations").mkdir(parents=True)
+    (root / "Annotations" / "0001.xml").write_text(xml_body)
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "ImageSets" / "Main" / "train.txt").write_text("0001\n")
+    return root
+
+
+VOC_XML = """<annotation><filename>0001.jpg</filename><size><width>80</width><height>60</height></size>
+<object><name>person</name><difficult>0</difficult><bndbox><xmin>5</xmin><ymin>6</ymin><xmax>50</xmax><ymax>40</ymax></bndbox></object>
+<object><name>car</name><difficult>1</difficult><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox></object>
+</annotation>"""
+
+
+def test_voc_reader_reads_boxes_and_skips_difficult(tmp_path):
+    split, names = D.read_voc(_voc(tmp_path, VOC_XML), "train")
+    assert names == ("car", "person")
+    np.testing.assert_allclose(split.boxes[0], [[5, 6, 50, 40]])
+    assert split.classes[0].tolist() == [1]
+
+
+def test_voc_reader_names_malformed_xml(tmp_path):
+    with pytest.raises(DataError, match=r"0001.xml: malformed XML"):
+        D.read_voc(_voc(tmp_path, "<annotation><object>"), "train")
+
+
+def _yolo(tmp_path, label_text):
+    root = tmp_path / "yolo"
+    _image(root / "images" / "train" / "a.png")
+    _image(root / "images" / "train" / "b.png")  # no label file: a negative
+    (root / "labels" / "train").mkdir(parents=True)
+    (root / "labels" / "train" / "a.txt").write_text(label_text)
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nnames: [cat, dog]\n")
+    return root / "data.yaml"
+
+
+def test_yolo_reader_denormalizes_boxes(tmp_path):
+    _, folders, names = D.read_yolo_yaml(_yolo(tmp_path, "1 0.5 0.5 0.25 0.5\n"))
+    split = D.read_yolo(folders["train"], names)
+    assert names == ("cat", "dog") and len(split) == 2
+    np.testing.assert_allclose(split.boxes[0], [[30, 15, 50, 45]])
+    assert split.classes[0].tolist() == [1] and len(split.classes[1]) == 0
+
+
+@pytest.mark.parametrize(
+    "line, message", [("1 0.5 0.5 0.25\n", "expected 5 fields"), ("2 0.5 0.5 0.2 0.2\n", "class 2 out of range")]
+)
+def test_yolo_reader_errors_name_file_and_line(tmp_path, line, message):
+    _, folders, names = D.read_yolo_yaml(_yolo(tmp_path, line))
+    with pytest.raises(DataError, match=r"a.txt:1: ") as e:
+        D.read_yolo(folders["train"], names)
+    assert message in str(e.value)
+
+
+def test_synthetic_set_is_deterministic_with_exact_boxes():
+    a, names = D.synthetic_detection_set(12, 3, 96, seed=4)
+    b, _ = D.synthetic_detection_set(12, 3, 96, seed=4)
+    assert names == ("circle", "square", "triangle")
+    np.testing.assert_array_equal(a.arrays, b.arrays)
+    assert a.object_count() > 12
+    for boxes in a.boxes:  # inside the image, positive area
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 96).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+
+
+# === Targets, decoding, NMS ===
+
+
+def test_assignment_then_decoding_returns_the_boxes():
+    points = B.anchor_points(128)
+    gt = np.array([[[10, 12, 40, 50], [60, 30, 126, 120], [0, 0, 0, 0]]], np.float32)
+    cls = np.array([[0, 1, -1]], np.float32)
+    box_t, cls_t = (t.numpy() for t in B.assign_targets(points, gt, cls, 2))
+    pos = box_t[0, :, 4] > 0
+    assert pos.sum() > 4
+    assigned = box_t[0, pos, :4]
+    assert {tuple(b) for b in assigned} == {tuple(gt[0, 0]), tuple(gt[0, 1])}
+    # every positive point lies inside its box; the class target is one-hot × centre-ness
+    c = points.centers[pos]
+    assert ((c > assigned[:, :2]) & (c < assigned[:, 2:])).all()
+    np.testing.assert_allclose(cls_t[0, pos].max(-1), box_t[0, pos, 4], rtol=1e-6)
+    assert (cls_t[0, ~pos] == 0).all()
+    # the exact distances decode back to the boxes
+    raw = np.concatenate([c - assigned[:, :2], assigned[:, 2:] - c], 1) / points.units[pos, None]
+    full = np.zeros((len(points), 4), np.float32)
+    full[pos] = raw
+    np.testing.assert_allclose(np.asarray(B.decode(full, points))[pos], assigned, atol=1e-4)
+
+
+def test_positives_sit_near_the_box_centre_and_the_smaller_box_wins_overlaps():
+    points = B.anchor_points(320)
+    gt = np.array([[[20, 20, 300, 300], [152, 152, 200, 200]]], np.float32)
+    box_t, _ = B.assign_targets(points, gt, np.array([[0, 1]], np.float32), 2)
+    box_t = box_t.numpy()[0]
+    pos = box_t[:, 4] > 0
+    small = (box_t[pos, :4] == gt[0, 1]).all(1)
+    assert small.any() and (~small).any()
+    big_centre = np.abs(points.centers[pos][~small] - 160).max(1)
+    assert big_centre.max() < B.CENTER_RADIUS * 8  # centre sampling
+    # where both boxes qualify (inside the small one's centre region), the point regresses the smaller one
+    inside_small = (np.abs(points.centers[pos] - 176) < B.CENTER_RADIUS * 8).all(1)
+    assert small[inside_small].all()
+
+
+def test_nms_keeps_one_box_per_object_and_class():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [0, 0, 10, 10], [50, 50, 60, 60], [2, 2, 4, 4]], np.float32)
+    scores = np.array([[0.9, 0], [0.8, 0], [0, 0.7], [0.6, 0.1], [0.1, 0.05]], np.float32)
+    out = B.nms(boxes, scores, score_threshold=0.2, iou_threshold=0.5)
+    assert out["count"] == 3
+    assert out["classes"].tolist() == [0, 1, 0]  # the overlapping class-1 box survives: NMS is per class
+    np.testing.assert_allclose(out["scores"], [0.9, 0.7, 0.6])
+    np.testing.assert_allclose(out["boxes"][0], [0, 0, 10, 10])
+    assert B.nms(boxes, scores, score_threshold=0.95)["count"] == 0
+
+
+def test_coco_map_is_one_for_perfect_detections_and_drops_for_shifted_boxes():
+    truths = [{"boxes": np.array([[10, 10, 50, 50], [60, 60, 90, 100]], np.float32), "classes": np.array([0, 1])}]
+    perfect = [{"boxes": truths[0]["boxes"], "scores": np.array([0.9, 0.8]), "classes": np.array([0, 1])}]
+    assert B.coco_map(perfect, truths, ["a", "b"])["map50_95"] == pytest.approx(1.0)
+    shifted = [{**perfect[0], "boxes": truths[0]["boxes"] + 6}]
+    m = B.coco_map(shifted, truths, ["a", "b"])
+    assert 0 < m["map50_95"] < 0.8 and m["map50"] == pytest.approx(1.0)
