@@ -46,9 +46,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("all", help="train → prune → qat → export → evaluate")
     _common(p, needs_task=True)
     p = sub.add_parser("demo", help="the whole chain on the built-in synthetic set, small settings")
-    p.add_argument("--run-dir", type=Path, default=Path(DEMO_RUN))
+    p.add_argument("--run-dir", type=Path, default=None, help=f"default: {DEMO_RUN}-<task>")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--task", default="classification")
+    p.add_argument("--task", default="all", help="classification | detection | segmentation | all (default)")
     p = sub.add_parser("config", help="print the resolved config, or the reference of all keys")
     p.add_argument("--task", default="classification")
     p.add_argument("--config", type=Path, default=None)
@@ -87,16 +87,49 @@ def run_stage(name: str, run, cfg, args=None):
 
 CHAIN = ("train", "prune", "qat", "export", "evaluate")
 
-DEMO_SETTINGS = [
-    "data.synthetic_samples=1600",
-    "model.input_size=64",
-    "model.width=0.5",
-    "train.epochs=6",
-    "train.batch_size=32",
-    "prune.epochs=2",
-    "qat.epochs=2",
-    "evaluate.latency_runs=30",
-]
+# Small settings per task: each demo runs the whole chain in a few minutes on 2 CPU cores.
+DEMO_SETTINGS = {
+    "classification": [
+        "data.synthetic_samples=1600",
+        "model.input_size=64",
+        "model.width=0.5",
+        "train.epochs=6",
+        "train.batch_size=32",
+        "prune.epochs=2",
+        "qat.epochs=2",
+        "evaluate.latency_runs=30",
+    ],
+    "detection": [
+        "data.synthetic_samples=600",
+        "model.input_size=160",
+        "model.width=0.5",
+        "train.epochs=12",
+        "train.batch_size=16",
+        "prune.epochs=1",
+        "qat.epochs=1",
+        "export.representative_samples=64",
+        "evaluate.latency_runs=30",
+    ],
+}
+
+
+def _demo(args) -> int:
+    """``edgepipe demo``: the chain on the built-in set for one task, or every task in turn."""
+    from pipeline import config
+    from pipeline.rundir import RunDir
+
+    tasks = list(DEMO_SETTINGS) if args.task == "all" else [args.task]
+    for task in tasks:
+        if task not in DEMO_SETTINGS:
+            raise config.ConfigError(f"demo: unknown task {task!r}; expected one of {[*DEMO_SETTINGS, 'all']}")
+    for task in tasks:
+        run = RunDir(args.run_dir if args.run_dir and len(tasks) == 1 else Path(f"{DEMO_RUN}-{task}"))
+        cfg = config.load(None, [*DEMO_SETTINGS[task], *args.overrides], task=task)
+        for name in CHAIN:
+            logging.getLogger("edgepipe").info("=== %s: %s ===", task, name)
+            run_stage(name, run, cfg, args)
+        print((run.path / "report.md").read_text())
+    return 0
 
 
 def _dispatch(args) -> int:
@@ -109,12 +142,10 @@ def _dispatch(args) -> int:
         else:
             print(config.dump(config.load(args.config, args.overrides, task=args.task)), end="")
         return 0
-    if args.command in ("train", "all", "demo"):
-        if args.command == "demo":
-            run = RunDir(args.run_dir)
-            cfg = config.load(None, [*DEMO_SETTINGS, *args.overrides], task=args.task)
-        else:
-            run, cfg = _resolve_for_train(args)
+    if args.command == "demo":
+        return _demo(args)
+    if args.command in ("train", "all"):
+        run, cfg = _resolve_for_train(args)
         stages = ("train",) if args.command == "train" else CHAIN
     else:
         run = RunDir(args.run_dir)

@@ -79,6 +79,7 @@ def evaluate(run: RunDir, cfg: Config) -> dict:
             "machine": machine(),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "keras_float_details": keras_scores,
+            "keras_params": int(keras_model.count_params()),
         }
         grid_from = next((n for n in ("int8", "qat_int8", "pqat_int8") if n in listed), next(iter(listed)))
         for name, path in listed.items():

@@ -249,6 +249,7 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
                 "outputs": [
                     {**sig, **io} for sig, io in zip(task.output_signature(class_names), _io_details(blob)["outputs"])
                 ],
+                **task.sidecar_extras(cfg),
                 "sparsity": round(weight_sparsity(blob), 4),
                 "keras_sparsity": round(overall_sparsity(models[v.source]), 4),
                 "sources": {

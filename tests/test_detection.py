@@ -201,3 +201,105 @@ def test_coco_map_is_one_for_perfect_detections_and_drops_for_shifted_boxes():
     shifted = [{**perfect[0], "boxes": truths[0]["boxes"] + 6}]
     m = B.coco_map(shifted, truths, ["a", "b"])
     assert 0 < m["map50_95"] < 0.8 and m["map50"] == pytest.approx(1.0)
+
+
+# === The chain on the synthetic set ===
+
+DET_TINY = [
+    "data.synthetic_samples=320",
+    "model.input_size=96",
+    "model.width=0.25",
+    "train.epochs=12",
+    "train.batch_size=16",
+    "prune.epochs=1",
+    "qat.epochs=1",
+    "export.representative_samples=32",
+    "export.variants=float32,int8,qat_int8",
+    "evaluate.latency_runs=5",
+    "evaluate.warmup_runs=1",
+    "evaluate.latency_threads=[1]",
+    "evaluate.threads=1",
+]
+
+
+@pytest.fixture(scope="session")
+def det_chain(tmp_path_factory):
+    from pipeline import config
+    from pipeline.cli import run_stage
+    from pipeline.rundir import RunDir
+
+    base = tmp_path_factory.mktemp("det")
+    run = RunDir(base / "run")
+    cfg = config.load(None, [*DET_TINY, f"export.dir={base / 'exports'}"], task="detection")
+    for stage in ("train", "qat", "export", "evaluate"):
+        run_stage(stage, run, cfg)
+    return run, cfg
+
+
+@pytest.mark.slow
+def test_short_chain_learns_and_reports_map(det_chain):
+    run, _ = det_chain
+    report = json.loads((run.path / "report.json").read_text())
+    assert report["task"] == "detection" and report["metric"] == "map50_95"
+    assert report["keras_float"] > 0.1, report["keras_float"]
+    assert set(report["variants"]) == {"float32", "int8", "qat_int8"}
+    for name, v in report["variants"].items():
+        assert v["metric"] > 0.05, (name, v["metric"])
+        assert set(v["details"]["per_class_ap"]) == set(report["keras_float_details"]["per_class_ap"])
+    assert (run.path / "samples.png").is_file() and cv2.imread(str(run.path / "samples.png")) is not None
+
+
+@pytest.mark.slow
+def test_litert_detections_match_keras(det_chain):
+    """Float32 LiteRT boxes match Keras boxes (same class, IoU ≥ 0.9); int8 ones at IoU ≥ 0.5."""
+    from pipeline.data.images import normalize
+    from pipeline.evaluate import served_outputs
+    from pipeline.export import read_sidecar
+    from pipeline.runtime.tflite_model import TFLiteModel
+    from pipeline.tasks import get_task
+    from pipeline.train import input_spec, rebuild
+
+    run, cfg = det_chain
+    task = get_task("detection")
+    data = task.load_data(cfg)
+    spec = input_spec(cfg)
+    x, _ = next(task.eval_batches(data, cfg, spec, 16))
+    keras_out = served_outputs(rebuild(cfg, len(data.class_names), run.weights("float")), task)(normalize(x, spec))
+    exports = json.loads((run.path / "exports.json").read_text())["variants"]
+    sidecar = read_sidecar(exports["int8"])
+    assert [o["name"] for o in sidecar["outputs"]] == ["boxes", "scores"]
+    assert sidecar["input"]["dtype"] == "int8" and sidecar["outputs"][1]["dtype"] == "int8"
+    assert sidecar["postprocess"]["result"]["count"] == "K"
+    for name, min_iou, min_matched in (("float32", 0.9, 0.99), ("int8", 0.5, 0.8)):
+        lite = TFLiteModel(exports[name], spec, threads=1)(x)
+        matched = total = 0
+        for k in range(len(x)):
+            a = task.postprocess([o[k : k + 1] for o in keras_out], data.class_names)
+            b = task.postprocess([o[k : k + 1] for o in lite], data.class_names)
+            total += a["count"]
+            if a["count"] and b["count"]:
+                iou = B.box_iou(a["boxes"], b["boxes"]) * (a["classes"][:, None] == b["classes"][None])
+                matched += int((iou.max(1) >= min_iou).sum())
+        assert total > 0
+        assert matched / total >= min_matched, (name, matched, total)
+
+
+@pytest.mark.slow
+def test_postprocess_maps_boxes_back_to_the_frame(det_chain):
+    from pipeline.data.images import geometry
+    from pipeline.tasks import get_task
+    from pipeline.train import input_spec
+
+    _, cfg = det_chain
+    spec = input_spec(cfg)
+    assert spec.resize == "letterbox"
+    task = get_task("detection")
+    boxes = np.zeros((1, 4, 4), np.float32)
+    boxes[0, 0] = [10, 30, 50, 60]  # input pixels
+    scores = np.zeros((1, 4, 2), np.float32)
+    scores[0, 0, 1] = 0.9
+    out = task.postprocess([boxes, scores], ["a", "b"], spec=spec, frame_shape=(480, 640))
+    g = geometry((480, 640), spec)
+    np.testing.assert_allclose(out["boxes"][0], g.to_frame(boxes[0, 0]), rtol=1e-5)
+    assert out["labels"] == ["b"] and out["count"] == 1
+    assert task.to_json(out)[0]["label"] == "b"

@@ -76,6 +76,10 @@ class Task:
         """What each output tensor means, for the sidecar; alphabetical by name."""
         raise NotImplementedError
 
+    def sidecar_extras(self, cfg) -> dict:
+        """Task-specific sidecar fields, e.g. how an app post-processes the outputs."""
+        return {}
+
     def postprocess(self, outputs: list[np.ndarray], class_names, **kw) -> Any:
         """One frame's outputs (batch of 1) → JSON-ready predictions.
 

@@ -129,7 +129,8 @@ class Detection(Task):
         "train": {"epochs": 30, "batch_size": 16, "learning_rate": 0.004, "early_stopping_patience": 8},
         "prune": {"epochs": 3},
         "qat": {"epochs": 3},
-        "export": {"representative_samples": 200},
+        # int8 in and out: a uint8 input or output adds QUANTIZE ops that XNNPACK does not take.
+        "export": {"representative_samples": 200, "int8_io": "int8"},
     }
     monitor = "val_loss"
     monitor_mode = "min"
@@ -276,6 +277,32 @@ class Detection(Task):
                 "meaning": "sigmoid score per anchor point and class, in labels-file order",
             },
         ]
+
+    def sidecar_extras(self, cfg):
+        return {
+            "postprocess": {
+                "steps": [
+                    "for each anchor point take its best class and score",
+                    "drop points below score_threshold",
+                    "non-max suppression per class (IoU above iou_threshold suppresses the lower score)",
+                    "keep the max_detections best",
+                    "map boxes from model-input pixels to the frame: x = (x - input_left) / scale_x, "
+                    "y = (y - input_top) / scale_y (letterbox: the frame is scaled by "
+                    "size / max(h, w) and centred; stretch: scale_x = size / w, scale_y = size / h)",
+                ],
+                "score_threshold": RUN_SCORE,
+                "iou_threshold": 0.5,
+                "max_detections": 100,
+                "result": {
+                    "boxes": "[K, 4] x1, y1, x2, y2 in frame pixels",
+                    "scores": "[K] in [0, 1]",
+                    "classes": "[K] index into the labels file",
+                    "count": "K",
+                },
+                "implementation": "pipeline.boxes.nms (OpenCV NMSBoxesBatched), used by evaluate and edgepipe run",
+            },
+            "anchor_points": len(self.points(cfg.model.input_size)),
+        }
 
     def postprocess(
         self,

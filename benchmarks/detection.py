@@ -1,0 +1,246 @@
+"""Detection benchmark: our chain against keras-cv's YOLOV8Detector, then the targets.
+
+    python benchmarks/detection.py [--run-dir DIR] [--set key=value ...] [--skip STAGES] [--no-peer]
+    python benchmarks/detection.py --coco-train ann.json --coco-images DIR [--coco-val ann.json]
+
+Runs train → prune → qat → export → evaluate at the detection defaults (320×320,
+built-in synthetic set unless a COCO set is given), then trains the peer a user
+would otherwise pick, keras-cv's YOLOV8Detector, built from explicit arguments
+(its smallest backbone, no presets) on the same data, epochs and input size, and
+measures it the same way: mAP with the same NMS and pycocotools code, TFLite float
+latency on LiteRT with the same thread count. Prints both tables and the target
+check; exit status 1 if a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("benchmark")
+
+
+def check_targets(report: dict) -> list[tuple[str, bool, str]]:
+    v, ref = report["variants"], report["keras_float"]
+    rows = []
+    for name, points in (("qat_int8", 1.0), ("int8", 2.5)):
+        if name in v:
+            d = (ref - v[name]["metric"]) * 100
+            rows.append((f"{name} mAP within {points} pt of Keras float", d <= points, f"{-d:+.2f} pt"))
+    if "float32" in v and "int8" in v:
+        a = v["int8"]["latency_by_threads"].get("2", {}).get("p50")
+        b = v["float32"]["latency_by_threads"].get("2", {}).get("p50")
+        if a is not None and b is not None:
+            rows.append(("int8 p50 <= float32 p50, 2 threads", a <= b, f"{a:.3f} vs {b:.3f} ms"))
+    for name, m in v.items():
+        rows.append(
+            (f"{name}: every op on XNNPACK", not m["undelegated_ops"], json.dumps(m["undelegated_ops"]) or "{}")
+        )
+    return rows
+
+
+# === The peer ===
+
+
+def yolov8_peer(cfg, num_classes: int):
+    """keras-cv YOLOV8Detector on its smallest explicit backbone (no presets, no download)."""
+    from pipeline._keras import keras, keras_cv
+
+    backbone = keras_cv.models.YOLOV8Backbone(
+        stackwise_channels=[16, 32, 64, 128],
+        stackwise_depth=[1, 1, 1, 1],
+        include_rescaling=False,
+        activation="swish",
+        input_shape=(cfg.model.input_size, cfg.model.input_size, 3),
+    )
+    model = keras_cv.models.YOLOV8Detector(
+        num_classes=num_classes,
+        bounding_box_format="xyxy",
+        backbone=backbone,
+        fpn_depth=1,
+        prediction_decoder=keras_cv.layers.NonMaxSuppression(
+            bounding_box_format="xyxy", from_logits=False, confidence_threshold=0.01, iou_threshold=0.6
+        ),
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(cfg.train.learning_rate, weight_decay=cfg.train.weight_decay),
+        classification_loss="binary_crossentropy",
+        box_loss="ciou",
+    )
+    return model
+
+
+def peer_dataset(task, split, cfg, spec, training: bool):
+    """Our loader and augmentation, in keras-cv's {images, bounding_boxes} form."""
+    from pipeline._keras import keras_cv, tf
+    from pipeline.data.images import normalize
+    from pipeline.tasks.detection import MAX_BOXES, _augmenter, _sample_fn
+
+    load = _sample_fn(split, spec)
+    ds = tf.data.Dataset.range(len(split))
+    if training:
+        ds = ds.shuffle(len(split), seed=cfg.data.seed)
+    ds = ds.map(lambda i: tf.numpy_function(load, [i], [tf.uint8, tf.float32, tf.float32, tf.bool]))
+    s = spec.size
+
+    def shape(x, b, c, ok):
+        return tf.cast(tf.ensure_shape(x, (s, s, 3)), tf.float32), tf.ensure_shape(b, (MAX_BOXES, 4)), c
+
+    ds = ds.filter(lambda x, b, c, ok: ok).map(shape).batch(cfg.train.batch_size, drop_remainder=training)
+    aug = _augmenter(s) if training and cfg.data.augment else None
+
+    def to_kcv(x, b, c):
+        bb = {"boxes": b, "classes": c}
+        if aug is not None:
+            out = aug({"images": x, "bounding_boxes": bb}, training=True)
+            x, bb = out["images"], keras_cv.bounding_box.to_dense(out["bounding_boxes"], max_boxes=MAX_BOXES)
+        return normalize(x, spec), bb
+
+    return ds.map(to_kcv, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def run_peer(cfg, out_dir: Path, threads: int, runs: int) -> dict:
+    from pipeline import boxes as B
+    from pipeline.data.images import normalize
+    from pipeline.export import convert
+    from pipeline.rundir import write_bytes
+    from pipeline.runtime.tflite_model import TFLiteModel
+    from pipeline.tasks import get_task
+    from pipeline.train import input_spec
+
+    task = get_task("detection")
+    spec = input_spec(cfg)
+    data = task.load_data(cfg)
+    model = yolov8_peer(cfg, len(data.class_names))
+    t0 = time.time()
+    model.fit(
+        peer_dataset(task, data.train, cfg, spec, True),
+        validation_data=peer_dataset(task, data.val, cfg, spec, False),
+        epochs=cfg.train.epochs,
+        verbose=2,
+    )
+    train_s = time.time() - t0
+    dets, truths, images = [], [], []
+    for x, t in task.eval_batches(data, cfg, spec, 16):
+        pred = model.predict(normalize(x, spec), verbose=0)
+        for k in range(len(x)):
+            n = int(pred["num_detections"][k])
+            dets.append(
+                {
+                    "boxes": np.asarray(pred["boxes"][k][:n]),
+                    "scores": np.asarray(pred["confidence"][k][:n]),
+                    "classes": np.asarray(pred["classes"][k][:n]).astype(int),
+                }
+            )
+        truths += t
+        images.append(x)
+    scores = B.coco_map(dets, truths, data.class_names)
+    # TFLite float latency of the raw heads (no decoding, no NMS): the cheapest form of
+    # the peer a user could ship, so the comparison favours the peer.
+    raw = lambda y: {"box": y["boxes"], "cls": y["classes"]}  # noqa: E731
+    try:
+        blob = convert(model, "float32", serving=raw)
+        path = out_dir / "yolov8_float32.tflite"
+        write_bytes(path, blob)
+        lat = TFLiteModel(path, spec, threads=threads).latency_ms(images[0][0], runs=runs)
+        latency = float(np.percentile(lat, 50))
+        size = len(blob)
+    except Exception as e:  # the peer's export failing is a result to report, not a crash
+        log.error("YOLOV8Detector TFLite export failed: %s", e)
+        latency, size = float("nan"), 0
+    return {
+        "map50_95": scores["map50_95"],
+        "map50": scores["map50"],
+        "params": int(model.count_params()),
+        "latency_ms_p50": latency,
+        "size_bytes": size,
+        "train_s": train_s,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", default="runs/detection")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--skip", default="", help="comma list of stages already done in --run-dir")
+    ap.add_argument("--coco-train", help="COCO instances JSON for training (default: the synthetic set)")
+    ap.add_argument("--coco-val", help="COCO instances JSON for validation (default: split from train)")
+    ap.add_argument("--coco-images", help="image folder the COCO file names are relative to")
+    ap.add_argument("--no-peer", action="store_true", help="skip the YOLOV8Detector comparison")
+    args = ap.parse_args()
+
+    from pipeline import config
+    from pipeline.cli import CHAIN, run_stage
+    from pipeline.rundir import RunDir, write_json
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = list(args.overrides)
+    if args.coco_train:
+        overrides += ["data.format=coco", f"data.train_annotations={args.coco_train}"]
+        overrides += [f"data.train_images={args.coco_images or Path(args.coco_train).parent}"]
+        if args.coco_val:
+            overrides += [f"data.val_annotations={args.coco_val}"]
+    cfg = config.load(None, overrides, task="detection")
+    run = RunDir(args.run_dir)
+    skip = set(filter(None, args.skip.split(",")))
+    t0 = time.time()
+    for stage in CHAIN:
+        if stage not in skip:
+            run_stage(stage, run, cfg)
+    ours_s = time.time() - t0
+    report = json.loads((run.path / "report.json").read_text())
+    print((run.path / "report.md").read_text())
+    rows = check_targets(report)
+    if not args.no_peer:
+        peer = run_peer(cfg, run.path, cfg.evaluate.threads, cfg.evaluate.latency_runs)
+        write_json(run.path / "peer_yolov8.json", peer)
+        ours = report["variants"]
+        print(
+            f"\n### Ours vs keras-cv YOLOV8Detector ({cfg.model.input_size}px, {cfg.train.epochs} epochs, same data)\n"
+        )
+        print("| model | params | mAP@[.5:.95] | mAP@.5 | TFLite float32 p50 ms | int8 p50 ms | size KB |")
+        print("|---|---|---|---|---|---|---|")
+        f32 = ours.get("float32", {})
+        print(
+            f"| ours (float32 / int8) | {report.get('keras_params', '')} | {report['keras_float']:.4f} | "
+            f"{report['keras_float_details'].get('map50', float('nan')):.4f} | {f32.get('latency_ms_p50', float('nan')):.3f} | "
+            f"{ours.get('int8', {}).get('latency_ms_p50', float('nan')):.3f} | {f32.get('size_bytes', 0) / 1024:.0f} |"
+        )
+        print(
+            f"| YOLOV8Detector (raw heads, no decode/NMS) | {peer['params']} | {peer['map50_95']:.4f} | "
+            f"{peer['map50']:.4f} | {peer['latency_ms_p50']:.3f} | – | {peer['size_bytes'] / 1024:.0f} |"
+        )
+        print(f"\n(our chain took {ours_s / 60:.1f} min; the peer's training {peer['train_s'] / 60:.1f} min)")
+        rows.append(
+            (
+                "mAP >= YOLOV8Detector's",
+                report["keras_float"] >= peer["map50_95"],
+                f"{report['keras_float']:.4f} vs {peer['map50_95']:.4f}",
+            )
+        )
+        if "float32" in ours:
+            a = ours["float32"]["latency_ms_p50"]
+            rows.append(
+                (
+                    "TFLite float latency < YOLOV8Detector's",
+                    a < peer["latency_ms_p50"],
+                    f"{a:.3f} vs {peer['latency_ms_p50']:.3f} ms",
+                )
+            )
+    print("\n| target | measured | result |\n|---|---|---|")
+    for name, ok, measured in rows:
+        print(f"| {name} | {measured} | {'PASS' if ok else 'FAIL'} |")
+    return 0 if all(ok for _, ok, _ in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
