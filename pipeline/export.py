@@ -205,6 +205,8 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
     Returns:
         ``{variant: path}``, also saved as ``RUN/exports.json``.
     """
+    from pipeline import __version__
+    from pipeline.metadata import add_metadata
     from pipeline.optimize import build_qat, overall_sparsity
     from pipeline.rundir import sha256, write_bytes, write_json, write_text
     from pipeline.tasks import get_task
@@ -234,6 +236,16 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
                 )
             log.info("converting %s (%s model, %s preset)", name, v.source, v.preset)
             blob = convert(models[v.source], v.preset, rep, cfg.export.int8_io, serving=task.serving)
+            blob = add_metadata(
+                blob,
+                task=cfg.task,
+                name=f"{run.name} {name}",
+                description=f"{cfg.task} model from edgepipe: {v.source} weights, {v.preset} preset",
+                version=f"edgepipe {__version__}",
+                spec=spec,
+                outputs=task.output_signature(class_names),
+                class_names=class_names,
+            )
             path = out / f"{name}.tflite"
             write_bytes(path, blob)
             sidecar = {
