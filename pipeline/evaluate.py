@@ -19,6 +19,7 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.data.images import normalize
 from pipeline.rundir import RunDir, StageInputError, write_json, write_text
+from pipeline.runtime.benchmark import peak_memory, summarize
 from pipeline.runtime.tflite_model import TFLiteModel, undelegated_ops
 from pipeline.tasks import get_task
 
@@ -123,8 +124,7 @@ def _measure(path: Path, spec, task, images, targets, class_names, ref, ev) -> d
     lat = {}
     for t in sorted({ev.threads, *ev.latency_threads}):
         m = model if t == ev.threads else TFLiteModel(path, spec, threads=t)
-        times = m.latency_ms(images[0][0], runs=ev.latency_runs, warmup=ev.warmup_runs)
-        lat[str(t)] = {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
+        lat[str(t)] = summarize(m.latency_ms(images[0][0], runs=ev.latency_runs, warmup=ev.warmup_runs))
     sidecar = read_sidecar(path)
     record = {
         "path": str(path),
@@ -138,6 +138,7 @@ def _measure(path: Path, spec, task, images, targets, class_names, ref, ev) -> d
         "latency_by_threads": lat,
         "input_dtype": str(np.dtype(model.input["dtype"])),
         "undelegated_ops": undelegated_ops(model.interpreter),
+        "memory": peak_memory(path, threads=ev.threads),
         "details": {k: v for k, v in scores.items() if k != task.metric},
     }
     return record, outputs
