@@ -145,6 +145,13 @@ def weight_sparsity(tflite: bytes) -> float:
     """Zero fraction of the weight tensors of CONV_2D / DEPTHWISE_CONV_2D /
     FULLY_CONNECTED ops, read from the flatbuffer itself (through DEQUANTIZE for
     float16 weights), so the figure describes the file that ships."""
+    layers = layer_sparsity(tflite)
+    return sum(z for _, z, _ in layers) / max(sum(n for _, _, n in layers), 1)
+
+
+def layer_sparsity(tflite: bytes) -> list[tuple[str, int, int]]:
+    """``(weight tensor name, zeros, weights)`` per CONV_2D / DEPTHWISE_CONV_2D /
+    FULLY_CONNECTED op, in execution order (see :func:`weight_sparsity`)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     m = schema.ModelT.InitFromPackedBuf(tflite, 0)
@@ -157,7 +164,7 @@ def weight_sparsity(tflite: bytes) -> float:
         schema.TensorType.INT8: np.int8,
         schema.TensorType.UINT8: np.uint8,
     }
-    zeros = total = 0
+    layers = []
     for g in m.subgraphs:
         producer = {o.outputs[0]: o for o in g.operators if o.outputs is not None and len(o.outputs)}
         for o in g.operators:
@@ -172,9 +179,9 @@ def weight_sparsity(tflite: bytes) -> float:
             if buf is None or tensor.type not in dtypes:
                 continue
             w = np.frombuffer(bytes(bytearray(buf)), dtypes[tensor.type])
-            zeros += int((w == 0).sum())
-            total += w.size
-    return zeros / max(total, 1)
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+            layers.append((name, int((w == 0).sum()), int(w.size)))
+    return layers
 
 
 # === Stage ===

@@ -208,3 +208,28 @@ def benchmark(
     if profile:
         result["ops"] = profile_ops(path, threads=threads[0], runs=max(10, runs // 2), warmup=warmup)
     return result
+
+
+def render(result: dict, top: int = 15) -> str:
+    """A benchmark result as readable text; the profile lists the slowest ops first."""
+    lines = [f"{result['model']}  ({result['size_bytes'] / 1024:.1f} KB)", ""]
+    lines.append(f"{'threads':>7} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} {'mean ms':>9} {'runs':>5}")
+    for t, s in result["latency"].items():
+        lines.append(f"{t:>7} {s['p50']:>9.3f} {s['p90']:>9.3f} {s['p99']:>9.3f} {s['mean']:>9.3f} {s['runs']:>5}")
+    if "memory" in result:
+        m = result["memory"]
+        lines.append(
+            f"\npeak memory: {m['peak_mb']:.1f} MB ({m['delta_mb']:+.1f} MB over the {m['baseline_mb']:.1f} MB "
+            "of a Python process with LiteRT imported)"
+        )
+    off = ", ".join(f"{k}×{n}" for k, n in result.get("undelegated_ops", {}).items())
+    lines.append(f"not on XNNPACK: {off or 'none'}")
+    if "ops" in result:
+        total = sum(max(r["ms"], 0.0) for r in result["ops"]) or 1.0
+        lines.append(f"\nper-op time (graph-prefix differences, {len(result['ops'])} ops), slowest {top}:")
+        for r in sorted(result["ops"], key=lambda r: -r["ms"])[:top]:
+            where = "XNNPACK" if r["delegated"] else "builtin kernel (NOT delegated)"
+            lines.append(
+                f"  #{r['index']:<4} {r['op']:<26} {r['ms']:>8.4f} ms {100 * max(r['ms'], 0) / total:5.1f}%  {where}"
+            )
+    return "\n".join(lines) + "\n"

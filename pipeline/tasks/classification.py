@@ -107,5 +107,10 @@ class Classification(Task):
         top = np.argsort(-scores)[:top_k]
         return [{"class_id": int(i), "label": class_names[i], "score": float(scores[i])} for i in top]
 
+    def report_figures(self, report, out_dir):
+        from pipeline.report import confusion_figure
+
+        return [confusion_figure(report, out_dir)]
+
 
 register_task(Classification())
