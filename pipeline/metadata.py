@@ -365,7 +365,13 @@ def add_metadata(
     Args:
         outputs: the task's ``output_signature`` (alphabetical by output name).
     """
-    ordered = [outputs[k] for k in file_output_order(model)] if len(outputs) > 1 else outputs
+    order = file_output_order(model)
+    if len(order) != len(outputs):
+        raise ValueError(
+            f"the model has {len(order)} output tensors but the output signature lists {len(outputs)}: "
+            f"{[o.get('name') for o in outputs]}"
+        )
+    ordered = [outputs[k] for k in order]
     meta = build_metadata(
         task=task,
         name=name,

@@ -290,3 +290,26 @@ def confusion_figure(report: dict, out_dir: Path) -> Path:
     ax.set_title(f"Confusion matrix: {name or 'Keras float'}")
     fig.colorbar(im, ax=ax, fraction=0.046)
     return save_figure(fig, Path(out_dir) / "confusion_matrix.png")
+
+
+def image_grid(
+    images: np.ndarray, captions: list[str], correct: list[bool], cell: int = 128, cols: int = 4, max_n: int = 16
+) -> np.ndarray:
+    """Prepared uint8 images tiled into an RGB grid, each captioned green (right) or red (wrong)."""
+    import cv2
+
+    n = min(len(images), max_n)
+    rows = max(1, -(-n // cols))
+    bar = 18
+    grid = np.full((rows * (cell + bar), cols * cell, 3), 255, np.uint8)
+    for i in range(n):
+        img = images[i]
+        img = np.repeat(img, 3, -1) if img.shape[-1] == 1 else img
+        r, c = divmod(i, cols)
+        y, x = r * (cell + bar), c * cell
+        grid[y : y + cell, x : x + cell] = cv2.resize(img, (cell, cell), interpolation=cv2.INTER_NEAREST)
+        color = (0, 140, 0) if correct[i] else (200, 0, 0)
+        cv2.putText(
+            grid, captions[i][:24], (x + 2, y + cell + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.35, color, 1, cv2.LINE_AA
+        )
+    return grid

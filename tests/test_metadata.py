@@ -151,6 +151,17 @@ def test_metadata_leaves_the_model_runnable_and_rewrites_cleanly(models, tmp_pat
         outputs=[{"name": "scores", "shape": [1, 3]}],
         class_names=["a", "b", "c"],
     )
+    with pytest.raises(ValueError, match="1 output tensors but the output signature lists 2"):
+        add_metadata(
+            path.read_bytes(),
+            task="classification",
+            name="n",
+            description="d",
+            version="1",
+            spec=SPEC,
+            outputs=[{"name": "a"}, {"name": "b"}],
+            class_names=CLASSES,
+        )
     p2 = tmp_path / "again.tflite"
     p2.write_bytes(again)
     md = read_metadata(again)

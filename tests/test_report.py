@@ -97,9 +97,14 @@ def _logs(run_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_report_writes_every_figure_at_the_fixed_size_and_links_them(tmp_path):
+    from pipeline.export import layer_sparsity
+    from pipeline.report import _short
+
     run_dir, exports = tmp_path / "run", tmp_path / "exports"
     exports.mkdir()
-    _tflite(exports / "pruned_float32.tflite", 0.5)
+    layers = layer_sparsity(_tflite(exports / "pruned_float32.tflite", 0.5).read_bytes())
+    assert [_short(name) for name, _, _ in layers] == ["conv", "head"]
+    assert all(abs(zeros / total - 0.5) < 0.01 for _, zeros, total in layers)
     report = fake_report(run_dir, exports)
     _logs(run_dir)
     written = write_report(run_dir, report, get_task("classification"))
@@ -150,3 +155,26 @@ def test_evaluate_writes_the_report_figures_and_memory(chain):
         assert v["latency_by_threads"]["1"]["p99"] >= v["latency_by_threads"]["1"]["p50"]
     assert "![Per-layer sparsity](sparsity.png)" in (run.path / "report.md").read_text()
     assert (run.path / "report.html").is_file()
+
+
+def test_classification_sample_grid_captions_every_image(tmp_path):
+    from pipeline.evaluate import _write_png
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    scores = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]]
+    targets = np.array([0, 1, 2, 1, 1, 2])
+    grid = get_task("classification").sample_grid(images, [scores], targets, ["cat", "dog", "bird"])
+    assert grid.shape == (2 * (128 + 18), 4 * 128, 3) and grid.dtype == np.uint8
+
+    def caption(i):  # the text strip under image i
+        r, c = divmod(i, 4)
+        strip = grid[r * 146 + 128 : r * 146 + 146, c * 128 : (c + 1) * 128].astype(int)
+        red = (strip[..., 0] > 150) & (strip[..., 1] < 80)
+        green = (strip[..., 1] > 100) & (strip[..., 0] < 80)
+        return red.any(), green.any()
+
+    assert caption(0) == (False, True)  # right: green text
+    assert caption(3) == (True, False)  # predicted cat, was dog: red text
+    _write_png(tmp_path / "samples.png", grid)
+    assert png_size(tmp_path / "samples.png") == (512, 292)
