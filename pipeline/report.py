@@ -103,7 +103,8 @@ def training_figure(logs: dict[str, list[dict]], path: Path) -> Path:
                 continue
             y = [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows]
             ax = ax_loss if key.endswith("loss") else ax_met
-            ax.plot(x, y, ls="--" if key.startswith("val_") else "-", label=f"{stage} {key}")
+            ls = "--" if key.startswith("val_") else "-"
+            ax.plot(x, y, ls=ls, marker="o", ms=3, label=f"{stage} {key}")  # markers: 1-epoch stages show
         for ax in (ax_loss, ax_met):
             ax.axvline(start - 0.5, color="gray", lw=0.5)
         start += len(rows)
@@ -146,7 +147,8 @@ def sparsity_figure(report: dict, path: Path) -> Path | None:
 def _short(tensor_name: str) -> str:
     """``model/block_3_expand/Conv2D;…`` → ``block_3_expand``: the Keras layer name."""
     parts = tensor_name.split(";")[0].split("/")
-    return parts[-2] if len(parts) >= 2 else parts[0][:24]
+    name = parts[-2] if len(parts) >= 2 else parts[0][:24]
+    return name.removeprefix("quant_").removeprefix("prune_low_magnitude_")
 
 
 # === Report files ===
