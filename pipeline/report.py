@@ -315,3 +315,39 @@ def image_grid(
             grid, captions[i][:24], (x + 2, y + cell + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.35, color, 1, cv2.LINE_AA
         )
     return grid
+
+
+def pr_curves_figure(curves: dict[str, tuple], out_dir: Path, name: str = "pr_curves.png") -> Path:
+    """Precision–recall curves, one per class: ``{class: (recall[], precision[], ap)}``.
+
+    For detection's ``Task.report_figures``; pycocotools' ``eval["precision"]`` at
+    IoU 0.5 gives the arrays (101 recall points per class).
+    """
+    fig = new_figure()
+    ax = fig.add_subplot()
+    for cls, (recall, precision, ap) in curves.items():
+        ax.plot(recall, precision, label=f"{cls} (AP {ap:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title("Precision–recall per class")
+    if curves:
+        ax.legend(fontsize=8)
+    return save_figure(fig, Path(out_dir) / name)
+
+
+def iou_bars_figure(per_class: dict[str, float | None], out_dir: Path, name: str = "per_class_iou.png") -> Path:
+    """Per-class IoU bars (None = class absent from the split), for segmentation."""
+    fig = new_figure()
+    ax = fig.add_subplot()
+    names = list(per_class)
+    values = [np.nan if per_class[n] is None else per_class[n] for n in names]
+    bars = ax.bar(range(len(names)), np.nan_to_num(values), color="tab:blue")
+    for b, v in zip(bars, values):
+        ax.text(b.get_x() + b.get_width() / 2, b.get_height() + 0.01, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("IoU")
+    ax.set_title("Per-class IoU")
+    return save_figure(fig, Path(out_dir) / name)

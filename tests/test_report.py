@@ -178,3 +178,14 @@ def test_classification_sample_grid_captions_every_image(tmp_path):
     assert caption(3) == (True, False)  # predicted cat, was dog: red text
     _write_png(tmp_path / "samples.png", grid)
     assert png_size(tmp_path / "samples.png") == (512, 292)
+
+
+def test_detection_and_segmentation_figure_helpers_draw_real_pngs(tmp_path):
+    from pipeline.report import iou_bars_figure, pr_curves_figure
+
+    r = np.linspace(0, 1, 101)
+    pr = pr_curves_figure({"car": (r, 1 - 0.5 * r, 0.75), "dog": (r, 1 - r**2, 0.66)}, tmp_path)
+    iou = iou_bars_figure({"background": 0.95, "disc": 0.6, "square": None}, tmp_path)
+    for p in (pr, iou):
+        assert png_size(p) == (int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI))
+        assert_non_blank(p)
