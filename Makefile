@@ -4,7 +4,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format benchmark clean
+# MediaPipe Tasks (the real client of our metadata) needs opencv-contrib-python,
+# which clashes with opencv-python: it gets its own venv, used by tests/test_metadata.py.
+MP_VENV ?= .venv-mediapipe
+MP_STAMP := $(MP_VENV)/.installed
+
+.PHONY: install demo test test-fast lint format benchmark clean mediapipe-venv
 
 install: $(STAMP)
 
@@ -14,10 +19,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+mediapipe-venv: $(MP_STAMP)
+
+$(MP_STAMP):
+	$(PYTHON) -m venv $(MP_VENV)
+	$(MP_VENV)/bin/pip install --quiet mediapipe==1.2.2
+	touch $(MP_STAMP)
+
 demo: install
 	$(BIN)/edgepipe demo
 
-test: install
+test: install mediapipe-venv
 	$(BIN)/pytest -q
 
 test-fast: install

@@ -49,6 +49,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, default=None, help=f"default: {DEMO_RUN}-<task>")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--task", default="all", help="classification | detection | segmentation | all (default)")
+    p = sub.add_parser("inspect", help="inputs, outputs, quantization, metadata, labels and ops of a .tflite")
+    p.add_argument("model", type=Path)
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p = sub.add_parser("benchmark", help="latency percentiles per thread count and peak memory of a .tflite")
+    p.add_argument("model", type=Path)
+    p.add_argument("--threads", default="1,2,4", help="comma list of thread counts (default 1,2,4)")
+    p.add_argument("--runs", type=int, default=50, help="timed invokes per thread count (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed invokes first (default 5)")
+    p.add_argument("--profile", action="store_true", help="add per-op timing, slowest first")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p = sub.add_parser("compare", help="several runs' reports side by side")
+    p.add_argument("run_dirs", nargs="+", type=Path)
     p = sub.add_parser("config", help="print the resolved config, or the reference of all keys")
     p.add_argument("--task", default="classification")
     p.add_argument("--config", type=Path, default=None)
@@ -132,10 +144,44 @@ def _demo(args) -> int:
     return 0
 
 
+def _inspect(args) -> str:
+    import json
+
+    from pipeline.runtime.inspect_model import describe, render
+
+    info = describe(args.model)
+    return json.dumps(info, indent=2) + "\n" if args.json else render(info)
+
+
+def _benchmark(args) -> str:
+    import json
+
+    from pipeline.runtime.benchmark import benchmark, render
+
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        raise ValueError(f"--threads {args.threads!r}: expected a comma list of integers, e.g. 1,2,4") from None
+    result = benchmark(args.model, threads=threads, runs=args.runs, warmup=args.warmup, profile=args.profile)
+    return json.dumps(result, indent=2) + "\n" if args.json else render(result)
+
+
+def _compare(args) -> str:
+    from pipeline.report import compare
+
+    return compare(args.run_dirs)
+
+
+TOOLS = {"inspect": _inspect, "benchmark": _benchmark, "compare": _compare}
+
+
 def _dispatch(args) -> int:
     from pipeline import config
     from pipeline.rundir import RunDir
 
+    if args.command in TOOLS:
+        print(TOOLS[args.command](args), end="")
+        return 0
     if args.command == "config":
         if args.reference:
             print(config.reference())
@@ -177,9 +223,12 @@ def main(argv: list[str] | None = None) -> int:
 
     expected = (ConfigError, DataError, ImageError, StageInputError, FileNotFoundError)
     try:
+        from pipeline.metadata import MetadataError
         from pipeline.runtime.tflite_model import ModelFileError
 
-        expected += (ModelFileError,)
+        expected += (ModelFileError, MetadataError)
+        if args.command == "benchmark":
+            expected += (ValueError,)
         return _dispatch(args)
     except expected as e:
         print(f"edgepipe {args.command}: error: {e}", file=sys.stderr)

@@ -18,7 +18,9 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.data.images import normalize
-from pipeline.rundir import RunDir, StageInputError, write_json, write_text
+from pipeline.report import render_markdown, write_report  # noqa: F401 - render_markdown moved to report.py
+from pipeline.rundir import RunDir, StageInputError, write_json
+from pipeline.runtime.benchmark import peak_memory, summarize
 from pipeline.runtime.tflite_model import TFLiteModel, undelegated_ops
 from pipeline.tasks import get_task
 
@@ -99,8 +101,7 @@ def evaluate(run: RunDir, cfg: Config) -> dict:
                 report["variants"][name]["latency_ms_p50"],
             )
         write_json(run.path / "report.json", report)
-        write_text(run.path / "report.md", render_markdown(report))
-        entry["outputs"] += [run.path / "report.json", run.path / "report.md"]
+        entry["outputs"] += [run.path / "report.json", *write_report(run.path, report, task)]
         entry["results"] = {
             n: {task.metric: v["metric"], "p50_ms": v["latency_ms_p50"]} for n, v in report["variants"].items()
         }
@@ -135,8 +136,7 @@ def _measure(path: Path, spec, task, images, targets, class_names, ref, ev) -> d
     lat = {}
     for t in sorted({ev.threads, *ev.latency_threads}):
         m = model if t == ev.threads else TFLiteModel(path, spec, threads=t)
-        times = m.latency_ms(images[0][0], runs=ev.latency_runs, warmup=ev.warmup_runs)
-        lat[str(t)] = {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90))}
+        lat[str(t)] = summarize(m.latency_ms(images[0][0], runs=ev.latency_runs, warmup=ev.warmup_runs))
     sidecar = read_sidecar(path)
     record = {
         "path": str(path),
@@ -150,6 +150,7 @@ def _measure(path: Path, spec, task, images, targets, class_names, ref, ev) -> d
         "latency_by_threads": lat,
         "input_dtype": str(np.dtype(model.input["dtype"])),
         "undelegated_ops": undelegated_ops(model.interpreter),
+        "memory": peak_memory(path, threads=ev.threads),
         "details": {k: v for k, v in scores.items() if k != task.metric},
     }
     return record, outputs
@@ -164,40 +165,6 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     if not ok:
         raise ValueError(f"{path}: could not encode the sample grid as PNG")
     write_bytes(path, buf.tobytes())
-
-
-def render_markdown(report: dict) -> str:
-    """The variant table as Markdown, with the machine and date it was measured on."""
-    threads = sorted({int(t) for v in report["variants"].values() for t in v["latency_by_threads"]})
-    head = ["variant", report["metric"], "Δ vs Keras", "agreement", "size KB", "gzip KB", "sparsity"]
-    head += [f"p50 ms ({t}T)" for t in threads] + [f"p90 ms ({report['threads']}T)", "not on XNNPACK"]
-    lines = [
-        f"# {report['task']} report: {report['run']}",
-        "",
-        f"Keras float {report['metric']}: **{report['keras_float']:.4f}** on {report['samples']} validation samples.",
-        f"Measured with LiteRT + XNNPACK on {report['machine']}, {report['date']}.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for name, v in report["variants"].items():
-        ops = ", ".join(f"{k}×{n}" for k, n in v["undelegated_ops"].items()) or "–"
-        row = [
-            name,
-            f"{v['metric']:.4f}",
-            f"{(v['metric'] - report['keras_float']) * 100:+.2f} pt",
-            f"{v['agreement']:.4f}",
-            f"{v['size_bytes'] / 1024:.1f}",
-            f"{v['gzip_bytes'] / 1024:.1f}",
-            f"{v['sparsity']:.2f}",
-        ]
-        row += [
-            f"{v['latency_by_threads'][str(t)]['p50']:.3f}" if str(t) in v["latency_by_threads"] else ""
-            for t in threads
-        ]
-        row += [f"{v['latency_ms_p90']:.3f}", ops]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -145,6 +145,13 @@ def weight_sparsity(tflite: bytes) -> float:
     """Zero fraction of the weight tensors of CONV_2D / DEPTHWISE_CONV_2D /
     FULLY_CONNECTED ops, read from the flatbuffer itself (through DEQUANTIZE for
     float16 weights), so the figure describes the file that ships."""
+    layers = layer_sparsity(tflite)
+    return sum(z for _, z, _ in layers) / max(sum(n for _, _, n in layers), 1)
+
+
+def layer_sparsity(tflite: bytes) -> list[tuple[str, int, int]]:
+    """``(weight tensor name, zeros, weights)`` per CONV_2D / DEPTHWISE_CONV_2D /
+    FULLY_CONNECTED op, in execution order (see :func:`weight_sparsity`)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     m = schema.ModelT.InitFromPackedBuf(tflite, 0)
@@ -157,7 +164,7 @@ def weight_sparsity(tflite: bytes) -> float:
         schema.TensorType.INT8: np.int8,
         schema.TensorType.UINT8: np.uint8,
     }
-    zeros = total = 0
+    layers = []
     for g in m.subgraphs:
         producer = {o.outputs[0]: o for o in g.operators if o.outputs is not None and len(o.outputs)}
         for o in g.operators:
@@ -172,9 +179,9 @@ def weight_sparsity(tflite: bytes) -> float:
             if buf is None or tensor.type not in dtypes:
                 continue
             w = np.frombuffer(bytes(bytearray(buf)), dtypes[tensor.type])
-            zeros += int((w == 0).sum())
-            total += w.size
-    return zeros / max(total, 1)
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
+            layers.append((name, int((w == 0).sum()), int(w.size)))
+    return layers
 
 
 # === Stage ===
@@ -205,6 +212,8 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
     Returns:
         ``{variant: path}``, also saved as ``RUN/exports.json``.
     """
+    from pipeline import __version__
+    from pipeline.metadata import add_metadata
     from pipeline.optimize import build_qat, overall_sparsity
     from pipeline.rundir import sha256, write_bytes, write_json, write_text
     from pipeline.tasks import get_task
@@ -234,6 +243,16 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
                 )
             log.info("converting %s (%s model, %s preset)", name, v.source, v.preset)
             blob = convert(models[v.source], v.preset, rep, cfg.export.int8_io, serving=task.serving)
+            blob = add_metadata(
+                blob,
+                task=cfg.task,
+                name=f"{run.name} {name}",
+                description=f"{cfg.task} model from edgepipe: {v.source} weights, {v.preset} preset",
+                version=f"edgepipe {__version__}",
+                spec=spec,
+                outputs=task.output_signature(class_names),
+                class_names=class_names,
+            )
             path = out / f"{name}.tflite"
             write_bytes(path, blob)
             sidecar = {

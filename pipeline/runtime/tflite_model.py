@@ -7,7 +7,6 @@ the input tensor's own dtype and quantization parameters.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -127,20 +126,15 @@ class TFLiteModel:
 
     def latency_ms(self, image: np.ndarray, runs: int = 50, warmup: int = 5) -> np.ndarray:
         """Per-invoke wall times at batch 1, after warm-up (inference only)."""
+        from pipeline.runtime.benchmark import time_invokes
+
         self._resize(1)
         self.interpreter.set_tensor(self.input["index"], quantize_input(image[None], self.input, self.spec))
-        for _ in range(warmup):
-            self.interpreter.invoke()
-        times = np.empty(runs)
-        for i in range(runs):
-            t0 = time.perf_counter()
-            self.interpreter.invoke()
-            times[i] = (time.perf_counter() - t0) * 1e3
-        return times
+        return time_invokes(self.interpreter, runs, warmup)
 
 
-def undelegated_ops(interpreter) -> dict[str, int]:
-    """Ops that still run on the builtin kernels rather than inside a DELEGATE node.
+def delegated_op_indices(interpreter) -> set[int]:
+    """Indices of the ops inside a DELEGATE node (XNNPACK's partitions).
 
     A delegate node's partition is found by walking back from its output tensors to
     its input tensors; every op met on the way is delegated.
@@ -158,4 +152,11 @@ def undelegated_ops(interpreter) -> dict[str, int]:
                 continue
             delegated.add(o["index"])
             stack += [int(x) for x in o["inputs"] if x >= 0]
+    return delegated
+
+
+def undelegated_ops(interpreter) -> dict[str, int]:
+    """Ops that still run on the builtin kernels rather than inside a DELEGATE node."""
+    ops = interpreter._get_ops_details()
+    delegated = delegated_op_indices(interpreter)
     return dict(Counter(o["op_name"] for o in ops if o["op_name"] != "DELEGATE" and o["index"] not in delegated))

@@ -108,3 +108,8 @@ class Task:
         and ``targets`` their ground truth, in ``eval_batches`` form.
         """
         return None
+
+    def report_figures(self, report: dict, out_dir) -> list:
+        """Task-specific PNGs for the report (e.g. a confusion matrix), written into
+        ``out_dir`` from ``report.json`` data; returns their paths. Default: none."""
+        return []

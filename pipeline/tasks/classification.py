@@ -107,5 +107,21 @@ class Classification(Task):
         top = np.argsort(-scores)[:top_k]
         return [{"class_id": int(i), "label": class_names[i], "score": float(scores[i])} for i in top]
 
+    def sample_grid(self, images, outputs, targets, class_names):
+        from pipeline.report import image_grid
+
+        scores = outputs[0]
+        pred = scores.argmax(-1)
+        captions = [
+            f"{class_names[p]} {scores[i, p]:.2f}" + ("" if p == t else f" (true {class_names[t]})")
+            for i, (p, t) in enumerate(zip(pred, targets))
+        ]
+        return image_grid(images, captions, [p == t for p, t in zip(pred, targets)])
+
+    def report_figures(self, report, out_dir):
+        from pipeline.report import confusion_figure
+
+        return [confusion_figure(report, out_dir)]
+
 
 register_task(Classification())
