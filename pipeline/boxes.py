@@ -230,8 +230,15 @@ def coco_map(detections: list[dict], truths: list[dict], class_names) -> dict:
         ev.accumulate()
         ev.summarize()
     precision = ev.eval["precision"][:, :, :, 0, -1]  # (iou, recall, class) at area=all, maxDets=100
-    per_class = {}
+    per_class, pr50 = {}, {}
     for k, name in enumerate(class_names):
         p = precision[:, :, k]
         per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else None
-    return {"map50_95": max(0.0, float(ev.stats[0])), "map50": max(0.0, float(ev.stats[1])), "per_class_ap": per_class}
+        if (p[0] > -1).any():  # IoU 0.5, at COCO's 101 recall points
+            pr50[name] = [round(float(v), 4) for v in np.clip(p[0], 0, 1)]
+    return {
+        "map50_95": max(0.0, float(ev.stats[0])),
+        "map50": max(0.0, float(ev.stats[1])),
+        "per_class_ap": per_class,
+        "pr50": pr50,
+    }

@@ -343,6 +343,16 @@ class Detection(Task):
 
         return draw_boxes(frame, predictions["boxes"], predictions["classes"], predictions["scores"], class_names)
 
+    def report_figures(self, report, out_dir):
+        """Precision–recall curves at IoU 0.5 of the int8 variant (or Keras float)."""
+        from pipeline.report import pr_curves_figure
+
+        name = next((n for n in ("int8", "qat_int8", "pqat_int8") if n in report["variants"]), None)
+        details = report["variants"][name]["details"] if name else report["keras_float_details"]
+        recall = np.linspace(0, 1, 101)
+        curves = {c: (recall, np.asarray(p), float(np.mean(p))) for c, p in details.get("pr50", {}).items()}
+        return [pr_curves_figure(curves, out_dir)] if curves else []
+
     def sample_grid(self, images, outputs, targets, class_names):
         import cv2
 
