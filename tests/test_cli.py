@@ -18,7 +18,7 @@ def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 def test_each_stage_is_a_subcommand_and_a_module():
     out = _run("--help")
-    assert "{train,prune,qat,export,evaluate,all,demo,config}" in out.stdout
+    assert "{train,prune,qat,export,evaluate,all,demo,config,run}" in out.stdout
     for module in (
         "pipeline.train",
         "pipeline.prune",

@@ -256,6 +256,15 @@ def run(opts: RunOptions) -> dict:
         reconnect_attempts=opts.reconnect_attempts,
         backoff_s=opts.reconnect_backoff_s,
     ).start()
+    log.info(
+        "running %s (%s, %d×%d input, %d labels) on %s",
+        Path(opts.model).name,
+        m.task_name,
+        m.spec.size,
+        m.spec.size,
+        len(m.class_names),
+        source.name,
+    )
     stop, reason = threading.Event(), []
     with contextlib.ExitStack() as stack:
         stack.callback(capture.stop)

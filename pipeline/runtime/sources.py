@@ -188,8 +188,9 @@ def open_source(spec: str | int, loop: bool = False) -> FrameSource:
 
 @dataclass
 class Frame:
-    """One captured frame: BGR uint8 ``image``, the model-ready ``prepared`` input
-    (when the capture was given a ``prepare``), and timings in ms."""
+    """One captured frame: BGR uint8 ``image``, its ``index`` in the source (a reopened
+    file resumes, a looped one restarts), the model-ready ``prepared`` input (when
+    the capture was given a ``prepare``), and timings in ms."""
 
     image: np.ndarray
     index: int
@@ -307,8 +308,7 @@ class Capture:
     def _make_frame(self, img: np.ndarray, t0: float) -> Frame:
         img = as_bgr(img)
         t1 = time.perf_counter()
-        frame = Frame(img, self._count, time.time(), capture_ms=(t1 - t0) * 1e3)
-        self._count += 1
+        frame = Frame(img, self.source.position - 1, time.time(), capture_ms=(t1 - t0) * 1e3)
         if self.prepare is not None:
             frame.prepared = self.prepare(img)
             frame.preprocess_ms = (time.perf_counter() - t1) * 1e3
@@ -316,9 +316,10 @@ class Capture:
 
     def _deliver(self, frame: Frame, t_start: float) -> None:
         if self.pace and self.source.fps:
-            delay = t_start + frame.index / self.source.fps - time.perf_counter()
+            delay = t_start + self._count / self.source.fps - time.perf_counter()
             if delay > 0:
                 self._stop.wait(delay)
+        self._count += 1
         if self.latest_only:
             with self._cond:
                 if self._slot is not None:
