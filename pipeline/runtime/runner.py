@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+import cv2
+
 from pipeline.data.images import InputSpec, prepare
 from pipeline.export import read_sidecar
 from pipeline.rundir import atomic_path
@@ -268,6 +270,10 @@ def run(opts: RunOptions) -> dict:
     stop, reason = threading.Event(), []
     with contextlib.ExitStack() as stack:
         stack.callback(capture.stop)
+        # The capture thread already runs OpenCV beside the interpreter; OpenCV's own
+        # worker pool would only compete with XNNPACK's threads for the same cores.
+        stack.callback(cv2.setNumThreads, cv2.getNumThreads())
+        cv2.setNumThreads(1)
         sink = jsonl = None
         if opts.output is not None:
             tmp = stack.enter_context(atomic_path(opts.output))
