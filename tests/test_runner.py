@@ -22,7 +22,7 @@ from conftest import TINY, edgepipe_cmd, subprocess_env
 
 from pipeline.data.images import InputSpec
 from pipeline.runtime.overlay import blend_mask, draw_boxes, palette
-from pipeline.runtime.sources import Capture, SourceError, VideoSource, open_source, redact
+from pipeline.runtime.sources import Capture, FrameSource, SourceError, VideoSource, open_source, redact
 
 CLASSES = ["circle", "square", "triangle"]  # the synthetic set's names for 3 classes
 
@@ -121,6 +121,42 @@ def test_paced_file_drops_frames_a_slow_consumer_cannot_take(tmp_path):
     idx = [f.index for f in frames]
     assert cap.dropped > 0 and len(frames) + cap.dropped == 30
     assert idx == sorted(set(idx)) and time.perf_counter() - t0 >= 30 / 50 * 0.9  # paced, not flat out
+
+
+class ListSource(FrameSource):
+    """Frames from a list, like a driver that hands over whatever the sensor gave."""
+
+    def __init__(self, frames: list) -> None:
+        self.frames, self.name = frames, "list"
+
+    def open(self) -> None:
+        pass
+
+    def read(self):
+        if self.position >= len(self.frames):
+            return None
+        self.position += 1
+        return self.frames[self.position - 1]
+
+
+def test_odd_frames_are_converted_and_malformed_ones_skipped_not_fatal():
+    from functools import partial
+
+    from pipeline.data.images import prepare
+
+    frames = [
+        np.full((40, 60), 7, np.uint8),  # grayscale
+        np.zeros((0, 0, 3), np.uint8),  # empty: a glitching driver
+        np.full((30, 30, 4), 9, np.uint8),  # BGRA
+        np.full((20, 20, 3), 1000, np.uint16),  # 16-bit
+    ]
+    cap = Capture(ListSource(frames), prepare=partial(prepare, spec=InputSpec(16), bgr=True)).start()
+    got = _drain(cap)
+    cap.stop()
+    assert [f.index for f in got] == [0, 2, 3] and cap.bad_frames == 1
+    for f in got:
+        assert f.image.dtype == np.uint8 and f.image.ndim == 3 and f.image.shape[2] == 3
+        assert f.prepared.shape == (16, 16, 3) and f.preprocess_ms > 0
 
 
 class FailingVideo(VideoSource):

@@ -130,15 +130,34 @@ def blend_mask(
     return frame
 
 
-def draw_hud(frame: np.ndarray, fps: float, stages_ms: dict[str, float]) -> np.ndarray:
-    """FPS and per-stage latency in the bottom-left corner (labels keep the top-left)."""
-    lines = [f"{fps:5.1f} FPS"] + [f"{k} {v:5.1f} ms" for k, v in stages_ms.items()]
-    scale, thick = _text_scale(frame)
-    scale *= 0.7
+def hud_panel(frame_shape: tuple[int, ...], fps: float, stages_ms: dict[str, float]) -> np.ndarray:
+    """An opaque BGR panel with FPS and per-stage latency, sized for a frame of ``frame_shape``.
+
+    Opaque, so a runner can render it a few times a second and paste it on every
+    frame (:func:`paste_hud`) instead of drawing text per frame.
+    """
+    lines = [f"{fps:5.1f} FPS"] + [f"{k:<11} {v:6.1f} ms" for k, v in stages_ms.items()]
+    scale = max(0.4, min(frame_shape[:2]) / 720) * 0.7
+    thick = max(1, round(scale * 1.5))
     (_, th), base = cv2.getTextSize("0", FONT, scale, thick)
     step = th + base + 6
-    y = frame.shape[0] - step * len(lines) - 8
-    for line in lines:
-        _text_box(frame, line, (8, max(0, y)), (20, 20, 20), scale, thick)
-        y += step
+    width = max(cv2.getTextSize(line, FONT, scale, thick)[0][0] for line in lines) + 12
+    panel = np.full((step * len(lines) + 6, width, 3), 20, np.uint8)
+    for i, line in enumerate(lines):
+        cv2.putText(panel, line, (6, 3 + i * step + th + 2), FONT, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return panel
+
+
+def paste_hud(frame: np.ndarray, panel: np.ndarray, margin: int = 8) -> np.ndarray:
+    """Paste a :func:`hud_panel` in the bottom-left corner (labels keep the top-left)."""
+    h = min(panel.shape[0], frame.shape[0] - margin)
+    w = min(panel.shape[1], frame.shape[1] - margin)
+    if h > 0 and w > 0:
+        y = frame.shape[0] - margin - h
+        frame[y : y + h, margin : margin + w] = panel[:h, :w]
     return frame
+
+
+def draw_hud(frame: np.ndarray, fps: float, stages_ms: dict[str, float]) -> np.ndarray:
+    """FPS and per-stage latency in the bottom-left corner."""
+    return paste_hud(frame, hud_panel(frame.shape, fps, stages_ms))

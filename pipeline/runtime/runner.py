@@ -26,7 +26,7 @@ import cv2
 from pipeline.data.images import InputSpec, prepare
 from pipeline.export import read_sidecar
 from pipeline.rundir import atomic_path
-from pipeline.runtime.overlay import draw_hud
+from pipeline.runtime.overlay import hud_panel, paste_hud
 from pipeline.runtime.sinks import Display, VideoSink, check_video_path
 from pipeline.runtime.sources import Capture, Frame, FrameSource, open_source
 from pipeline.runtime.stats import StageStats
@@ -190,7 +190,8 @@ class _Loop:
         self.stats = StageStats(STAGES)
         self.frames = 0
         self.fps = 0.0
-        self._last = None
+        self._last = self._dt = None
+        self._hud, self._hud_t, self._hud_shape = None, 0.0, None
 
     def step(self, f: Frame) -> bool:
         """Infer, post-process, draw and emit one frame; False when the user quit."""
@@ -201,9 +202,14 @@ class _Loop:
             outputs, self.m.class_names, spec=self.m.spec, frame_shape=f.image.shape[:2], **self.opts.task_options
         )
         t2 = time.perf_counter()
+        if self.opts.hud:  # first, so that on a small frame predictions stay on top
+            # Numbers that change 60 times a second are unreadable: re-render the
+            # panel 4 times a second and paste it (a copy) on every frame.
+            if self._hud is None or t1 - self._hud_t > 0.25 or self._hud_shape != f.image.shape:
+                self._hud = hud_panel(f.image.shape, self.fps, self.stats.recent())
+                self._hud_t, self._hud_shape = t1, f.image.shape
+            paste_hud(f.image, self._hud)
         self.task.draw(f.image, preds, self.m.class_names)
-        if self.opts.hud:
-            draw_hud(f.image, self.fps, self.stats.recent())
         t3 = time.perf_counter()
         ms = {
             "capture": f.capture_ms,
@@ -213,9 +219,10 @@ class _Loop:
             "draw": (t3 - t2) * 1e3,
         }
         self.stats.add(ms)
-        if self._last is not None:
+        if self._last is not None:  # smooth the frame interval, not its inverse (bursts)
             dt = t3 - self._last
-            self.fps = 1 / dt if not self.fps else 0.9 * self.fps + 0.1 / max(dt, 1e-9)
+            self._dt = dt if self._dt is None else 0.9 * self._dt + 0.1 * dt
+            self.fps = 1 / max(self._dt, 1e-9)
         self._last = t3
         if self.jsonl is not None:
             line = {
@@ -268,7 +275,9 @@ def run(opts: RunOptions) -> dict:
         source.name,
     )
     stop, reason = threading.Event(), []
-    with contextlib.ExitStack() as stack:
+    # Signal handlers stay in place while the outputs are finalised, so a SIGTERM
+    # during clean-up cannot kill the process halfway through writing them.
+    with _stop_on_signals(stop, reason), contextlib.ExitStack() as stack:
         stack.callback(capture.stop)
         # The capture thread already runs OpenCV beside the interpreter; OpenCV's own
         # worker pool would only compete with XNNPACK's threads for the same cores.
@@ -291,8 +300,7 @@ def run(opts: RunOptions) -> dict:
             stack.callback(display.close)
         loop = _Loop(m, opts, capture, sink, jsonl, display)
         t_start = time.perf_counter()
-        with _stop_on_signals(stop, reason):
-            reason.append(_drive(loop, capture, stop, opts.max_frames))
+        reason.append(_drive(loop, capture, stop, opts.max_frames))
         wall = time.perf_counter() - t_start
     return _summary(loop, opts, source, wall, reason[0])
 
@@ -321,6 +329,7 @@ def _summary(loop: _Loop, opts: RunOptions, source: FrameSource, wall: float, re
         "frames": loop.frames,
         "dropped": cap.dropped,
         "skipped_images": getattr(source, "skipped", 0),
+        "bad_frames": cap.bad_frames,
         "read_failures": cap.read_failures,
         "reconnects": cap.reconnects,
         "gap_s": round(cap.gap_s, 3),

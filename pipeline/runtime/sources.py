@@ -239,7 +239,7 @@ class Capture:
         self.pace = pace and not source.live
         self.reconnect_attempts = reconnect_attempts
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
-        self.dropped = self.reconnects = self.read_failures = 0
+        self.dropped = self.reconnects = self.read_failures = self.bad_frames = 0
         self.gap_s = 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
         self._slot: Frame | None = None
@@ -301,7 +301,13 @@ class Capture:
                     continue
                 if img is None:
                     break
-                self._deliver(self._make_frame(img, t0), t_start)
+                try:
+                    frame = self._make_frame(img, t0)
+                except (cv2.error, ValueError) as e:  # an empty or malformed frame: skip it, count it
+                    self.bad_frames += 1
+                    log.warning("skipped bad frame %d from %s: %s", self.bad_frames, self.source.name, e)
+                    continue
+                self._deliver(frame, t_start)
         finally:
             self._end()
 
