@@ -258,51 +258,47 @@ def run(opts: RunOptions) -> dict:
             check_video_path(Path(opts.output))
         except ValueError as e:
             raise RunError(str(e)) from None
-    capture = Capture(
-        source,
-        prepare=partial(prepare, spec=m.spec, bgr=True),
-        pace=opts.pace,
-        reconnect_attempts=opts.reconnect_attempts,
-        backoff_s=opts.reconnect_backoff_s,
-    ).start()
-    log.info(
-        "running %s (%s, %d×%d input, %d labels) on %s",
-        Path(opts.model).name,
-        m.task_name,
-        m.spec.size,
-        m.spec.size,
-        len(m.class_names),
-        source.name,
-    )
     stop, reason = threading.Event(), []
     # Signal handlers stay in place while the outputs are finalised, so a SIGTERM
     # during clean-up cannot kill the process halfway through writing them.
     with _stop_on_signals(stop, reason), contextlib.ExitStack() as stack:
-        stack.callback(capture.stop)
         # The capture thread already runs OpenCV beside the interpreter; OpenCV's own
         # worker pool would only compete with XNNPACK's threads for the same cores.
         stack.callback(cv2.setNumThreads, cv2.getNumThreads())
         cv2.setNumThreads(1)
-        sink = jsonl = None
-        if opts.output is not None:
-            tmp = stack.enter_context(atomic_path(opts.output))
-            sink = VideoSink(tmp, opts.output_fps or capture.fps or 30.0)
-            stack.callback(sink.close)
-        if opts.jsonl is not None:
-            jsonl = stack.enter_context(open(stack.enter_context(atomic_path(opts.jsonl)), "w"))
-        show = (
-            opts.display
-            if opts.display is not None
-            else bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-        )
-        display = Display(f"edgepipe: {source.name}") if show else None
-        if display is not None:
-            stack.callback(display.close)
-        loop = _Loop(m, opts, capture, sink, jsonl, display)
+        capture = Capture(
+            source,
+            prepare=partial(prepare, spec=m.spec, bgr=True),
+            pace=opts.pace,
+            reconnect_attempts=opts.reconnect_attempts,
+            backoff_s=opts.reconnect_backoff_s,
+        ).start()  # SourceError here, before any output file exists
+        stack.callback(capture.stop)
+        log.info("running %s (%s, %d px input) on %s", Path(opts.model).name, m.task_name, m.spec.size, source.name)
+        loop = _Loop(m, opts, capture, *_open_outputs(stack, opts, capture))
         t_start = time.perf_counter()
         reason.append(_drive(loop, capture, stop, opts.max_frames))
         wall = time.perf_counter() - t_start
     return _summary(loop, opts, source, wall, reason[0])
+
+
+def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Capture) -> tuple:
+    """(video sink, JSONL file, display), each closed by ``stack`` in the right order:
+    the writer is released before its temporary file is moved into place."""
+    sink = jsonl = display = None
+    if opts.output is not None:
+        tmp = stack.enter_context(atomic_path(opts.output))
+        sink = VideoSink(tmp, opts.output_fps or capture.fps or 30.0)
+        stack.callback(sink.close)
+    if opts.jsonl is not None:
+        jsonl = stack.enter_context(open(stack.enter_context(atomic_path(opts.jsonl)), "w"))
+    show = opts.display
+    if show is None:
+        show = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if show:
+        display = Display(f"edgepipe: {capture.source.name}")
+        stack.callback(display.close)
+    return sink, jsonl, display
 
 
 def _drive(loop: _Loop, capture: Capture, stop: threading.Event, max_frames: int) -> str:
