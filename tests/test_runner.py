@@ -363,6 +363,8 @@ def test_bad_models_are_errors_before_any_frame(model, tmp_path):
     assert _run(bare, video, labels="x,y,z")["frames"] == 3
     with pytest.raises(RunError, match="unsupported video container"):
         _run(model, video, output=tmp_path / "o.gif")
+    with pytest.raises(RunError, match="threads must be at least 1"):
+        _run(model, video, threads=0)
 
 
 @pytest.mark.slow

@@ -99,6 +99,10 @@ class LoadedModel:
 def load_model(opts: RunOptions) -> LoadedModel:
     """The interpreter, input spec, task and labels for ``opts.model``, or a clear error."""
     path = Path(opts.model)
+    for name in ("threads", "max_frames", "reconnect_attempts"):
+        low = 1 if name == "threads" else 0
+        if getattr(opts, name) < low:
+            raise RunError(f"{name} must be at least {low}, got {getattr(opts, name)}")
     model = TFLiteModel(path, InputSpec(size=1), opts.threads)  # ModelFileError on a bad file
     side_path = path.with_suffix(".json")
     side = None
