@@ -280,10 +280,10 @@ def run(opts: RunOptions) -> dict:
         stack.callback(capture.stop)
         log.info("running %s (%s, %d px input) on %s", Path(opts.model).name, m.task_name, m.spec.size, source.name)
         loop = _Loop(m, opts, capture, *_open_outputs(stack, opts, capture))
-        t_start = time.perf_counter()
+        t_start, cpu_start = time.perf_counter(), time.process_time()
         reason.append(_drive(loop, capture, stop, opts.max_frames))
-        wall = time.perf_counter() - t_start
-    return _summary(loop, opts, source, wall, reason[0])
+        wall, cpu = time.perf_counter() - t_start, time.process_time() - cpu_start
+    return {**_summary(loop, opts, source, wall, reason[0]), "cpu_s": round(cpu, 3)}
 
 
 def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Capture) -> tuple:
