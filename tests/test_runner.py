@@ -278,12 +278,13 @@ def _run(model: Path, source, **kw) -> dict:
 
 @pytest.mark.slow
 def test_video_run_writes_playable_video_jsonl_and_summary(model, tmp_path):
-    from pipeline.runtime.runner import STAGES
+    from pipeline.runtime.runner import LATENCY, STAGES
 
     video = write_video(tmp_path / "in.avi", 24)
     s = _run(model, str(video), output=tmp_path / "out.mp4", jsonl=tmp_path / "p.jsonl", task_options={"top_k": 2})
     assert s["frames"] == 24 and s["dropped"] == 0 and s["stopped_by"] == "end of source"
-    assert set(s["stages_ms"]) == set(STAGES) and s["stages_ms"]["inference"]["p50"] > 0 and s["fps"] > 0
+    assert set(s["stages_ms"]) == {*STAGES, LATENCY} and s["stages_ms"]["inference"]["p50"] > 0 and s["fps"] > 0
+    assert s["stages_ms"][LATENCY]["mean"] >= s["stages_ms"]["inference"]["mean"]
     frames = read_all(tmp_path / "out.mp4")
     assert len(frames) == 24 and frames[0].shape == (120, 160, 3)
     label_area = frames[0][:40, :80]  # the top-2 labels, each on a box in its class colour
@@ -293,7 +294,7 @@ def test_video_run_writes_playable_video_jsonl_and_summary(model, tmp_path):
     for x in lines:
         assert len(x["predictions"]) == 2 and {p["label"] for p in x["predictions"]} <= set(CLASSES)
         assert 0 <= x["predictions"][1]["score"] <= x["predictions"][0]["score"] <= 1
-        assert set(x["timings_ms"]) == set(STAGES)
+        assert set(x["timings_ms"]) == {*STAGES, LATENCY}
     assert not list(tmp_path.glob(".*"))  # atomic writes left no temporary files
     s = _run(model, str(video), max_frames=5, jsonl=tmp_path / "p5.jsonl")
     assert s["frames"] == 5 and s["stopped_by"] == "max frames"

@@ -36,6 +36,9 @@ from pipeline.tasks import get_task
 log = logging.getLogger(__name__)
 
 STAGES = ("capture", "preprocess", "inference", "postprocess", "draw")
+# Also recorded: the age of a frame when its overlay is done (read → drawn), queue
+# waits included; latest-frame-only capture keeps it bounded on live sources.
+LATENCY = "latency"
 
 
 class RunError(ValueError):
@@ -191,7 +194,7 @@ class _Loop:
     def __init__(self, m: LoadedModel, opts: RunOptions, capture: Capture, sink, jsonl, display) -> None:
         self.m, self.task, self.opts = m, m.task, opts
         self.capture, self.sink, self.jsonl, self.display = capture, sink, jsonl, display
-        self.stats = StageStats(STAGES)
+        self.stats = StageStats((*STAGES, LATENCY))
         self.frames = 0
         self.fps = 0.0
         self._last = self._dt = None
@@ -221,6 +224,7 @@ class _Loop:
             "inference": (t1 - t0) * 1e3,
             "postprocess": (t2 - t1) * 1e3,
             "draw": (t3 - t2) * 1e3,
+            LATENCY: (t3 - f.read_at) * 1e3,
         }
         self.stats.add(ms)
         if self._last is not None:  # smooth the frame interval, not its inverse (bursts)

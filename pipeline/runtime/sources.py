@@ -197,6 +197,7 @@ class Frame:
     timestamp: float
     prepared: np.ndarray | None = None
     capture_ms: float = 0.0
+    read_at: float = 0.0  # perf_counter when the source handed the frame over
     preprocess_ms: float = 0.0
 
 
@@ -312,9 +313,10 @@ class Capture:
             self._end()
 
     def _make_frame(self, img: np.ndarray, t0: float) -> Frame:
+        read_at = time.perf_counter()
         img = as_bgr(img)
         t1 = time.perf_counter()
-        frame = Frame(img, self.source.position - 1, time.time(), capture_ms=(t1 - t0) * 1e3)
+        frame = Frame(img, self.source.position - 1, time.time(), capture_ms=(t1 - t0) * 1e3, read_at=read_at)
         if self.prepare is not None:
             frame.prepared = self.prepare(img)
             frame.preprocess_ms = (time.perf_counter() - t1) * 1e3
