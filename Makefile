@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format benchmark clean
+.PHONY: install demo test test-fast lint format benchmark benchmark-runner clean
 
 install: $(STAMP)
 
@@ -31,6 +31,9 @@ format: install
 
 benchmark: install
 	$(BIN)/python benchmarks/fashion_mnist.py
+
+benchmark-runner: install
+	$(BIN)/python benchmarks/runner.py --make-model 224
 
 clean:
 	rm -rf runs exports/*/ .pytest_cache

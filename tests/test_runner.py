@@ -270,6 +270,31 @@ def model(tmp_path_factory) -> Path:
     return Path(export(run, cfg, ["int8"])["int8"])
 
 
+@pytest.fixture(scope="module")
+def channel_model(tmp_path_factory) -> Path:
+    """A float model whose class k is the mean of RGB channel k: it tells whether the
+    runner hands the model RGB (as training does) rather than OpenCV's BGR."""
+    from pipeline._keras import keras
+    from pipeline.export import _io_details, convert
+    from pipeline.rundir import write_bytes, write_json
+
+    x = keras.Input((16, 16, 3))
+    y = keras.layers.Dense(3, activation="softmax", kernel_initializer=keras.initializers.Identity(20.0))(
+        keras.layers.GlobalAveragePooling2D()(x)
+    )
+    blob = convert(keras.Model(x, y), "float32")
+    path = tmp_path_factory.mktemp("channel_model") / "rgb.tflite"
+    write_bytes(path, blob)
+    io = _io_details(blob)
+    side = {
+        "task": "classification",
+        "class_names": ["red", "green", "blue"],
+        "input": {**InputSpec(16).to_dict(), **io["input"]},
+    }
+    write_json(path.with_suffix(".json"), side)
+    return path
+
+
 def _run(model: Path, source, **kw) -> dict:
     from pipeline.runtime.runner import RunOptions, run
 
@@ -299,6 +324,17 @@ def test_video_run_writes_playable_video_jsonl_and_summary(model, tmp_path):
     s = _run(model, str(video), max_frames=5, jsonl=tmp_path / "p5.jsonl")
     assert s["frames"] == 5 and s["stopped_by"] == "max frames"
     assert len((tmp_path / "p5.jsonl").read_text().splitlines()) == 5
+
+
+@pytest.mark.slow
+def test_the_model_sees_rgb_frames_prepared_as_in_training(channel_model, tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for name, bgr in (("1_red", (0, 0, 255)), ("2_green", (0, 255, 0)), ("3_blue", (255, 0, 0))):
+        cv2.imwrite(str(d / f"{name}.png"), np.full((48, 64, 3), bgr, np.uint8))
+    _run(channel_model, str(d), jsonl=tmp_path / "p.jsonl", task_options={"top_k": 1})
+    top = [json.loads(x)["predictions"][0]["label"] for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert top == ["red", "green", "blue"]
 
 
 @pytest.mark.slow
