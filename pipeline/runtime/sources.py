@@ -216,8 +216,10 @@ class Capture:
     Args:
         source: an unopened :class:`FrameSource`; :meth:`start` opens it, so a bad
             source is an error before any frame is read.
-        prepare: optional ``BGR frame → model input``, run here so that it overlaps
-            inference (the tf.data prefetch idea).
+        prepare: optional ``BGR frame → model input``. For files it runs on the
+            capture thread, so that it overlaps inference (the tf.data prefetch idea);
+            where only the newest frame is kept it runs in :meth:`get`, so frames that
+            are dropped anyway cost no preprocessing.
         pace: hand files over at their frame rate, dropping frames the consumer has
             not taken (what a live source does by nature).
         reconnect_attempts: reopen tries after a failure before the run ends.
@@ -274,7 +276,13 @@ class Capture:
             if not self._cond.wait_for(lambda: self._slot is not None or self._ended, timeout):
                 raise TimeoutError
             frame, self._slot = self._slot, None
-            return frame
+        if frame is None:
+            return None
+        try:
+            return self._prepare(frame)
+        except (cv2.error, ValueError) as e:
+            self._skip_bad(e)
+            raise TimeoutError from None  # the caller asks again, as after a timeout
 
     def stop(self) -> None:
         self._stop.set()
@@ -304,9 +312,8 @@ class Capture:
                     break
                 try:
                     frame = self._make_frame(img, t0)
-                except (cv2.error, ValueError) as e:  # an empty or malformed frame: skip it, count it
-                    self.bad_frames += 1
-                    log.warning("skipped bad frame %d from %s: %s", self.bad_frames, self.source.name, e)
+                except (cv2.error, ValueError) as e:
+                    self._skip_bad(e)
                     continue
                 self._deliver(frame, t_start)
         finally:
@@ -317,9 +324,20 @@ class Capture:
         img = as_bgr(img)
         t1 = time.perf_counter()
         frame = Frame(img, self.source.position - 1, time.time(), capture_ms=(t1 - t0) * 1e3, read_at=read_at)
-        if self.prepare is not None:
-            frame.prepared = self.prepare(img)
-            frame.preprocess_ms = (time.perf_counter() - t1) * 1e3
+        if not self.latest_only:
+            self._prepare(frame)
+        return frame
+
+    def _skip_bad(self, e: Exception) -> None:
+        """An empty or malformed frame: skipped and counted, never fatal."""
+        self.bad_frames += 1
+        log.warning("skipped bad frame %d from %s: %s", self.bad_frames, self.source.name, e)
+
+    def _prepare(self, frame: Frame) -> Frame:
+        if self.prepare is not None and frame.prepared is None:
+            t0 = time.perf_counter()
+            frame.prepared = self.prepare(frame.image)
+            frame.preprocess_ms = (time.perf_counter() - t0) * 1e3
         return frame
 
     def _deliver(self, frame: Frame, t_start: float) -> None:
