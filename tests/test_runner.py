@@ -469,3 +469,18 @@ def test_run_is_a_subcommand_and_a_module():
         env=subprocess_env(),
     )
     assert r.returncode == 2 and "nope.tflite: no such model file" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("dtype, scale, zp", [(np.uint8, 1 / 255, 0), (np.int8, 1 / 255, -128), (np.int8, 0.02, 5)])
+@pytest.mark.parametrize("mean, std", [(0.0, 255.0), (127.5, 127.5)])
+def test_quantize_table_gives_what_the_formula_gives(dtype, scale, zp, mean, std):
+    """The runner's per-frame fast path (a 256-entry table) changes no input value."""
+    from pipeline.data.images import normalize
+    from pipeline.runtime.tflite_model import quantize_input
+
+    spec = InputSpec(8, mean=mean, std=std)
+    x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, -1)
+    info = np.iinfo(dtype)
+    expected = np.clip(np.round(normalize(x, spec) / scale + zp), info.min, info.max).astype(dtype)
+    got = quantize_input(x, {"dtype": dtype, "quantization": (scale, zp)}, spec)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
