@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 MP_VENV ?= .venv-mediapipe
 MP_STAMP := $(MP_VENV)/.installed
 
-.PHONY: install demo test test-fast lint format benchmark clean mediapipe-venv
+.PHONY: install demo test test-fast lint format benchmark benchmark-runner clean mediapipe-venv
 
 install: $(STAMP)
 
@@ -43,6 +43,9 @@ format: install
 
 benchmark: install
 	$(BIN)/python benchmarks/fashion_mnist.py
+
+benchmark-runner: install
+	$(BIN)/python benchmarks/runner.py --make-model 224
 
 clean:
 	rm -rf runs exports/*/ .pytest_cache

@@ -21,6 +21,8 @@ _EXPORTS = {
     "get_task": "pipeline.tasks",
     "run_stage": "pipeline.cli",
     "TFLiteModel": "pipeline.runtime.tflite_model",
+    "RunOptions": "pipeline.runtime.runner",
+    "run_video": ("pipeline.runtime.runner", "run"),
 }
 
 __all__ = sorted(_EXPORTS)

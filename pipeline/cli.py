@@ -66,7 +66,70 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--reference", action="store_true", help="print every key as a Markdown table")
+    _run_parser(sub.add_parser("run", help="run an exported model on a camera, stream, video or images"))
     return ap
+
+
+def _run_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path, help="an exported .tflite (its sidecar .json beside it)")
+    p.add_argument(
+        "--source", required=True, help="camera index, video file, rtsp/http URL, image folder, glob or image"
+    )
+    p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
+    p.add_argument("--output", type=Path, default=None, help="write the annotated video (.mp4, .avi)")
+    p.add_argument("--output-fps", type=float, default=None, help="frame rate of --output (default: the source's)")
+    p.add_argument("--jsonl", type=Path, default=None, help="one JSON line per frame: predictions and timings")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: until the source ends)")
+    p.add_argument("--no-display", dest="display", action="store_false", default=None, help="run headless")
+    p.add_argument("--display", dest="display", action="store_true", help="show a window even without $DISPLAY")
+    p.add_argument("--pace", action="store_true", help="play files at their frame rate, dropping late frames")
+    p.add_argument("--loop", action="store_true", help="restart a video file at its end")
+    p.add_argument("--no-hud", dest="hud", action="store_false", help="no FPS/latency overlay")
+    p.add_argument("--reconnect-attempts", type=int, default=10, help="reopen tries after a source fails")
+    p.add_argument("--summary-json", type=Path, default=None, help="also write the summary as JSON")
+    g = p.add_argument_group("overrides (default: the model's sidecar)")
+    g.add_argument("--task", default=None, help="classification | detection | segmentation")
+    g.add_argument("--labels", default=None, help="labels file (one a line) or a comma-separated list")
+    g.add_argument("--resize", choices=["stretch", "letterbox"], default=None)
+    g.add_argument("--mean", type=float, default=None, help="input normalization: (pixel - mean) / std")
+    g.add_argument("--std", type=float, default=None)
+    g = p.add_argument_group("post-processing (each task uses the ones it knows)")
+    g.add_argument("--top-k", type=int, default=None, help="classification: labels shown (default 5)")
+    g.add_argument("--score-threshold", type=float, default=None, help="detection: minimum score")
+    g.add_argument("--iou-threshold", type=float, default=None, help="detection: NMS IoU")
+    g.add_argument("--alpha", type=float, default=None, help="segmentation: mask opacity 0-1")
+
+
+def _run(args) -> int:
+    from pipeline.rundir import write_json
+    from pipeline.runtime.runner import RunOptions, format_summary, run
+
+    names = ("top_k", "score_threshold", "iou_threshold", "alpha")
+    opts = RunOptions(
+        model=args.model,
+        source=args.source,
+        threads=args.threads,
+        task=args.task,
+        labels=args.labels,
+        resize=args.resize,
+        mean=args.mean,
+        std=args.std,
+        task_options={k: getattr(args, k) for k in names if getattr(args, k) is not None},
+        display=args.display,
+        output=args.output,
+        output_fps=args.output_fps,
+        jsonl=args.jsonl,
+        max_frames=args.max_frames,
+        pace=args.pace,
+        loop=args.loop,
+        hud=args.hud,
+        reconnect_attempts=args.reconnect_attempts,
+    )
+    summary = run(opts)
+    print(format_summary(summary))
+    if args.summary_json is not None:
+        write_json(args.summary_json, summary)
+    return 0
 
 
 def _resolve_for_train(args):
@@ -179,6 +242,8 @@ def _dispatch(args) -> int:
     from pipeline import config
     from pipeline.rundir import RunDir
 
+    if args.command == "run":
+        return _run(args)
     if args.command in TOOLS:
         print(TOOLS[args.command](args), end="")
         return 0
@@ -224,9 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     expected = (ConfigError, DataError, ImageError, StageInputError, FileNotFoundError)
     try:
         from pipeline.metadata import MetadataError
+        from pipeline.runtime.runner import RunError
+        from pipeline.runtime.sources import SourceError
         from pipeline.runtime.tflite_model import ModelFileError
 
-        expected += (ModelFileError, MetadataError)
+        expected += (ModelFileError, MetadataError, RunError, SourceError)
         if args.command == "benchmark":
             expected += (ValueError,)
         return _dispatch(args)

@@ -20,7 +20,7 @@ def test_each_stage_is_a_subcommand_and_a_module():
     out = _run("--help")
     choices = set(out.stdout.split("{", 1)[1].split("}", 1)[0].split(","))
     assert {"train", "prune", "qat", "export", "evaluate", "all", "demo", "config"} <= choices
-    assert {"inspect", "benchmark", "compare"} <= choices
+    assert {"inspect", "benchmark", "compare", "run"} <= choices
     for module in (
         "pipeline.train",
         "pipeline.prune",

@@ -1,34 +1,170 @@
-"""Drawing on BGR frames: one colour palette and the primitives every task's overlay uses."""
+"""Drawing primitives shared by every task's ``Task.draw`` and the runner's HUD.
+
+All functions draw on a BGR uint8 frame in place and return it. Colours come from
+one :func:`palette`, so a class has the same colour in boxes, masks and legends.
+Text scales with the frame, so a 320×240 and a 1920×1080 frame both stay readable.
+"""
 
 from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+from functools import lru_cache
 
 import cv2
 import numpy as np
 
-
-def palette(n: int) -> np.ndarray:
-    """``n`` distinct BGR colours (evenly spaced hues), the same for every tool."""
-    hsv = np.stack([np.arange(n) * 180 // max(n, 1), np.full(n, 220), np.full(n, 255)], 1).astype(np.uint8)
-    return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2BGR)[0]
+FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
-def draw_boxes(frame: np.ndarray, boxes, class_ids, scores, class_names) -> np.ndarray:
-    """Boxes in per-class colours with ``label score`` tags; in place, returned."""
-    colours = palette(max(len(class_names), 1))
-    for b, k, s in zip(np.asarray(boxes).reshape(-1, 4), class_ids, scores):
-        c = tuple(int(v) for v in colours[int(k) % len(colours)])
-        x1, y1, x2, y2 = (int(round(float(v))) for v in b)
-        cv2.rectangle(frame, (x1, y1), (x2, y2), c, 2)
-        text = f"{class_names[int(k)] if int(k) < len(class_names) else k} {float(s):.2f}"
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)
-        ty = max(y1, th + 4)
-        cv2.rectangle(frame, (x1, ty - th - 4), (x1 + tw + 4, ty), c, -1)
-        cv2.putText(frame, text, (x1 + 2, ty - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+@lru_cache(maxsize=32)
+def _palette(n: int) -> tuple[tuple[int, int, int], ...]:
+    # Golden-ratio hue steps: neighbouring class ids get far-apart hues.
+    out = []
+    for i in range(n):
+        h = (i * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(h, 0.85, 0.95)
+        out.append((int(b * 255), int(g * 255), int(r * 255)))
+    return tuple(out)
+
+
+def palette(n: int) -> list[tuple[int, int, int]]:
+    """``n`` distinct BGR colours, the same for the same ``n`` and index in every run."""
+    return list(_palette(max(1, int(n))))
+
+
+def _text_scale(frame: np.ndarray) -> tuple[float, int]:
+    scale = max(0.4, min(frame.shape[:2]) / 720)
+    return scale, max(1, round(scale * 1.5))
+
+
+def _text_box(frame, text: str, org: tuple[int, int], color, scale: float, thick: int) -> int:
+    """Text on a filled box whose top-left is ``org``; returns the box height."""
+    color = tuple(int(c) for c in color)
+    (tw, th), base = cv2.getTextSize(text, FONT, scale, thick)
+    x, y = org
+    h = th + base + 4
+    cv2.rectangle(frame, (x, y), (x + tw + 6, y + h), color, -1)
+    light = sum(color) / 3 > 140
+    cv2.putText(
+        frame, text, (x + 3, y + th + 2), FONT, scale, (0, 0, 0) if light else (255, 255, 255), thick, cv2.LINE_AA
+    )
+    return h
+
+
+def draw_labels(
+    frame: np.ndarray,
+    lines: Sequence[str],
+    origin: tuple[int, int] = (8, 8),
+    colors: Sequence[tuple[int, int, int]] | None = None,
+) -> np.ndarray:
+    """Lines of text on filled boxes, stacked downwards from ``origin`` (top-left).
+
+    Args:
+        lines: e.g. ``["cat 0.91", "dog 0.05"]`` for classification's top-k.
+        colors: a BGR box colour per line (default dark grey).
+    """
+    scale, thick = _text_scale(frame)
+    x, y = origin
+    for i, line in enumerate(lines):
+        color = tuple(colors[i]) if colors is not None else (40, 40, 40)
+        y += _text_box(frame, line, (x, y), color, scale, thick) + 2
     return frame
 
 
+def draw_boxes(
+    frame: np.ndarray,
+    boxes_xyxy: np.ndarray,
+    class_ids: Sequence[int],
+    scores: Sequence[float] | None,
+    class_names: Sequence[str],
+) -> np.ndarray:
+    """Boxes in frame pixels (``x1 y1 x2 y2``), each outlined in its class's colour and
+    captioned ``"name 0.87"``; ``scores`` may be None."""
+    colors = palette(len(class_names))
+    scale, thick = _text_scale(frame)
+    scale *= 0.8
+    h, w = frame.shape[:2]
+    for i, box in enumerate(np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)):
+        c = int(class_ids[i])
+        color = colors[c % len(colors)]
+        x1, y1, x2, y2 = (int(round(v)) for v in np.clip(box, [0, 0, 0, 0], [w - 1, h - 1, w - 1, h - 1]))
+        cv2.rectangle(frame, (x1, y1), (x2, y2), color, max(2, thick + 1))
+        name = class_names[c] if 0 <= c < len(class_names) else str(c)
+        text = name if scores is None else f"{name} {float(scores[i]):.2f}"
+        (_, th), base = cv2.getTextSize(text, FONT, scale, thick)
+        _text_box(frame, text, (x1, max(0, y1 - th - base - 4)), color, scale, thick)
+    return frame
+
+
+def blend_mask(
+    frame: np.ndarray,
+    mask: np.ndarray,
+    class_names: Sequence[str],
+    alpha: float = 0.5,
+    background: int | None = 0,
+    legend: bool = True,
+) -> np.ndarray:
+    """Blend a per-pixel class mask over the frame, with a legend of the classes present.
+
+    Args:
+        mask: (H, W) integer class ids at the frame's size (resize with
+            ``cv2.INTER_NEAREST`` first when it is not).
+        alpha: weight of the class colour, 0 (invisible) to 1 (opaque).
+        background: a class id left untinted (None tints every class).
+    """
+    if mask.shape[:2] != frame.shape[:2]:
+        raise ValueError(f"mask shape {mask.shape[:2]} differs from frame shape {frame.shape[:2]}")
+    lut = np.array(palette(len(class_names)), np.uint8)
+    ids = np.asarray(mask).astype(np.intp, copy=False) % len(lut)
+    colored = lut[ids]
+    blended = cv2.addWeighted(frame, 1.0 - alpha, colored, alpha, 0.0)
+    keep = ids != background if background is not None else np.ones(ids.shape, bool)
+    np.copyto(frame, blended, where=keep[..., None])
+    if legend:
+        present = [int(c) for c in np.unique(ids) if background is None or c != background]
+        names = [class_names[c] if c < len(class_names) else str(c) for c in present]
+        scale, thick = _text_scale(frame)
+        width = max((cv2.getTextSize(n, FONT, scale, thick)[0][0] for n in names), default=0)
+        draw_labels(frame, names, (max(0, frame.shape[1] - width - 14), 8), [lut[c] for c in present])
+    return frame
+
+
+def hud_panel(frame_shape: tuple[int, ...], fps: float, stages_ms: dict[str, float]) -> np.ndarray:
+    """An opaque BGR panel with FPS and per-stage latency, sized for a frame of ``frame_shape``.
+
+    Opaque, so a runner can render it a few times a second and paste it on every
+    frame (:func:`paste_hud`) instead of drawing text per frame.
+    """
+    lines = [f"{fps:5.1f} FPS"] + [f"{k:<11} {v:6.1f} ms" for k, v in stages_ms.items()]
+    scale = max(0.4, min(frame_shape[:2]) / 720) * 0.7
+    thick = max(1, round(scale * 1.5))
+    (_, th), base = cv2.getTextSize("0", FONT, scale, thick)
+    step = th + base + 6
+    width = max(cv2.getTextSize(line, FONT, scale, thick)[0][0] for line in lines) + 12
+    panel = np.full((step * len(lines) + 6, width, 3), 20, np.uint8)
+    for i, line in enumerate(lines):
+        cv2.putText(panel, line, (6, 3 + i * step + th + 2), FONT, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return panel
+
+
+def paste_hud(frame: np.ndarray, panel: np.ndarray, margin: int = 8) -> np.ndarray:
+    """Paste a :func:`hud_panel` in the bottom-left corner (labels keep the top-left)."""
+    h = min(panel.shape[0], frame.shape[0] - margin)
+    w = min(panel.shape[1], frame.shape[1] - margin)
+    if h > 0 and w > 0:
+        y = frame.shape[0] - margin - h
+        frame[y : y + h, margin : margin + w] = panel[:h, :w]
+    return frame
+
+
+def draw_hud(frame: np.ndarray, fps: float, stages_ms: dict[str, float]) -> np.ndarray:
+    """FPS and per-stage latency in the bottom-left corner."""
+    return paste_hud(frame, hud_panel(frame.shape, fps, stages_ms))
+
+
 def grid(tiles: list[np.ndarray], cols: int = 4, pad: int = 2) -> np.ndarray:
-    """Same-size images tiled row by row on a white background."""
+    """Same-size images tiled row by row on a white background (report sample grids)."""
     h, w = tiles[0].shape[:2]
     rows = (len(tiles) + cols - 1) // cols
     out = np.full((rows * (h + pad) + pad, min(cols, len(tiles)) * (w + pad) + pad, 3), 255, np.uint8)

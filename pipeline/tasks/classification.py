@@ -103,9 +103,17 @@ class Classification(Task):
         ]
 
     def postprocess(self, outputs, class_names, top_k: int = 5, **kw):
+        """Top-``top_k`` classes by score; ``spec``/``frame_shape`` are not needed here."""
         scores = outputs[0].reshape(-1)
         top = np.argsort(-scores)[:top_k]
         return [{"class_id": int(i), "label": class_names[i], "score": float(scores[i])} for i in top]
+
+    def draw(self, frame, predictions, class_names):
+        from pipeline.runtime.overlay import draw_labels, palette
+
+        colors = palette(len(class_names))
+        lines = [f"{p['label']} {p['score']:.2f}" for p in predictions]
+        return draw_labels(frame, lines, colors=[colors[p["class_id"]] for p in predictions])
 
     def sample_grid(self, images, outputs, targets, class_names):
         from pipeline.report import image_grid

@@ -1,0 +1,221 @@
+"""Video runner benchmark: runner FPS vs the bare interpreter vs a naive loop, and RSS.
+
+    python benchmarks/runner.py --model exports/run/int8.tflite [--video in.mp4]
+    python benchmarks/runner.py --make-model 224 --set model.width=1.0   # untrained int8 classifier
+
+On a 640×480 video (generated unless --video is given) it measures, for each
+interpreter thread count, in interleaved rounds (medians shown):
+
+* **bare**: ``invoke()`` alone on one prepared frame (the shared ``latency_ms``);
+* **naive**: the loop a user writes: read, prepare, invoke, post-process, draw, in
+  one thread, with the same shared functions;
+* **runner**: ``pipeline.runtime.runner.run`` headless (capture thread, HUD, no outputs),
+  and once more writing an mp4 and a JSONL;
+
+then RSS over ``--rss-frames`` frames of the runner (a looped video): growth after
+warm-up (the first 10 % of the run). CPU ms/frame is the process's CPU time (all
+threads) per frame: unlike FPS it barely moves when other jobs share the cores. Targets: runner FPS >= 0.9x bare; RSS growth < 5 %.
+Exit status 1 when a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.runtime.runner import STAGES, RunOptions, load_model, run  # noqa: E402
+
+
+def make_video(path: Path, frames: int = 300, size=(640, 480), fps: float = 30.0) -> Path:
+    """Moving shapes over a textured background, mp4v (what most files are)."""
+    w, h = size
+    rng = np.random.default_rng(0)
+    bg = cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), np.uint8), (0, 0), 6)
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    for i in range(frames):
+        f = bg.copy()
+        cv2.circle(f, (40 + (i * 5) % (w - 80), h // 3), 50, (0, 200, 255), -1)
+        cv2.rectangle(
+            f, (w - 60 - (i * 3) % (w - 160), h // 2), (w - (i * 3) % (w - 160), h // 2 + 120), (200, 60, 60), -1
+        )
+        out.write(f)
+    out.release()
+    return path
+
+
+def make_model(out: Path, size: int, overrides: list[str]) -> Path:
+    """An untrained int8 classifier at ``size`` px, through the real export stage."""
+    from pipeline import config
+    from pipeline.export import export
+    from pipeline.rundir import RunDir
+    from pipeline.train import rebuild, save_weights
+
+    cfg = config.load(
+        None,
+        [
+            f"model.input_size={size}",
+            "data.synthetic_samples=64",
+            "export.representative_samples=16",
+            f"export.dir={out}",
+        ]
+        + overrides,
+    )
+    run_dir = RunDir(out / "run")
+    run_dir.save_config(cfg)
+    save_weights(rebuild(cfg, cfg.data.synthetic_classes), run_dir.weights("float"))
+    return Path(export(run_dir, cfg, ["int8"])["int8"])
+
+
+def bare_fps(opts: RunOptions, video: Path, runs: int) -> dict:
+    from pipeline.data.images import prepare
+
+    m = load_model(opts)
+    ok, frame = cv2.VideoCapture(str(video)).read()
+    cpu0 = time.process_time()
+    times = m.model.latency_ms(prepare(frame, m.spec, bgr=True), runs=runs, warmup=20)
+    cpu = time.process_time() - cpu0
+    mean = float(np.mean(times))
+    return {
+        "fps": 1000.0 / mean,
+        "cpu_s": cpu * runs / (runs + 20),
+        "frames": runs,
+        "stages_ms": {"inference": {"mean": mean}},
+    }
+
+
+def naive_loop(opts: RunOptions, video: Path, frames: int) -> dict:
+    """read → prepare → invoke → postprocess → draw, one thread, shared functions."""
+    from pipeline.data.images import prepare
+    from pipeline.runtime.overlay import draw_hud
+
+    m = load_model(opts)
+    task = m.task
+    cap = cv2.VideoCapture(str(video))
+    ms = np.zeros((frames, len(STAGES)))
+    t_start, cpu0 = time.perf_counter(), time.process_time()
+    for i in range(frames):
+        t0 = time.perf_counter()
+        ok, frame = cap.read()
+        if not ok:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = cap.read()
+        t1 = time.perf_counter()
+        x = prepare(frame, m.spec, bgr=True)
+        t2 = time.perf_counter()
+        out = m.model(x[None])
+        t3 = time.perf_counter()
+        preds = task.postprocess(out, m.class_names, spec=m.spec, frame_shape=frame.shape[:2])
+        t4 = time.perf_counter()
+        task.draw(frame, preds, m.class_names)
+        draw_hud(frame, 0.0, dict(zip(STAGES, ms[max(0, i - 1)])))
+        t5 = time.perf_counter()
+        ms[i] = np.diff([t0, t1, t2, t3, t4, t5]) * 1e3
+    wall, cpu = time.perf_counter() - t_start, time.process_time() - cpu0
+    return {
+        "fps": frames / wall,
+        "cpu_s": cpu,
+        "frames": frames,
+        "stages_ms": {s: {"mean": float(ms[:, k].mean())} for k, s in enumerate(STAGES)},
+    }
+
+
+def rss_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_growth(model_path: Path, video: Path, threads: int, frames: int) -> tuple[float, float, float]:
+    """(RSS after warm-up, RSS at the end, growth %) over a looped run of ``frames``."""
+    samples: list[tuple[float, float]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            samples.append((time.perf_counter(), rss_mb()))
+
+    th = threading.Thread(target=sample, daemon=True)
+    t0 = time.perf_counter()
+    th.start()
+    opts = RunOptions(model=model_path, source=str(video), threads=threads, display=False, loop=True, max_frames=frames)
+    run(opts)
+    done.set()
+    th.join()
+    t1 = time.perf_counter()
+    warm = [r for t, r in samples if t >= t0 + 0.1 * (t1 - t0)]
+    start, end = warm[0], samples[-1][1]
+    return start, end, (end - start) / start * 100
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, help="an exported int8 .tflite with its sidecar")
+    ap.add_argument("--make-model", type=int, default=0, metavar="SIZE", help="export an untrained int8 classifier")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="config overrides for --make-model")
+    ap.add_argument("--video", type=Path, help="a video file (default: a generated 640x480 mp4)")
+    ap.add_argument("--frames", type=int, default=600, help="frames per FPS measurement")
+    ap.add_argument("--rss-frames", type=int, default=10000, help="frames of the RSS soak run (0 skips it)")
+    ap.add_argument("--threads", default="1,2", help="interpreter thread counts, comma-separated")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved repeats; the table shows medians")
+    ap.add_argument("--resize", choices=["stretch", "letterbox"], default=None, help="override the sidecar's resize")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="runner_bench_"))
+    model = args.model or make_model(tmp / "model", args.make_model or 224, args.overrides)
+    video = args.video or make_video(tmp / "in.mp4")
+    cap = cv2.VideoCapture(str(video))
+    print(f"model {model}, video {video} ({int(cap.get(3))}x{int(cap.get(4))}), {args.frames} frames per row\n")
+    modes = ("bare interpreter", "naive loop", "runner", "runner + mp4 + jsonl")
+    results: dict = {}
+    for _ in range(args.rounds):  # interleaved rounds: other load on the machine hits every mode alike
+        for threads in (int(t) for t in args.threads.split(",")):
+            o = RunOptions(model=model, source=str(video), threads=threads, resize=args.resize, display=False)
+            looped = dict(loop=True, max_frames=args.frames)
+            got = (
+                bare_fps(o, video, args.frames),
+                naive_loop(o, video, args.frames),
+                run(replace(o, **looped)),
+                run(replace(o, **looped, output=tmp / "out.mp4", jsonl=tmp / "p.jsonl")),
+            )
+            for mode, r in zip(modes, got):
+                results.setdefault((mode, threads), []).append(r)
+    print("| mode | threads | FPS | vs bare | CPU ms/frame | " + " | ".join(f"{s} ms" for s in STAGES) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(STAGES))
+    ok = True
+    for (mode, threads), rs in results.items():
+        fps = float(np.median([r["fps"] for r in rs]))
+        bare = float(np.median([r["fps"] for r in results[("bare interpreter", threads)]]))
+        cells = []
+        for s in STAGES:
+            v = [r["stages_ms"][s]["mean"] for r in rs if s in r["stages_ms"]]
+            cells.append(f"{np.median(v):.2f}" if v else "–")
+        cpu = float(np.median([r["cpu_s"] * 1e3 / r["frames"] for r in rs]))
+        print(f"| {mode} | {threads} | {fps:.1f} | {fps / bare:.2f}x | {cpu:.2f} | " + " | ".join(cells) + " |")
+        if mode == "runner":
+            ok &= fps >= 0.9 * bare
+    if args.rss_frames:
+        threads = int(args.threads.split(",")[-1])
+        start, end, growth = rss_growth(model, video, threads, args.rss_frames)
+        print(
+            f"\nRSS over {args.rss_frames} frames ({threads} threads): {start:.1f} MB after warm-up -> {end:.1f} MB ({growth:+.2f} %)"
+        )
+        ok &= growth < 5
+    print("\ntargets:", "PASS" if ok else "FAIL (runner FPS >= 0.9x bare; RSS growth < 5 %)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+"""The real-time video runner: any exported model on a camera, stream, video or images.
+
+Capture (and the shared :func:`prepare`) runs on its own thread, the interpreter on
+the main thread, and video encoding on a third, so the stages overlap. Everything
+the model needs (task, input size and normalization, labels) comes from the model
+file and its sidecar; options only override. Per frame it records capture,
+preprocess, inference, postprocess and draw times (ultralytics' predictor idiom) and
+ends with a summary: frames, dropped frames, reconnects, mean/p50/p90 per stage, FPS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+import cv2
+
+from pipeline.data.images import InputSpec, prepare
+from pipeline.export import read_sidecar
+from pipeline.rundir import atomic_path
+from pipeline.runtime.overlay import hud_panel, paste_hud
+from pipeline.runtime.sinks import Display, VideoSink, check_video_path
+from pipeline.runtime.sources import Capture, Frame, FrameSource, open_source
+from pipeline.runtime.stats import StageStats
+from pipeline.runtime.tflite_model import TFLiteModel
+from pipeline.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+STAGES = ("capture", "preprocess", "inference", "postprocess", "draw")
+# Also recorded: the age of a frame when its overlay is done (read → drawn), queue
+# waits included; latest-frame-only capture keeps it bounded on live sources.
+LATENCY = "latency"
+
+
+class RunError(ValueError):
+    """The model, its sidecar or an option cannot be used; raised before any frame is read."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything :func:`run` needs; ``None`` means "from the model and its sidecar".
+
+    Attributes:
+        model: the ``.tflite`` file (its sidecar ``.json`` sits beside it).
+        source: camera index, video file, stream URL, image folder, glob or image, or a
+            :class:`FrameSource` object.
+        task, labels, resize, mean, std: overrides; ``labels`` is a file (one name a
+            line) or a comma-separated list. A model without a sidecar needs task and labels.
+        task_options: passed to ``Task.postprocess`` (``top_k``, ``score_threshold``,
+            ``iou_threshold``, ``alpha``…); a task ignores those it does not use.
+        display: show a window; None shows one when ``$DISPLAY``/``$WAYLAND_DISPLAY`` is set.
+        pace: play files at their frame rate, dropping frames the model cannot keep up with.
+        loop: restart a video file at its end.
+        max_frames: stop after this many frames (0: until the source ends).
+    """
+
+    model: Path
+    source: str | int | FrameSource
+    threads: int = 2
+    task: str | None = None
+    labels: str | None = None
+    resize: str | None = None
+    mean: float | None = None
+    std: float | None = None
+    task_options: dict = field(default_factory=dict)
+    display: bool | None = None
+    output: Path | None = None
+    output_fps: float | None = None
+    jsonl: Path | None = None
+    max_frames: int = 0
+    pace: bool = False
+    loop: bool = False
+    hud: bool = True
+    reconnect_attempts: int = 10
+    reconnect_backoff_s: float = 0.5
+
+
+@dataclass
+class LoadedModel:
+    model: TFLiteModel
+    spec: InputSpec
+    task_name: str
+    class_names: list[str]
+
+    @property
+    def task(self):
+        return get_task(self.task_name)
+
+
+# === Model, sidecar and overrides ===
+
+
+def load_model(opts: RunOptions) -> LoadedModel:
+    """The interpreter, input spec, task and labels for ``opts.model``, or a clear error."""
+    path = Path(opts.model)
+    for name in ("threads", "max_frames", "reconnect_attempts"):
+        low = 1 if name == "threads" else 0
+        if getattr(opts, name) < low:
+            raise RunError(f"{name} must be at least {low}, got {getattr(opts, name)}")
+    model = TFLiteModel(path, InputSpec(size=1), opts.threads)  # ModelFileError on a bad file
+    side_path = path.with_suffix(".json")
+    side = None
+    try:
+        side = read_sidecar(path)
+    except FileNotFoundError:
+        if opts.task is None or opts.labels is None:
+            raise RunError(
+                f"{side_path}: no sidecar beside {path.name}; a model without one needs --task and --labels"
+            ) from None
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    task_name = opts.task or (side or {}).get("task")
+    if not task_name:
+        raise RunError(f"{side_path}: cannot tell the model's task (no 'task' in the sidecar); pass --task")
+    try:
+        get_task(task_name)
+    except ValueError as e:
+        raise RunError(f"{path.name}: cannot run task {task_name!r}: {e}") from None
+    spec = _input_spec(model, side, opts, path)
+    model.spec = spec
+    return LoadedModel(model, spec, task_name, _class_names(path, side, opts.labels))
+
+
+def _input_spec(model: TFLiteModel, side: dict | None, opts: RunOptions, path: Path) -> InputSpec:
+    shape = [int(s) for s in model.input["shape"]]
+    if len(shape) != 4 or shape[1] != shape[2]:
+        raise RunError(f"{path.name}: input tensor shape {shape} is not a square NHWC image")
+    spec = InputSpec.from_dict(side["input"]) if side and "input" in side else InputSpec(shape[1], shape[3])
+    overrides = {k: getattr(opts, k) for k in ("resize", "mean", "std") if getattr(opts, k) is not None}
+    if overrides.get("resize", "stretch") not in ("stretch", "letterbox"):
+        raise RunError(f"resize {opts.resize!r}: expected 'stretch' or 'letterbox'")
+    spec = replace(spec, **overrides)
+    if (spec.size, spec.channels) != (shape[1], shape[3]):
+        raise RunError(
+            f"{path.name}: the sidecar says {spec.size}×{spec.size}×{spec.channels} input, "
+            f"the model's input tensor is {shape[1]}×{shape[2]}×{shape[3]}"
+        )
+    return spec
+
+
+def _class_names(path: Path, side: dict | None, labels: str | None) -> list[str]:
+    if labels:
+        p = Path(labels)
+        names = p.read_text().splitlines() if p.is_file() else labels.split(",")
+    elif side and side.get("class_names"):
+        names = side["class_names"]
+    elif side and side.get("labels_file") and (path.parent / side["labels_file"]).is_file():
+        names = (path.parent / side["labels_file"]).read_text().splitlines()
+    else:
+        raise RunError(f"{path.name}: no labels (no class_names or labels file in the sidecar); pass --labels")
+    names = [n.strip() for n in names if n.strip()]
+    if not names:
+        raise RunError(f"{labels or path.name}: the labels are empty")
+    return names
+
+
+# === The loop ===
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event, reason: list):
+    """SIGINT/SIGTERM end the run cleanly; a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        reason.append(signal.Signals(signum).name)
+        log.info("%s received: finishing the outputs", reason[-1])
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class _Loop:
+    """One run's state: the model, the outputs and the statistics."""
+
+    def __init__(self, m: LoadedModel, opts: RunOptions, capture: Capture, sink, jsonl, display) -> None:
+        self.m, self.task, self.opts = m, m.task, opts
+        self.capture, self.sink, self.jsonl, self.display = capture, sink, jsonl, display
+        self.stats = StageStats((*STAGES, LATENCY))
+        self.frames = 0
+        self.fps = 0.0
+        self._last = self._dt = None
+        self._hud, self._hud_t, self._hud_shape = None, 0.0, None
+
+    def step(self, f: Frame) -> bool:
+        """Infer, post-process, draw and emit one frame; False when the user quit."""
+        t0 = time.perf_counter()
+        outputs = self.m.model(f.prepared[None])
+        t1 = time.perf_counter()
+        preds = self.task.postprocess(
+            outputs, self.m.class_names, spec=self.m.spec, frame_shape=f.image.shape[:2], **self.opts.task_options
+        )
+        t2 = time.perf_counter()
+        if self.opts.hud:  # first, so that on a small frame predictions stay on top
+            # Numbers that change 60 times a second are unreadable: re-render the
+            # panel 4 times a second and paste it (a copy) on every frame.
+            if self._hud is None or t1 - self._hud_t > 0.25 or self._hud_shape != f.image.shape:
+                self._hud = hud_panel(f.image.shape, self.fps, self.stats.recent())
+                self._hud_t, self._hud_shape = t1, f.image.shape
+            paste_hud(f.image, self._hud)
+        self.task.draw(f.image, preds, self.m.class_names)
+        t3 = time.perf_counter()
+        ms = {
+            "capture": f.capture_ms,
+            "preprocess": f.preprocess_ms,
+            "inference": (t1 - t0) * 1e3,
+            "postprocess": (t2 - t1) * 1e3,
+            "draw": (t3 - t2) * 1e3,
+            LATENCY: (t3 - f.read_at) * 1e3,
+        }
+        self.stats.add(ms)
+        if self._last is not None:  # smooth the frame interval, not its inverse (bursts)
+            dt = t3 - self._last
+            self._dt = dt if self._dt is None else 0.9 * self._dt + 0.1 * dt
+            self.fps = 1 / max(self._dt, 1e-9)
+        self._last = t3
+        if self.jsonl is not None:
+            line = {
+                "frame": self.frames,
+                "source_frame": f.index,
+                "time": round(f.timestamp, 6),
+                "predictions": self.task.to_json(preds),
+                "timings_ms": {k: round(v, 3) for k, v in ms.items()},
+            }
+            self.jsonl.write(json.dumps(line) + "\n")
+        if self.sink is not None:
+            self.sink.write(f.image)
+        self.frames += 1
+        return self.display.show(f.image) if self.display is not None else True
+
+
+def run(opts: RunOptions) -> dict:
+    """Run a model on a source until it ends, ``max_frames``, ``q``/Esc, SIGINT or SIGTERM.
+
+    Raises (before any frame is read):
+        ModelFileError: the file is not a loadable TFLite model.
+        RunError: no sidecar or labels (and no override), unknown task, bad options.
+        SourceError: the source cannot be opened.
+
+    Returns:
+        The summary (see :func:`format_summary`): frames, dropped, reconnects, gap_s,
+        stage latencies (mean/p50/p90 ms) and FPS.
+    """
+    m = load_model(opts)
+    source = opts.source if isinstance(opts.source, FrameSource) else open_source(opts.source, loop=opts.loop)
+    if opts.output is not None:
+        try:
+            check_video_path(Path(opts.output))
+        except ValueError as e:
+            raise RunError(str(e)) from None
+    stop, reason = threading.Event(), []
+    # Signal handlers stay in place while the outputs are finalised, so a SIGTERM
+    # during clean-up cannot kill the process halfway through writing them.
+    with _stop_on_signals(stop, reason), contextlib.ExitStack() as stack:
+        # The capture thread already runs OpenCV beside the interpreter; OpenCV's own
+        # worker pool would only compete with XNNPACK's threads for the same cores.
+        stack.callback(cv2.setNumThreads, cv2.getNumThreads())
+        cv2.setNumThreads(1)
+        capture = Capture(
+            source,
+            prepare=partial(prepare, spec=m.spec, bgr=True),
+            pace=opts.pace,
+            reconnect_attempts=opts.reconnect_attempts,
+            backoff_s=opts.reconnect_backoff_s,
+        ).start()  # SourceError here, before any output file exists
+        stack.callback(capture.stop)
+        log.info("running %s (%s, %d px input) on %s", Path(opts.model).name, m.task_name, m.spec.size, source.name)
+        loop = _Loop(m, opts, capture, *_open_outputs(stack, opts, capture))
+        t_start, cpu_start = time.perf_counter(), time.process_time()
+        reason.append(_drive(loop, capture, stop, opts.max_frames))
+        wall, cpu = time.perf_counter() - t_start, time.process_time() - cpu_start
+    return {**_summary(loop, opts, source, wall, reason[0]), "cpu_s": round(cpu, 3)}
+
+
+def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Capture) -> tuple:
+    """(video sink, JSONL file, display), each closed by ``stack`` in the right order:
+    the writer is released before its temporary file is moved into place."""
+    sink = jsonl = display = None
+    if opts.output is not None:
+        tmp = stack.enter_context(atomic_path(opts.output))
+        sink = VideoSink(tmp, opts.output_fps or capture.fps or 30.0)
+        stack.callback(sink.close)
+    if opts.jsonl is not None:
+        jsonl = stack.enter_context(open(stack.enter_context(atomic_path(opts.jsonl)), "w"))
+    show = opts.display
+    if show is None:
+        show = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if show:
+        display = Display(f"edgepipe: {capture.source.name}")
+        stack.callback(display.close)
+    return sink, jsonl, display
+
+
+def _drive(loop: _Loop, capture: Capture, stop: threading.Event, max_frames: int) -> str:
+    while not stop.is_set():
+        if max_frames and loop.frames >= max_frames:
+            return "max frames"
+        try:
+            f = capture.get(timeout=0.25)
+        except TimeoutError:
+            continue
+        if f is None:
+            return "end of source"
+        if not loop.step(f):
+            return "quit key"
+    return "signal"
+
+
+def _summary(loop: _Loop, opts: RunOptions, source: FrameSource, wall: float, reason: str) -> dict:
+    cap = loop.capture
+    return {
+        "source": source.name,
+        "model": str(opts.model),
+        "task": loop.m.task_name,
+        "frames": loop.frames,
+        "dropped": cap.dropped,
+        "skipped_images": getattr(source, "skipped", 0),
+        "bad_frames": cap.bad_frames,
+        "read_failures": cap.read_failures,
+        "reconnects": cap.reconnects,
+        "gap_s": round(cap.gap_s, 3),
+        "wall_s": round(wall, 3),
+        "fps": round(loop.frames / wall, 2) if wall > 0 else 0.0,
+        "stages_ms": loop.stats.summary(),
+        "stopped_by": reason,
+        "output": str(opts.output) if opts.output else None,
+        "jsonl": str(opts.jsonl) if opts.jsonl else None,
+    }
+
+
+def format_summary(s: dict) -> str:
+    """The summary as a few lines of text and a per-stage table."""
+    lines = [
+        f"source {s['source']}  task {s['task']}  stopped by {s['stopped_by']}",
+        f"frames {s['frames']}  dropped {s['dropped']}  skipped images {s['skipped_images']}  "
+        f"reconnects {s['reconnects']} (gap {s['gap_s']:.1f} s)  wall {s['wall_s']:.1f} s  FPS {s['fps']:.1f}",
+        f"{'stage':<12}{'mean ms':>10}{'p50 ms':>10}{'p90 ms':>10}",
+    ]
+    for name, v in s["stages_ms"].items():
+        lines.append(f"{name:<12}{v['mean']:>10.2f}{v['p50']:>10.2f}{v['p90']:>10.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Where annotated frames go: a video file (encoded on its own thread) and a window."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Containers this OpenCV build writes (FACTS.md: mp4v .mp4 and MJPG .avi).
+FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
+
+
+def check_video_path(path: Path) -> None:
+    """Fail before any frame is read when the output cannot be written."""
+    if path.suffix.lower() not in FOURCC:
+        raise ValueError(f"{path}: unsupported video container {path.suffix!r}; use one of {sorted(FOURCC)}")
+    if path.exists() and path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a video file")
+
+
+class VideoSink:
+    """Writes frames at ``fps`` on a writer thread, so encoding overlaps inference.
+
+    The writer opens at the first frame's size; later frames of another size (an
+    image folder) are resized to it. ``close`` drains the queue and finalises the file.
+    """
+
+    def __init__(self, path: Path, fps: float, queue_size: int = 16) -> None:
+        self.path, self.fps = Path(path), float(fps)
+        self.frames = 0
+        self._size: tuple[int, int] | None = None
+        self._writer: cv2.VideoWriter | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._thread = threading.Thread(target=self._run, name="video-writer", daemon=True)
+        self._error: Exception | None = None
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._writer is None:
+            h, w = frame.shape[:2]
+            fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.path.suffix.lower()])
+            self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (w, h))
+            if not self._writer.isOpened():
+                raise OSError(f"{self.path}: cannot open a video writer ({FOURCC[self.path.suffix.lower()]})")
+            self._size = (w, h)
+            self._thread.start()
+        if self._error is not None:
+            raise OSError(f"{self.path}: writing failed: {self._error}")
+        if (frame.shape[1], frame.shape[0]) != self._size:
+            frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
+        self._queue.put(frame)
+        self.frames += 1
+
+    def _run(self) -> None:
+        while (frame := self._queue.get()) is not None:
+            try:
+                self._writer.write(frame)
+            except cv2.error as e:  # keep draining so the main loop never blocks
+                self._error = e
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        self._queue.put(None)
+        self._thread.join()
+        self._writer.release()
+        self._writer = None
+
+
+class Display:
+    """An OpenCV window; ``show`` returns False once the user pressed ``q`` or Esc,
+    or closed the window. Without a GUI backend it logs once and stops showing."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self._ok = True
+        self._opened = False
+
+    def show(self, frame: np.ndarray) -> bool:
+        if not self._ok:
+            return True
+        try:
+            cv2.imshow(self.title, frame)
+            key = cv2.waitKey(1) & 0xFF
+            if self._opened and cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+                return False
+        except cv2.error as e:
+            log.warning("no display (%s); running headless", str(e).strip().splitlines()[-1])
+            self._ok = False
+            return True
+        self._opened = True
+        return key not in (ord("q"), 27)
+
+    def close(self) -> None:
+        if self._opened:
+            cv2.destroyWindow(self.title)

@@ -1,0 +1,491 @@
+"""The video runner: sources, capture thread, overlays, outputs, errors and signals.
+
+Every video here is written by the test with cv2.VideoWriter; every run is headless.
+Tests that need an exported model share one tiny untrained classifier exported
+through the real export path (``model`` fixture, ~30 s of TF on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import TINY, edgepipe_cmd, subprocess_env
+
+from pipeline.data.images import InputSpec
+from pipeline.runtime.overlay import blend_mask, draw_boxes, palette
+from pipeline.runtime.sources import Capture, FrameSource, SourceError, VideoSource, open_source, redact
+
+CLASSES = ["circle", "square", "triangle"]  # the synthetic set's names for 3 classes
+
+
+def write_video(path: Path, frames: int, size=(160, 120), fps: float = 25.0) -> Path:
+    """A short MJPG video: a bright disc moving over grey, frame number readable in red."""
+    w, h = size
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    assert out.isOpened()
+    for i in range(frames):
+        f = np.full((h, w, 3), 90, np.uint8)
+        cv2.circle(f, (10 + (i * 7) % (w - 20), h // 2), h // 6, (0, 200, 255), -1)
+        f[-4:, :] = (0, 0, min(255, 10 * i))
+        out.write(f)
+    out.release()
+    return path
+
+
+def read_all(path: Path) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened(), f"{path} is not playable"
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    cap.release()
+    return frames
+
+
+def has_color(img: np.ndarray, bgr, min_pixels: int = 20, tol: int = 0) -> bool:
+    """At least ``min_pixels`` pixels within ``tol`` of a colour (tol > 0 for lossy video)."""
+    close = np.abs(img.astype(np.int16) - np.array(bgr, np.int16)).max(-1) <= tol
+    return int(close.sum()) >= min_pixels
+
+
+# === Sources and the capture thread (no model needed) ===
+
+
+def test_credentials_never_appear_in_source_names():
+    assert redact("rtsp://admin:hunter2@10.0.0.5:554/live") == "rtsp://***@10.0.0.5:554/live"
+    assert redact("http://cam.local/mjpg?user=bob&password=hunter2&res=hd") == (
+        "http://cam.local/mjpg?user=bob&password=***&res=hd"
+    )
+    assert redact("https://x.io/s?token=abc") == "https://x.io/s?token=***"
+    assert redact("videos/a.mp4") == "videos/a.mp4" and redact(0) == "0"
+    src = open_source("rtsp://admin:hunter2@127.0.0.1:1/live")
+    assert src.live and "hunter2" not in src.name
+    with pytest.raises(SourceError) as e:
+        src.open()
+    assert "hunter2" not in str(e.value) and "***@127.0.0.1" in str(e.value)
+
+
+def test_source_kinds_are_told_apart(tmp_path):
+    write_video(tmp_path / "v.avi", 3)
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"img{i}.png"), np.zeros((8, 8, 3), np.uint8))
+    assert isinstance(open_source("0"), VideoSource) and open_source("0").live
+    assert open_source("rtsp://h/x").live and open_source("http://h/x.mjpg").live
+    v = open_source(str(tmp_path / "v.avi"))
+    assert isinstance(v, VideoSource) and not v.live
+    assert len(open_source(str(tmp_path)).paths) == 2  # folder: images only
+    assert len(open_source(str(tmp_path / "img*.png")).paths) == 2
+    assert len(open_source(str(tmp_path / "img1.png")).paths) == 1
+    with pytest.raises(SourceError, match="no such file"):
+        open_source(str(tmp_path / "missing.png"))
+
+
+def _drain(cap: Capture, delay: float = 0.0) -> list:
+    """Every frame until the end, as the runner's loop takes them (a TimeoutError
+    means "ask again"; a stalled capture fails the test)."""
+    frames, deadline = [], time.time() + 20
+    while True:
+        try:
+            f = cap.get(timeout=1)
+        except TimeoutError:
+            if time.time() > deadline:
+                pytest.fail("capture stalled")
+            continue
+        if f is None:
+            return frames
+        frames.append(f)
+        time.sleep(delay)
+
+
+def test_files_deliver_every_frame_to_a_slow_consumer(tmp_path):
+    cap = Capture(VideoSource(str(write_video(tmp_path / "v.avi", 12))), queue_size=2).start()
+    frames = _drain(cap, delay=0.02)
+    cap.stop()
+    assert [f.index for f in frames] == list(range(12)) and cap.dropped == 0
+
+
+def test_paced_file_drops_frames_a_slow_consumer_cannot_take(tmp_path):
+    src = VideoSource(str(write_video(tmp_path / "v.avi", 30, fps=50)))
+    cap = Capture(src, pace=True).start()
+    t0 = time.perf_counter()
+    frames = _drain(cap, delay=0.06)
+    cap.stop()
+    idx = [f.index for f in frames]
+    assert cap.dropped > 0 and len(frames) + cap.dropped == 30
+    assert idx == sorted(set(idx)) and time.perf_counter() - t0 >= 30 / 50 * 0.9  # paced, not flat out
+
+
+class ListSource(FrameSource):
+    """Frames from a list, like a driver that hands over whatever the sensor gave."""
+
+    def __init__(self, frames: list) -> None:
+        self.frames, self.name = frames, "list"
+
+    def open(self) -> None:
+        pass
+
+    def read(self):
+        if self.position >= len(self.frames):
+            return None
+        self.position += 1
+        return self.frames[self.position - 1]
+
+
+@pytest.mark.parametrize("pace", [False, True], ids=["every-frame", "latest-only"])
+def test_odd_frames_are_converted_and_malformed_ones_skipped_not_fatal(pace):
+    from functools import partial
+
+    from pipeline.data.images import prepare
+
+    frames = [
+        np.full((40, 60), 7, np.uint8),  # grayscale
+        np.zeros((0, 0, 3), np.uint8),  # empty: a glitching driver
+        np.full((30, 30, 4), 9, np.uint8),  # BGRA
+        np.full((20, 20, 3), 1000, np.uint16),  # 16-bit
+    ]
+    src = ListSource(frames)
+    src.fps = 20.0  # paced: one frame per 50 ms, so the consumer takes each one
+    cap = Capture(src, prepare=partial(prepare, spec=InputSpec(16), bgr=True), pace=pace).start()
+    got = _drain(cap)
+    cap.stop()
+    assert [f.index for f in got] == [0, 2, 3] and cap.bad_frames == 1 and cap.dropped == 0
+    for f in got:
+        assert f.image.dtype == np.uint8 and f.image.ndim == 3 and f.image.shape[2] == 3
+        assert f.prepared.shape == (16, 16, 3) and f.preprocess_ms > 0
+
+
+class FailingVideo(VideoSource):
+    """A real video file whose reads fail once after ``fail_after`` frames, as when a
+    USB capture device resets; the capture thread must reopen it and resume."""
+
+    def __init__(self, path: Path, fail_after: int) -> None:
+        super().__init__(str(path))
+        self.fail_after, self.failed = fail_after, False
+
+    def read(self):
+        if not self.failed and self.position == self.fail_after:
+            self.failed = True
+            raise OSError("device reset")
+        return super().read()
+
+
+class StallingStream(VideoSource):
+    """A "live" stream (a video file read as one) that stops delivering after
+    ``stall_after`` frames and then refuses ``refusals`` reopen attempts."""
+
+    def __init__(self, path: Path, stall_after: int, refusals: int) -> None:
+        super().__init__(str(path))
+        self.live = True
+        self.stall_after, self.refusals, self.stalled = stall_after, refusals, False
+
+    def open(self) -> None:
+        if self.stalled and self.refusals > 0:
+            self.refusals -= 1
+            raise SourceError(f"{self.name}: connection refused")
+        super().open()
+
+    def read(self):
+        if not self.stalled and self.position == self.stall_after:
+            self.stalled = True
+            return None
+        return super().read()
+
+
+# === Overlays ===
+
+
+def test_palette_is_deterministic_and_distinct():
+    p = palette(20)
+    assert p == palette(20) and len(set(p)) == 20
+    assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in p)
+
+
+def test_draw_boxes_outlines_each_box_in_its_class_colour():
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    draw_boxes(frame, np.array([[20, 30, 80, 100], [100, 10, 150, 60]]), [0, 2], [0.9, 0.4], CLASSES)
+    colors = palette(3)
+    assert tuple(frame[70, 20]) == colors[0]  # left edge of box 0
+    assert tuple(frame[40, 150]) == colors[2]  # right edge of box 1
+    assert tuple(frame[65, 50]) == (90, 90, 90)  # inside stays clear
+
+
+def test_blend_mask_tints_classes_leaves_background_and_adds_a_legend():
+    frame = np.full((120, 160, 3), 90, np.uint8)
+    mask = np.zeros((120, 160), np.uint8)
+    mask[60:, :80] = 1
+    blend_mask(frame, mask, ["background", "road", "car"], alpha=0.5)
+    c = np.array(palette(3)[1], np.float32)
+    assert np.abs(frame[100, 40].astype(np.float32) - (0.5 * 90 + 0.5 * c)).max() <= 1
+    assert tuple(frame[100, 120]) == (90, 90, 90)
+    assert has_color(frame, palette(3)[1]) and not has_color(frame, palette(3)[2])  # legend: present classes only
+    with pytest.raises(ValueError, match="mask shape"):
+        blend_mask(frame, mask[:10], ["a", "b"])
+
+
+# One entry per task: (task, class names, model outputs for one frame, options,
+# class ids whose colour the overlay must show). Detection and segmentation add theirs.
+# Detection: boxes in model-input pixels (32×32 here) and per-class scores per anchor point.
+_DET_BOXES = np.array([[[2, 2, 12, 12], [16, 16, 30, 30], [3, 3, 12, 12]]], np.float32)
+_DET_SCORES = np.array([[[0.9, 0.0, 0.0], [0.0, 0.0, 0.8], [0.85, 0.0, 0.0]]], np.float32)
+
+OVERLAY_CASES = [
+    ("classification", CLASSES, [np.array([[0.1, 0.7, 0.2]], np.float32)], {"top_k": 2}, [1, 2]),
+    ("detection", CLASSES, [_DET_BOXES, _DET_SCORES], {"score_threshold": 0.5}, [0, 2]),
+]
+
+
+@pytest.mark.parametrize("task_name, names, outputs, options, shown", OVERLAY_CASES, ids=[c[0] for c in OVERLAY_CASES])
+def test_each_task_draws_its_predictions(task_name, names, outputs, options, shown):
+    from pipeline.tasks import get_task
+
+    task = get_task(task_name)
+    frame = np.full((240, 320, 3), 90, np.uint8)
+    preds = task.postprocess(outputs, names, spec=InputSpec(32), frame_shape=frame.shape[:2], **options)
+    json.dumps(task.to_json(preds))  # JSONL-ready
+    out = task.draw(frame, preds, names)
+    assert out is frame
+    colors = palette(len(names))
+    for c in shown:
+        assert has_color(frame, colors[c]), f"class {c} colour not drawn"
+    for c in set(range(len(names))) - set(shown):
+        assert not has_color(frame, colors[c])
+
+
+# === The runner on an exported model ===
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    """An untrained tiny int8 classifier, exported by the real export stage."""
+    from pipeline import config
+    from pipeline.export import export
+    from pipeline.rundir import RunDir
+    from pipeline.train import rebuild, save_weights
+
+    base = tmp_path_factory.mktemp("runner_model")
+    cfg = config.load(None, [*TINY, f"export.dir={base}", "export.representative_samples=16"])
+    run = RunDir(base / "run")
+    run.save_config(cfg)
+    save_weights(rebuild(cfg, cfg.data.synthetic_classes), run.weights("float"))
+    return Path(export(run, cfg, ["int8"])["int8"])
+
+
+@pytest.fixture(scope="module")
+def channel_model(tmp_path_factory) -> Path:
+    """A float model whose class k is the mean of RGB channel k: it tells whether the
+    runner hands the model RGB (as training does) rather than OpenCV's BGR."""
+    from pipeline._keras import keras
+    from pipeline.export import _io_details, convert
+    from pipeline.rundir import write_bytes, write_json
+
+    x = keras.Input((16, 16, 3))
+    y = keras.layers.Dense(3, activation="softmax", kernel_initializer=keras.initializers.Identity(20.0))(
+        keras.layers.GlobalAveragePooling2D()(x)
+    )
+    blob = convert(keras.Model(x, y), "float32")
+    path = tmp_path_factory.mktemp("channel_model") / "rgb.tflite"
+    write_bytes(path, blob)
+    io = _io_details(blob)
+    side = {
+        "task": "classification",
+        "class_names": ["red", "green", "blue"],
+        "input": {**InputSpec(16).to_dict(), **io["input"]},
+    }
+    write_json(path.with_suffix(".json"), side)
+    return path
+
+
+def _run(model: Path, source, **kw) -> dict:
+    from pipeline.runtime.runner import RunOptions, run
+
+    return run(RunOptions(model=model, source=source, display=False, **kw))
+
+
+@pytest.mark.slow
+def test_video_run_writes_playable_video_jsonl_and_summary(model, tmp_path):
+    from pipeline.runtime.runner import LATENCY, STAGES
+
+    video = write_video(tmp_path / "in.avi", 24)
+    s = _run(model, str(video), output=tmp_path / "out.mp4", jsonl=tmp_path / "p.jsonl", task_options={"top_k": 2})
+    assert s["frames"] == 24 and s["dropped"] == 0 and s["stopped_by"] == "end of source"
+    assert set(s["stages_ms"]) == {*STAGES, LATENCY} and s["stages_ms"]["inference"]["p50"] > 0 and s["fps"] > 0
+    assert s["stages_ms"][LATENCY]["mean"] >= s["stages_ms"]["inference"]["mean"]
+    frames = read_all(tmp_path / "out.mp4")
+    assert len(frames) == 24 and frames[0].shape == (120, 160, 3)
+    label_area = frames[0][:40, :80]  # the top-2 labels, each on a box in its class colour
+    assert sum(has_color(label_area, c, 20, tol=40) for c in palette(3)) == 2
+    lines = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [x["frame"] for x in lines] == list(range(24)) and [x["source_frame"] for x in lines] == list(range(24))
+    for x in lines:
+        assert len(x["predictions"]) == 2 and {p["label"] for p in x["predictions"]} <= set(CLASSES)
+        assert 0 <= x["predictions"][1]["score"] <= x["predictions"][0]["score"] <= 1
+        assert set(x["timings_ms"]) == {*STAGES, LATENCY}
+    assert not list(tmp_path.glob(".*"))  # atomic writes left no temporary files
+    s = _run(model, str(video), max_frames=5, jsonl=tmp_path / "p5.jsonl")
+    assert s["frames"] == 5 and s["stopped_by"] == "max frames"
+    assert len((tmp_path / "p5.jsonl").read_text().splitlines()) == 5
+
+
+@pytest.mark.slow
+def test_the_model_sees_rgb_frames_prepared_as_in_training(channel_model, tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for name, bgr in (("1_red", (0, 0, 255)), ("2_green", (0, 255, 0)), ("3_blue", (255, 0, 0))):
+        cv2.imwrite(str(d / f"{name}.png"), np.full((48, 64, 3), bgr, np.uint8))
+    _run(channel_model, str(d), jsonl=tmp_path / "p.jsonl", task_options={"top_k": 1})
+    top = [json.loads(x)["predictions"][0]["label"] for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert top == ["red", "green", "blue"]
+
+
+@pytest.mark.slow
+def test_image_folder_glob_and_single_image_with_odd_frames(model, tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    cv2.imwrite(str(d / "a_gray.png"), np.full((50, 70), 128, np.uint8))
+    cv2.imwrite(str(d / "b_bgra.png"), np.full((60, 40, 4), 200, np.uint8))
+    cv2.imwrite(str(d / "c_u16.png"), np.full((30, 30, 3), 40000, np.uint16))
+    (d / "d_corrupt.png").write_bytes(b"\x89PNG not really")
+    s = _run(model, str(d), output=tmp_path / "o.avi", jsonl=tmp_path / "p.jsonl")
+    assert s["frames"] == 3 and s["skipped_images"] == 1
+    frames = read_all(tmp_path / "o.avi")
+    assert len(frames) == 3 and all(f.shape == (50, 70, 3) for f in frames)  # the first frame's size
+    assert _run(model, str(d / "*_b*.png"))["frames"] == 1
+    assert _run(model, str(d / "c_u16.png"))["frames"] == 1
+
+
+@pytest.mark.slow
+def test_bad_sources_are_errors_before_any_frame(model, tmp_path):
+    (tmp_path / "notes.mp4").write_text("not a video")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (str(tmp_path / "missing.mp4"), "no such file"),
+        (str(tmp_path / "notes.mp4"), "cannot open video source"),
+        (str(tmp_path / "empty"), "no images"),
+        ("rtsp://admin:hunter2@127.0.0.1:1/live", "cannot open video source"),
+    ]
+    for source, message in cases:
+        with pytest.raises(SourceError, match=message) as e:
+            _run(model, source, output=tmp_path / "o.mp4", jsonl=tmp_path / "p.jsonl")
+        assert "hunter2" not in str(e.value)
+    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / "p.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_bad_models_are_errors_before_any_frame(model, tmp_path):
+    from pipeline.runtime.runner import RunError
+    from pipeline.runtime.tflite_model import ModelFileError
+
+    video = str(write_video(tmp_path / "v.avi", 3))
+    (tmp_path / "text.tflite").write_text("hello")
+    with pytest.raises(ModelFileError, match="not a TFLite model"):
+        _run(tmp_path / "text.tflite", video)
+    bare = tmp_path / "bare" / "m.tflite"
+    bare.parent.mkdir()
+    shutil.copy(model, bare)
+    with pytest.raises(RunError, match=r"m\.json: no sidecar.*--task and --labels"):
+        _run(bare, video)
+    s = _run(bare, video, task="classification", labels="a,b,c", jsonl=tmp_path / "p.jsonl")
+    assert s["frames"] == 3 and json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])["predictions"]
+    side = json.loads(model.with_suffix(".json").read_text())
+    bare.with_suffix(".json").write_text(json.dumps({**side, "task": "pose"}))
+    with pytest.raises(RunError, match="cannot run task 'pose'"):
+        _run(bare, video)
+    bare.with_suffix(".json").write_text(json.dumps({k: v for k, v in side.items() if k != "task"}))
+    with pytest.raises(RunError, match="cannot tell the model's task"):
+        _run(bare, video)
+    no_labels = {k: v for k, v in side.items() if k not in ("class_names", "labels_file")}
+    bare.with_suffix(".json").write_text(json.dumps(no_labels))
+    with pytest.raises(RunError, match="no labels"):
+        _run(bare, video)
+    assert _run(bare, video, labels="x,y,z")["frames"] == 3
+    with pytest.raises(RunError, match="unsupported video container"):
+        _run(model, video, output=tmp_path / "o.gif")
+    with pytest.raises(RunError, match="threads must be at least 1"):
+        _run(model, video, threads=0)
+
+
+@pytest.mark.slow
+def test_a_file_source_that_fails_mid_stream_is_reopened_and_resumes(model, tmp_path):
+    video = write_video(tmp_path / "v.avi", 20)
+    src = FailingVideo(video, fail_after=8)
+    s = _run(model, src, jsonl=tmp_path / "p.jsonl", reconnect_backoff_s=0.05)
+    assert s["frames"] == 20 and s["read_failures"] == 1 and s["reconnects"] == 1 and s["gap_s"] >= 0.05
+    idx = [json.loads(x)["source_frame"] for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert idx == list(range(20))  # resumed where it failed: nothing lost, nothing twice
+
+
+@pytest.mark.slow
+def test_a_stalled_live_stream_is_reopened_with_backoff_and_the_gap_counted(model, tmp_path):
+    src = StallingStream(write_video(tmp_path / "v.avi", 20), stall_after=6, refusals=2)
+    s = _run(model, src, max_frames=12, reconnect_backoff_s=0.05)
+    # Backoff doubles: 0.05 + 0.1 refused, then 0.2 succeeds.
+    # (Live: only the newest frame is kept, so the 20-frame file may end and be
+    # reopened again before 12 frames are processed.)
+    assert s["frames"] == 12 and s["reconnects"] >= 1 and s["read_failures"] >= 1
+    assert s["gap_s"] >= 0.35
+    src = StallingStream(write_video(tmp_path / "w.avi", 10), stall_after=4, refusals=99)
+    s = _run(model, src, reconnect_attempts=2, reconnect_backoff_s=0.01)
+    assert s["reconnects"] == 0 and s["stopped_by"] == "end of source" and 1 <= s["frames"] <= 4
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_leaves_a_playable_video_and_flushed_jsonl(model, tmp_path):
+    video = write_video(tmp_path / "v.avi", 30)
+    out, preds, summary = tmp_path / "out.mp4", tmp_path / "p.jsonl", tmp_path / "s.json"
+    args = ["run", "--model", str(model), "--source", str(video), "--loop", "--no-display"]
+    args += ["--output", str(out), "--jsonl", str(preds), "--summary-json", str(summary), "--pace"]
+    proc = subprocess.Popen(edgepipe_cmd(*args), stderr=subprocess.PIPE, text=True, env=subprocess_env())
+    deadline = time.time() + 60
+    for line in proc.stderr:  # wait until frames flow, then stop it mid-run
+        if "running " in line or time.time() > deadline:
+            break
+    time.sleep(1.5)
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0, rest[-2000:]
+    s = json.loads(summary.read_text())
+    assert s["stopped_by"] == "SIGTERM" and s["frames"] > 10
+    assert len(read_all(out)) == s["frames"]
+    assert len(preds.read_text().splitlines()) == s["frames"]
+
+
+def test_run_is_a_subcommand_and_a_module():
+    r = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", "--help"], capture_output=True, text=True, env=subprocess_env()
+    )
+    assert r.returncode == 0 and "--source" in r.stdout and "--no-display" in r.stdout
+    r = subprocess.run(
+        edgepipe_cmd("run", "--model", "nope.tflite", "--source", "0"),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+    )
+    assert r.returncode == 2 and "nope.tflite: no such model file" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("dtype, scale, zp", [(np.uint8, 1 / 255, 0), (np.int8, 1 / 255, -128), (np.int8, 0.02, 5)])
+@pytest.mark.parametrize("mean, std", [(0.0, 255.0), (127.5, 127.5)])
+def test_quantize_table_gives_what_the_formula_gives(dtype, scale, zp, mean, std):
+    """The runner's per-frame fast path (a 256-entry table) changes no input value."""
+    from pipeline.data.images import normalize
+    from pipeline.runtime.tflite_model import quantize_input
+
+    spec = InputSpec(8, mean=mean, std=std)
+    x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, -1)
+    info = np.iinfo(dtype)
+    expected = np.clip(np.round(normalize(x, spec) / scale + zp), info.min, info.max).astype(dtype)
+    got = quantize_input(x, {"dtype": dtype, "quantization": (scale, zp)}, spec)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
