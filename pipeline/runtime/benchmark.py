@@ -76,10 +76,10 @@ def fill_input(interpreter, seed: int = 0) -> None:
 # === Memory ===
 
 
-def _rss_kb() -> int:
+def _rss_kb(field: str = "VmRSS") -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     return 0
 
@@ -95,7 +95,9 @@ def _memory_probe(path: str, threads: int, runs: int) -> dict:
     fill_input(it)
     for _ in range(runs):
         it.invoke()
-    return {"baseline_kb": before, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the parent
+    # across fork + exec, so a child of a 2 GB training process would report 2 GB.
+    return {"baseline_kb": before, "peak_kb": _rss_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
 
 _PROBE = (
