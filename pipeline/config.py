@@ -304,7 +304,8 @@ def load(
         raise ConfigError(
             f"data.format: {cfg.data.format!r} is not a {chosen} format; expected one of {list(spec.data_formats)}"
         )
-    if cfg.data.format != "synthetic" and not cfg.data.path:
+    d = cfg.data
+    if d.format != "synthetic" and not (d.path or d.train_images or d.train_annotations):
         raise ConfigError(f"data.path: required when data.format is {cfg.data.format!r}")
     from pipeline.export import check_variant_names
 

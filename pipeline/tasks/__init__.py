@@ -19,8 +19,7 @@ def register_task(task: Task) -> Task:
 
 def get_task(name: str) -> Task:
     """The registered task called ``name``; detection/segmentation register when built."""
-    if not _REGISTRY:
-        from pipeline.tasks import classification  # noqa: F401 - registers itself
+    from pipeline.tasks import classification, segmentation  # noqa: F401 - they register themselves
 
     if name not in _REGISTRY:
         raise ValueError(f"Task {name!r} is not available. Available: {sorted(_REGISTRY)}.")
