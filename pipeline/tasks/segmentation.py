@@ -100,7 +100,7 @@ class Segmentation(Task):
     # 256×256 per the issue; width, samples and epochs sized so the default chain
     # trains in about 10 minutes on 2 CPU cores.
     default_config: dict = {
-        "data": {"synthetic_samples": 640, "synthetic_classes": 5},
+        "data": {"synthetic_samples": 480, "synthetic_classes": 5},
         "model": {"input_size": 256, "width": 0.35, "dropout": 0.0},
         "train": {"epochs": 8, "batch_size": 16, "learning_rate": 0.005, "early_stopping_patience": 0},
         "prune": {"epochs": 1},
