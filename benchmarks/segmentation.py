@@ -203,6 +203,7 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="comma list of stages already done in --run-dir")
     ap.add_argument("--no-peer", action="store_true", help="skip the keras-cv DeepLabV3Plus comparison")
     ap.add_argument("--peer-epochs", type=int, default=0, help="peer epochs (default: train.epochs, as the issue asks)")
+    ap.add_argument("--reuse-peer", action="store_true", help="take the peer's figures from RUN/peer.json")
     args = ap.parse_args()
 
     from pipeline import config
@@ -225,7 +226,9 @@ def main() -> int:
     report["epochs"] = cfg.train.epochs
     targets = check_targets(report)
     peer = None
-    if not args.no_peer:
+    if args.reuse_peer and (run.path / "peer.json").is_file():
+        peer = json.loads((run.path / "peer.json").read_text())
+    elif not args.no_peer:
         peer = run_peer(cfg, run.path, args.peer_epochs or cfg.train.epochs)
         write_json(run.path / "peer.json", peer)
     text = markdown(report, targets, peer, train_s)
