@@ -243,6 +243,14 @@ _DET_SCORES = np.array([[[0.9, 0.0, 0.0], [0.0, 0.0, 0.8], [0.85, 0.0, 0.0]]], n
 OVERLAY_CASES = [
     ("classification", CLASSES, [np.array([[0.1, 0.7, 0.2]], np.float32)], {"top_k": 2}, [1, 2]),
     ("detection", CLASSES, [_DET_BOXES, _DET_SCORES], {"score_threshold": 0.5}, [0, 2]),
+    # Segmentation: per-class logits at input size; class 0 (background) is left untinted.
+    (
+        "segmentation",
+        CLASSES,
+        [np.repeat(np.eye(3, dtype=np.float32)[[0, 0, 2, 2]], 8, 0)[None, :, None, :].repeat(32, 2)],
+        {"alpha": 0.6},
+        [2],
+    ),
 ]
 
 

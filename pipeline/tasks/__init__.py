@@ -16,6 +16,7 @@ _REGISTRY: dict[str, Task] = {}
 _MODULES = {
     "classification": "pipeline.tasks.classification",
     "detection": "pipeline.tasks.detection",
+    "segmentation": "pipeline.tasks.segmentation",
 }
 
 

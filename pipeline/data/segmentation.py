@@ -1,0 +1,373 @@
+"""Segmentation readers: mask folders, Pascal VOC, COCO instances, and a synthetic set.
+
+Every reader returns a :class:`SegmentationData` whose splits hold images and masks
+already prepared for the model's :class:`InputSpec` (images through the shared
+:func:`prepare`, masks through :func:`prepare_mask`, the same geometry with
+nearest-neighbour sampling). Each pair is checked while it is read, so a bad mask
+is an error naming its file before training starts, never a crash mid-epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.config import Config
+from pipeline.data.classification import DataError
+from pipeline.data.images import ImageError, InputSpec, geometry, list_images, prepare, read_image
+from pipeline.data.synthetic import class_colour, paint, shape_mask, textured_background
+
+log = logging.getLogger(__name__)
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+# Shapes with thin parts (cross, ring, star, bar) come early, so small class counts have them.
+# Prepared masks mark ignored pixels with 255 whatever data.ignore_index the files use,
+# so the loss, the metric and the evaluator need no configuration.
+IGNORE = 255
+SEG_SHAPES = ("circle", "cross", "triangle", "ring", "star", "bar", "square", "diamond")
+
+
+@dataclass(frozen=True)
+class SegSplit:
+    """Prepared ``images`` (N,S,S,C uint8), ``masks`` (N,S,S uint8 class ids or the
+    ignore index) and the source ``names`` (file paths, or ``synthetic/<i>``)."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    names: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def take(self, idx: np.ndarray) -> SegSplit:
+        names = tuple(self.names[i] for i in idx) if self.names else ()
+        return SegSplit(self.images[idx], self.masks[idx], names)
+
+
+@dataclass(frozen=True)
+class SegmentationData:
+    train: SegSplit
+    val: SegSplit
+    class_names: tuple[str, ...]
+    ignore_index: int = 255
+
+
+# === Masks: reading, checking, preparing ===
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A mask PNG → (H, W) class ids. Palette PNGs give their indices (not colours);
+    grayscale and 16-bit PNGs their values; an RGB file whose channels are equal is
+    read as grayscale.
+
+    Raises:
+        DataError: naming the file if it is unreadable, or an RGB(A) colour mask.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            arr = np.array(im)
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"{path}: cannot read mask ({e})") from e
+    if mode in ("RGB", "RGBA") or (arr.ndim == 3 and arr.shape[2] >= 3):
+        rgb = arr[..., :3]
+        if (rgb == rgb[..., :1]).all():
+            return rgb[..., 0].astype(np.uint8)
+        raise DataError(
+            f"{path}: an RGB colour mask ({mode}); masks must hold class indices. Save it as a "
+            "single-channel PNG whose values are class ids (0..K-1, and the ignore index), or as a "
+            "palette PNG ('P' mode), e.g. with Pillow: map each colour to its id into a uint8 array "
+            "`ids`, then Image.fromarray(ids, mode='L').save(path)"
+        )
+    if arr.ndim == 3:  # LA: the luminance channel
+        arr = arr[..., 0]
+    if arr.dtype != np.uint8:
+        if arr.max(initial=0) > 255:
+            raise DataError(f"{path}: mask values go up to {int(arr.max())}; class ids must fit in 0..255")
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+def check_pair(image: np.ndarray, mask: np.ndarray, num_classes: int, ignore: int, image_path, mask_path) -> None:
+    """Raise a :class:`DataError` naming the files for a size mismatch or a bad class id."""
+    if image.shape[:2] != mask.shape[:2]:
+        raise DataError(
+            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+            f"{image.shape[1]}x{image.shape[0]} (width x height); they must match"
+        )
+    bad = np.unique(mask[(mask >= num_classes) & (mask != ignore)])
+    if bad.size:
+        raise DataError(
+            f"{mask_path}: mask values {bad[:5].tolist()} are neither class ids (0..{num_classes - 1}) "
+            f"nor the ignore index {ignore}; set data.class_names to all {int(bad.max()) + 1}+ classes "
+            "or data.ignore_index"
+        )
+
+
+def prepare_mask(mask: np.ndarray, spec: InputSpec, ignore: int) -> np.ndarray:
+    """Resize a mask the way :func:`prepare` resizes its image, nearest-neighbour, so
+    class ids are never blended; letterbox padding becomes the ignore index."""
+    h, w = mask.shape[:2]
+    s = spec.size
+    if (h, w) == (s, s):
+        return mask
+    g = geometry((h, w), spec)
+    resized = cv2.resize(mask, (g.width, g.height), interpolation=cv2.INTER_NEAREST)
+    if spec.resize != "letterbox":
+        return resized
+    canvas = np.full((s, s), ignore, np.uint8)
+    canvas[g.top : g.top + g.height, g.left : g.left + g.width] = resized
+    return canvas
+
+
+def _load_pairs(pairs, spec: InputSpec, num_classes: int, ignore: int) -> SegSplit:
+    """Read, check and prepare ``(image_path, mask_array_or_path)`` pairs."""
+    from pipeline.data.pipeline import SKIPPED
+
+    images, masks, names = [], [], []
+    for img_path, mask in pairs:
+        try:
+            img = read_image(img_path)
+        except ImageError as e:
+            SKIPPED.add(str(img_path), str(e))  # a corrupt photo is skipped and counted
+            continue
+        mask_path = mask if isinstance(mask, (str, Path)) else img_path
+        m = read_mask(mask) if isinstance(mask, (str, Path)) else mask
+        check_pair(img, m, num_classes, ignore, img_path, mask_path)
+        if ignore != IGNORE:
+            m = np.where(m == ignore, IGNORE, m).astype(np.uint8)
+        images.append(prepare(img, spec))
+        masks.append(prepare_mask(m, spec, IGNORE))
+        names.append(str(img_path))
+    if not images:
+        raise DataError("no readable image/mask pairs")
+    return SegSplit(np.stack(images), np.stack(masks), tuple(names))
+
+
+def ratio_split(split: SegSplit, val_split: float, seed: int) -> tuple[SegSplit, SegSplit]:
+    """A seeded random train/val split (at least one image on each side)."""
+    idx = np.random.default_rng(seed).permutation(len(split))
+    n_val = min(max(1, int(round(len(split) * val_split))), len(split) - 1)
+    if n_val < 1:
+        raise DataError(f"only {len(split)} image(s): too few to split into train and validation")
+    return split.take(np.sort(idx[n_val:])), split.take(np.sort(idx[:n_val]))
+
+
+def _max_class(mask_paths, ignore: int) -> int:
+    top = 0
+    for p in mask_paths:
+        m = read_mask(p)
+        vals = m[m != ignore]
+        top = max(top, int(vals.max(initial=0)))
+    return top
+
+
+# === Mask folders ===
+
+
+def _mask_pairs(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
+    """Images paired with ``masks_dir/<stem>.png`` by file stem."""
+    for d, what in ((images_dir, "image"), (masks_dir, "mask")):
+        if not d.is_dir():
+            raise DataError(f"{d}: {what} folder does not exist")
+    files = list_images(images_dir)
+    if not files:
+        raise DataError(f"{images_dir}: no images (.jpg/.jpeg/.png/.bmp)")
+    masks = {p.stem: p for p in list_images(masks_dir)}
+    pairs = []
+    for f in files:
+        if f.stem not in masks:
+            raise DataError(f"{f}: image has no mask; expected {masks_dir / (f.stem + '.png')}")
+        pairs.append((f, masks[f.stem]))
+    return pairs
+
+
+def _mask_folders(cfg: Config) -> tuple[list, list | None]:
+    d = cfg.data
+    if d.train_images or d.train_masks:
+        if not (d.train_images and d.train_masks):
+            raise DataError("data.train_images and data.train_masks: set both, or neither (then data.path)")
+        train = _mask_pairs(Path(d.train_images), Path(d.train_masks))
+        val = _mask_pairs(Path(d.val_images), Path(d.val_masks)) if d.val_images and d.val_masks else None
+        return train, val
+    root = Path(d.path)
+    tr, va = d.splits
+    if (root / "images" / tr).is_dir():
+        train = _mask_pairs(root / "images" / tr, root / "masks" / tr)
+        val = _mask_pairs(root / "images" / va, root / "masks" / va) if (root / "images" / va).is_dir() else None
+        return train, val
+    if (root / "images").is_dir():
+        return _mask_pairs(root / "images", root / "masks"), None
+    raise DataError(
+        f"{root}: expected {root}/images/{tr} with {root}/masks/{tr} (and /{va}), or {root}/images with "
+        f"{root}/masks, or set data.train_images and data.train_masks"
+    )
+
+
+def _finish(cfg: Config, spec: InputSpec, train_pairs, val_pairs, names: tuple[str, ...]) -> SegmentationData:
+    d = cfg.data
+    if d.ignore_index < len(names):
+        raise DataError(f"data.ignore_index {d.ignore_index} is a class id (there are {len(names)} classes)")
+    train = _load_pairs(train_pairs, spec, len(names), d.ignore_index)
+    if val_pairs:
+        val = _load_pairs(val_pairs, spec, len(names), d.ignore_index)
+    else:
+        train, val = ratio_split(train, d.val_split, d.seed)
+    return SegmentationData(train, val, names, d.ignore_index)
+
+
+def read_masks(cfg: Config, spec: InputSpec) -> SegmentationData:
+    """Image and mask folders paired by file stem; class names from the config or
+    ``class_<id>`` up to the largest id found."""
+    train, val = _mask_folders(cfg)
+    names = tuple(cfg.data.class_names)
+    if not names:
+        top = _max_class([m for _, m in train + (val or [])], cfg.data.ignore_index)
+        names = tuple(f"class_{i}" for i in range(max(top + 1, 2)))
+    return _finish(cfg, spec, train, val, names)
+
+
+# === Pascal VOC ===
+
+
+def read_voc(cfg: Config, spec: InputSpec) -> SegmentationData:
+    """``JPEGImages/`` + palette PNGs in ``SegmentationClass/``; splits from
+    ``ImageSets/Segmentation/<split>.txt`` when present, else by ratio."""
+    root = Path(cfg.data.path)
+    seg = root / "SegmentationClass"
+    if not seg.is_dir():
+        raise DataError(f"{root}: no SegmentationClass folder; is this a VOC2007/VOC2012 folder?")
+
+    def pairs(stems) -> list:
+        out = []
+        for s in stems:
+            img = root / "JPEGImages" / f"{s}.jpg"
+            if not img.is_file():
+                raise DataError(f"{seg / (s + '.png')}: mask has no image; expected {img}")
+            out.append((img, seg / f"{s}.png"))
+        return out
+
+    lists = root / "ImageSets" / "Segmentation"
+    tr, va = cfg.data.splits
+    if (lists / f"{tr}.txt").is_file():
+        train = pairs((lists / f"{tr}.txt").read_text().split())
+        val = pairs((lists / f"{va}.txt").read_text().split()) if (lists / f"{va}.txt").is_file() else None
+    else:
+        train, val = pairs(sorted(p.stem for p in seg.glob("*.png"))), None
+    return _finish(cfg, spec, train, val, tuple(cfg.data.class_names) or VOC_CLASSES)
+
+
+# === COCO instances ===
+
+
+def coco_semantic(coco, image_id: int, cat_to_class: dict[int, int], ignore: int) -> np.ndarray:
+    """Rasterize one image's instances (polygons or RLE) into a semantic mask with
+    pycocotools: larger objects first so small ones stay visible; crowd regions ignored."""
+    info = coco.imgs[image_id]
+    mask = np.zeros((info["height"], info["width"]), np.uint8)
+    anns = sorted(coco.loadAnns(coco.getAnnIds(imgIds=[image_id])), key=lambda a: -a.get("area", 0))
+    for a in anns:
+        m = coco.annToMask(a).astype(bool)
+        mask[m] = ignore if a.get("iscrowd") else cat_to_class[a["category_id"]]
+    return mask
+
+
+def _coco_split(ann_path: Path, image_root: Path, ignore: int, cats=None) -> tuple[list, list]:
+    from pycocotools.coco import COCO
+
+    if not ann_path.is_file():
+        raise DataError(f"{ann_path}: COCO annotation file does not exist")
+    try:
+        coco = COCO(str(ann_path))
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{ann_path}: not a COCO instances file ({e})") from e
+    cats = cats or sorted(coco.cats.values(), key=lambda c: c["id"])
+    cat_to_class = {c["id"]: i + 1 for i, c in enumerate(cats)}
+    pairs = []
+    for image_id in sorted(coco.imgs):
+        path = image_root / coco.imgs[image_id]["file_name"]
+        if not path.is_file():
+            raise DataError(f"{ann_path}: image {path} (id {image_id}) does not exist")
+        try:
+            pairs.append((path, coco_semantic(coco, image_id, cat_to_class, ignore)))
+        except KeyError as e:
+            raise DataError(f"{ann_path}: image {path}: annotation with unknown category {e}") from e
+    return pairs, cats
+
+
+def read_coco(cfg: Config, spec: InputSpec) -> SegmentationData:
+    """COCO instances JSON per split; class 0 is background, then categories by id."""
+    d = cfg.data
+    if not d.train_annotations:
+        raise DataError("data.train_annotations: required for data.format 'coco' (a COCO instances JSON)")
+    root = Path(d.path) if d.path else Path(d.train_annotations).parent
+    train, cats = _coco_split(Path(d.train_annotations), Path(d.train_images or root), d.ignore_index)
+    val = None
+    if d.val_annotations:
+        val, _ = _coco_split(Path(d.val_annotations), Path(d.val_images or root), d.ignore_index, cats)
+    names = tuple(d.class_names) or ("background", *(c["name"] for c in cats))
+    return _finish(cfg, spec, train, val, names)
+
+
+# === Synthetic ===
+
+
+@lru_cache(maxsize=4)
+def segmentation_set(n: int, num_classes: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """``n`` images with 1-4 shapes each on textured backgrounds, and their masks.
+
+    Class 0 is background; each other class has its own shape and hue band. Shapes
+    vary in size (a tenth to a third of the image), rotation and position, overlap
+    (the later one occludes) and include thin parts (cross, ring, star, bar).
+    """
+    rng = np.random.default_rng(seed)
+    kinds = SEG_SHAPES[: num_classes - 1]
+    images = np.empty((n, size, size, 3), np.uint8)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        img = textured_background(rng, size, lines=3)
+        for _ in range(int(rng.integers(1, 5))):
+            c = int(rng.integers(1, num_classes))
+            r = rng.uniform(0.1, 0.33) * size
+            cx, cy = rng.uniform(0.3 * r, size - 0.3 * r, 2)  # may be cut by the border
+            thick = max(2, int(r * rng.uniform(0.12, 0.25)))
+            m = shape_mask(kinds[c - 1], size, cx, cy, r, rng.uniform(0, 2 * np.pi), thick)
+            paint(img, m, rng, class_colour(rng, c, num_classes))
+            masks[i][m > 0] = c
+        images[i] = img
+    images.setflags(write=False)
+    masks.setflags(write=False)
+    return images, masks, ("background", *kinds)
+
+
+# === Entry point ===
+
+
+def load(cfg: Config, spec: InputSpec) -> SegmentationData:
+    """Read the configured segmentation dataset, prepared for ``spec``."""
+    d = cfg.data
+    if d.format == "synthetic":
+        images, masks, names = segmentation_set(d.synthetic_samples, d.synthetic_classes, spec.size, d.seed)
+        if spec.channels == 1:
+            images = np.stack([prepare(im, spec) for im in images])
+        full = SegSplit(images, masks, tuple(f"synthetic/{i}" for i in range(len(images))))
+        train, val = ratio_split(full, d.val_split, d.seed)
+        return SegmentationData(train, val, names, d.ignore_index)
+    readers = {"masks": read_masks, "voc": read_voc, "coco": read_coco}
+    if d.format not in readers:
+        raise DataError(f"data.format {d.format!r} is not a segmentation format; expected one of {sorted(readers)}")
+    data = readers[d.format](cfg, spec)
+    log.info("%s: %d train / %d val images, %d classes", d.path, len(data.train), len(data.val), len(data.class_names))
+    return data
