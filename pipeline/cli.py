@@ -185,6 +185,15 @@ DEMO_SETTINGS = {
         "export.representative_samples=64",
         "evaluate.latency_runs=30",
     ],
+    "segmentation": [
+        "data.synthetic_samples=320",
+        "model.input_size=128",
+        "train.epochs=6",
+        "prune.epochs=1",
+        "qat.epochs=1",
+        "export.representative_samples=32",
+        "evaluate.latency_runs=30",
+    ],
 }
 
 
