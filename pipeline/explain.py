@@ -76,9 +76,10 @@ def feature_maps(model: keras.Model, layer_names: Sequence[str], images: np.ndar
     if missing:
         raise ValueError(f"model {model.name!r} has no layer(s) {missing}")
     probe = keras.Model(model.inputs, [model.get_layer(n).output for n in layer_names])
-    outs = probe.predict(np.asarray(images, np.float32), verbose=0)
+    # A direct call, not predict(): predict traces a new tf.function for every probe.
+    outs = probe(np.asarray(images, np.float32), training=False)
     outs = outs if isinstance(outs, list) else [outs]
-    return dict(zip(layer_names, outs))
+    return {n: np.asarray(o) for n, o in zip(layer_names, outs)}
 
 
 def split_params(model: keras.Model) -> dict[str, int]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -102,7 +101,9 @@ def test_notebook_runs_end_to_end(name, tmp_path, monkeypatch):
 
     # The kernel imports this checkout's package and writes only under tmp_path.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    nb = with_parameters(nbformat.read(NOTEBOOKS / name, as_version=4), {**CI_PARAMETERS[name], "WORK_DIR": str(tmp_path)})
+    nb = with_parameters(
+        nbformat.read(NOTEBOOKS / name, as_version=4), {**CI_PARAMETERS[name], "WORK_DIR": str(tmp_path)}
+    )
     client = nbclient.NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     )
