@@ -113,6 +113,9 @@ def test_notebook_runs_end_to_end(name, tmp_path, monkeypatch):
         nbformat.write(nb, tmp_path / name)  # the executed copy, for a look after a failure
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    figures = [o for o in outputs if "image/png" in o.get("data", {})]
-    plotting_cells = [c for c in nb.cells if c.cell_type == "code" and "plt.show()" in c.source]
-    assert len(figures) >= len(plotting_cells) > 0, "every plotting cell shows its figure"
+    # Every plotting cell shows its figure, unless it says why it skipped (a task not in this build).
+    for c in nb.cells:
+        if c.cell_type == "code" and "plt.show()" in c.source:
+            shown = any("image/png" in o.get("data", {}) for o in c.outputs)
+            skipped = any("skipped" in o.get("text", "") for o in c.outputs if o.output_type == "stream")
+            assert shown or skipped, c.source[:200]
