@@ -74,6 +74,31 @@ def _finetune(model, cfg: Config, run: RunDir, data, epochs: int, lr: float, nam
     return {k: float(v) for k, v in model.evaluate(val_ds, return_dict=True, verbose=0).items()}
 
 
+def _prunable(layer, min_params: int) -> bool:
+    return (
+        isinstance(layer, PRUNABLE)
+        and not isinstance(layer, layers.DepthwiseConv2D)
+        and layer.count_params() >= min_params
+    )
+
+
+def pruning_schedule(model: keras.Model, cfg: Config, n_train: int):
+    """The ``PolynomialDecay`` that :func:`prune` uses: per-layer sparsity from 0 to the
+    level that makes ``prune.target_sparsity`` overall, over ``prune.schedule_end`` of
+    fine-tuning. Calling it with a step gives ``(prune now?, sparsity)``."""
+    p = cfg.prune
+    steps = steps_per_epoch(cfg, n_train)
+    end = max(1, int(steps * p.epochs * p.schedule_end))
+    # target_sparsity is over all conv/dense kernels; the few small layers left
+    # dense are made up for by pruning the others a little harder.
+    total = sum(int(np.prod(v.shape)) for v in _kernels(model))
+    covered = sum(
+        int(np.prod(v.shape)) for layer in model.layers if _prunable(layer, p.min_params) for v in _kernels(layer)
+    )
+    per_layer = min(0.95, p.target_sparsity * total / max(covered, 1))
+    return tfmot.sparsity.keras.PolynomialDecay(0.0, per_layer, begin_step=0, end_step=end, frequency=max(1, end // 20))
+
+
 def prune(run: RunDir, cfg: Config) -> dict:
     """Prune the float model to the target sparsity, fine-tune, strip, save ``pruned``."""
     task = get_task(cfg.task)
@@ -83,24 +108,10 @@ def prune(run: RunDir, cfg: Config) -> dict:
     with run.stage("prune", inputs=[src, run.config_path]) as entry:
         data = task.load_data(cfg)
         model = rebuild(cfg, len(task.class_names(data)), src)
-        steps = steps_per_epoch(cfg, len(data.train))
-        end = max(1, int(steps * p.epochs * p.schedule_end))
+        schedule = pruning_schedule(model, cfg, len(data.train))
 
         def prunable(layer) -> bool:
-            return (
-                isinstance(layer, PRUNABLE)
-                and not isinstance(layer, layers.DepthwiseConv2D)
-                and layer.count_params() >= p.min_params
-            )
-
-        # target_sparsity is over all conv/dense kernels; the few small layers left
-        # dense are made up for by pruning the others a little harder.
-        total = sum(int(np.prod(v.shape)) for v in _kernels(model))
-        covered = sum(int(np.prod(v.shape)) for layer in model.layers if prunable(layer) for v in _kernels(layer))
-        per_layer = min(0.95, p.target_sparsity * total / max(covered, 1))
-        schedule = tfmot.sparsity.keras.PolynomialDecay(
-            0.0, per_layer, begin_step=0, end_step=end, frequency=max(1, end // 20)
-        )
+            return _prunable(layer, p.min_params)
 
         def wrap(layer):
             if not prunable(layer):

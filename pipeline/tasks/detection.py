@@ -322,6 +322,10 @@ class Detection(Task):
         if frame_shape is not None and spec is not None:
             h, w = frame_shape[:2]
             boxes = np.clip(geometry((h, w), spec).to_frame(boxes), 0, [w, h, w, h])
+            # A box that lay in the letterbox padding has no area once clipped: drop it.
+            keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            boxes, d = boxes[keep], {k: v[keep] for k, v in d.items() if k != "count"}
+            d["count"] = int(keep.sum())
         return {
             "boxes": boxes,
             "scores": d["scores"],
