@@ -91,9 +91,10 @@ def test_litert_output_matches_keras_within_tolerance(chain, variant):
     tol, mean_tol = TOLERANCE[v.preset]
     diff = np.abs(got - expected)
     assert diff.max() <= tol and diff.mean() <= mean_tol, (diff.max(), diff.mean())
-    # Where Keras is clear about its top-1 (margin above the tolerance), LiteRT agrees.
+    # Where Keras is clear about its top-1 (a margin that a deviation within the tolerance
+    # could still overturn: at most 0.2), LiteRT agrees.
     top2 = np.sort(expected, -1)[:, -2:]
-    clear = top2[:, 1] - top2[:, 0] > tol
+    clear = top2[:, 1] - top2[:, 0] > min(tol, 0.2)
     assert clear.mean() > 0.3, "the tiny model is too unsure for this check to mean anything"
     assert (got.argmax(-1) == expected.argmax(-1))[clear].mean() >= 0.95
 
