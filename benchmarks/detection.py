@@ -80,33 +80,12 @@ def yolov8_peer(cfg, num_classes: int):
 
 
 def peer_dataset(task, split, cfg, spec, training: bool):
-    """Our loader and augmentation, in keras-cv's {images, bounding_boxes} form."""
-    from pipeline._keras import keras_cv, tf
-    from pipeline.data.images import normalize
-    from pipeline.tasks.detection import MAX_BOXES, _augmenter, _sample_fn
+    """The detector's own batches (same loader and augmentation) in keras-cv's
+    ``(images, {boxes, classes})`` form."""
+    from pipeline._keras import tf
 
-    load = _sample_fn(split, spec)
-    ds = tf.data.Dataset.range(len(split))
-    if training:
-        ds = ds.shuffle(len(split), seed=cfg.data.seed)
-    ds = ds.map(lambda i: tf.numpy_function(load, [i], [tf.uint8, tf.float32, tf.float32, tf.bool]))
-    s = spec.size
-
-    def shape(x, b, c, ok):
-        x = tf.cast(tf.ensure_shape(x, (s, s, 3)), tf.float32)
-        return x, tf.ensure_shape(b, (MAX_BOXES, 4)), tf.ensure_shape(c, (MAX_BOXES,))
-
-    ds = ds.filter(lambda x, b, c, ok: ok).map(shape).batch(cfg.train.batch_size, drop_remainder=training)
-    aug = _augmenter(s) if training and cfg.data.augment else None
-
-    def to_kcv(x, b, c):
-        bb = {"boxes": b, "classes": c}
-        if aug is not None:
-            out = aug({"images": x, "bounding_boxes": bb}, training=True)
-            x, bb = out["images"], keras_cv.bounding_box.to_dense(out["bounding_boxes"], max_boxes=MAX_BOXES)
-        return normalize(x, spec), bb
-
-    return ds.map(to_kcv, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = task.box_batches(split, cfg, spec, training)
+    return ds.map(lambda x, b, c: (x, {"boxes": b, "classes": c})).prefetch(tf.data.AUTOTUNE)
 
 
 def run_peer(cfg, out_dir: Path, threads: int, runs: int) -> dict:

@@ -209,14 +209,8 @@ class _Loop:
             outputs, self.m.class_names, spec=self.m.spec, frame_shape=f.image.shape[:2], **self.opts.task_options
         )
         t2 = time.perf_counter()
-        if self.opts.hud:  # first, so that on a small frame predictions stay on top
-            # Numbers that change 60 times a second are unreadable: re-render the
-            # panel 4 times a second and paste it (a copy) on every frame.
-            if self._hud is None or t1 - self._hud_t > 0.25 or self._hud_shape != f.image.shape:
-                self._hud = hud_panel(f.image.shape, self.fps, self.stats.recent())
-                self._hud_t, self._hud_shape = t1, f.image.shape
-            paste_hud(f.image, self._hud)
-        self.task.draw(f.image, preds, self.m.class_names)
+        if self.sink is not None or self.display is not None:
+            self._draw(f, preds, t1)  # headless without --output: nobody sees the frame, so skip it
         t3 = time.perf_counter()
         ms = {
             "capture": f.capture_ms,
@@ -245,6 +239,16 @@ class _Loop:
             self.sink.write(f.image)
         self.frames += 1
         return self.display.show(f.image) if self.display is not None else True
+
+    def _draw(self, f: Frame, preds, now: float) -> None:
+        if self.opts.hud:  # first, so that on a small frame predictions stay on top
+            # Numbers that change 60 times a second are unreadable: re-render the
+            # panel 4 times a second and paste it (a copy) on every frame.
+            if self._hud is None or now - self._hud_t > 0.25 or self._hud_shape != f.image.shape:
+                self._hud = hud_panel(f.image.shape, self.fps, self.stats.recent())
+                self._hud_t, self._hud_shape = now, f.image.shape
+            paste_hud(f.image, self._hud)
+        self.task.draw(f.image, preds, self.m.class_names)
 
 
 def run(opts: RunOptions) -> dict:

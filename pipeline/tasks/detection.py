@@ -151,7 +151,10 @@ class Detection(Task):
     def class_names(self, data):
         return data.class_names
 
-    def _dataset(self, split, cfg, spec, training: bool, num_classes: int):
+    def box_batches(self, split, cfg, spec, training: bool):
+        """Batches of ``(normalized images, boxes (B, MAX_BOXES, 4), classes (B, MAX_BOXES))``,
+        boxes in input pixels, padded with class -1; augmented when training. Shared by
+        training and by the benchmark's keras-cv peer, so both see the same data."""
         from pipeline._keras import keras_cv, tf
         from pipeline.data.images import normalize
 
@@ -167,7 +170,6 @@ class Detection(Task):
         )
         ds = ds.filter(lambda x, b, c, ok: ok)
         size, ch = spec.size, spec.channels
-        points = self.points(size)
 
         def shape(x, b, c, ok):
             x = tf.ensure_shape(x, (size, size, ch))
@@ -176,15 +178,25 @@ class Detection(Task):
         ds = ds.map(shape).batch(cfg.train.batch_size, drop_remainder=training)
         augment = _augmenter(size) if training and d.augment else None
 
-        def encode(x, b, c):
+        def augmented(x, b, c):
             if augment is not None:
                 out = augment({"images": x, "bounding_boxes": {"boxes": b, "classes": c}}, training=True)
                 x = out["images"]
                 dense = keras_cv.bounding_box.to_dense(out["bounding_boxes"], max_boxes=MAX_BOXES)
                 b, c = dense["boxes"], dense["classes"]
-            box_t, cls_t = B.assign_targets(points, b, c, num_classes)
-            return normalize(x, spec), (box_t, cls_t)
+            return normalize(x, spec), b, c
 
+        return ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
+
+    def _dataset(self, split, cfg, spec, training: bool, num_classes: int):
+        from pipeline._keras import tf
+
+        points = self.points(spec.size)
+
+        def encode(x, b, c):
+            return x, B.assign_targets(points, b, c, num_classes)
+
+        ds = self.box_batches(split, cfg, spec, training)
         return ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     def datasets(self, data, cfg, spec):
