@@ -40,18 +40,24 @@ def tiny_config(*extra: str, task: str = "classification"):
     return config.load(None, [*TINY, *extra], task=task)
 
 
-@pytest.fixture(scope="session")
-def chain(tmp_path_factory):
-    """A run folder after train → prune → qat → export → evaluate on tiny synthetic data."""
+def run_chain(tmp_path_factory, name: str, task: str, overrides: list[str]):
+    """train → prune → qat → export → evaluate in a fresh folder; ``(run, cfg, results)``."""
+    from pipeline import config
     from pipeline.cli import CHAIN, run_stage
     from pipeline.rundir import RunDir
 
     logging.getLogger().setLevel(logging.WARNING)
-    base = tmp_path_factory.mktemp("chain")
+    base = tmp_path_factory.mktemp(name)
     run = RunDir(base / "run")
-    cfg = tiny_config(f"export.dir={base / 'exports'}")
-    results = {name: run_stage(name, run, cfg) for name in CHAIN}
+    cfg = config.load(None, [*overrides, f"export.dir={base / 'exports'}"], task=task)
+    results = {stage: run_stage(stage, run, cfg) for stage in CHAIN}
     return run, cfg, results
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory):
+    """A run folder after train → prune → qat → export → evaluate on tiny synthetic data."""
+    return run_chain(tmp_path_factory, "chain", "classification", TINY)
 
 
 def edgepipe_cmd(*args: str) -> list[str]:

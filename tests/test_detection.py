@@ -9,6 +9,7 @@ import logging
 import cv2
 import numpy as np
 import pytest
+from conftest import run_chain
 
 from pipeline import boxes as B
 from pipeline.data import detection as D
@@ -227,15 +228,7 @@ DET_TINY = [
 
 @pytest.fixture(scope="session")
 def det_chain(tmp_path_factory):
-    from pipeline import config
-    from pipeline.cli import run_stage
-    from pipeline.rundir import RunDir
-
-    base = tmp_path_factory.mktemp("det")
-    run = RunDir(base / "run")
-    cfg = config.load(None, [*DET_TINY, f"export.dir={base / 'exports'}"], task="detection")
-    for stage in ("train", "prune", "qat", "export", "evaluate"):
-        run_stage(stage, run, cfg)
+    run, cfg, _ = run_chain(tmp_path_factory, "det", "detection", DET_TINY)
     return run, cfg
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import TINY, run_chain, tiny_config
 
 from pipeline.data.classification import DataError
 from pipeline.data.images import InputSpec
@@ -286,17 +286,7 @@ def test_postprocess_undoes_the_letterbox_and_draw_colours_the_frame():
 
 @pytest.fixture(scope="session")
 def seg_chain(tmp_path_factory):
-    import logging
-
-    from pipeline.cli import CHAIN, run_stage
-    from pipeline.rundir import RunDir
-
-    logging.getLogger().setLevel(logging.WARNING)
-    base = tmp_path_factory.mktemp("seg_chain")
-    run = RunDir(base / "run")
-    cfg = seg_config(f"export.dir={base / 'exports'}")
-    results = {name: run_stage(name, run, cfg) for name in CHAIN}
-    return run, cfg, results
+    return run_chain(tmp_path_factory, "seg_chain", "segmentation", [*TINY, *SEG_TINY])
 
 
 @pytest.mark.slow
