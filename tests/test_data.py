@@ -113,6 +113,37 @@ def test_letterbox_keeps_aspect_ratio():
     assert (out[:10] == 114).all() and (out[-10:] == 114).all() and (out[20, :, 0] == 200).all()
 
 
+@pytest.mark.parametrize("size", [(192, 144), (320, 240), (100, 75), (97, 31), (7, 7), (800, 600)])
+def test_resize_matches_inter_area_and_does_not_alias(size):
+    from pipeline.data.images import resize
+
+    rng = np.random.default_rng(0)
+    smooth = cv2.GaussianBlur(rng.integers(0, 255, (480, 640, 3), np.uint8), (0, 0), 3)
+    out = resize(smooth, *size)
+    assert out.shape == (size[1], size[0], 3) and out.dtype == np.uint8
+    ref = cv2.resize(smooth, size, interpolation=cv2.INTER_AREA)
+    assert np.abs(out.astype(int) - ref).mean() < 2.0
+    # A one-pixel checkerboard is pure aliasing bait: a shrink that filters gives flat
+    # grey, one that samples (INTER_LINEAR / NEAREST straight from 640) gives stripes.
+    board = (np.indices((480, 640)).sum(0) % 2 * 255).astype(np.uint8)
+    if size[0] < 320:
+        assert resize(board, *size).std() < 20
+        assert cv2.resize(board, size, interpolation=cv2.INTER_NEAREST).std() > 100
+
+
+def test_quantize_input_table_equals_the_formula():
+    from pipeline.runtime.tflite_model import quantize_input
+
+    x = np.random.default_rng(1).integers(0, 256, (2, 8, 8, 3), np.uint8)
+    spec = InputSpec(8, 3, mean=10.0, std=50.0)
+    for dtype, scale, zp in [(np.int8, 1 / 255, -128), (np.int8, 0.03, 7), (np.uint8, 0.01, 5), (np.int16, 1e-3, 0)]:
+        info = np.iinfo(dtype)
+        for xx in (x, x[0], x[0, 0, 0]):
+            ref = np.clip(np.round(normalize(xx, spec) / scale + zp), info.min, info.max).astype(dtype)
+            got = quantize_input(xx, {"dtype": dtype, "quantization": (scale, zp)}, spec)
+            assert got.dtype == dtype and got.shape == xx.shape and np.array_equal(got, ref)
+
+
 def test_corrupt_and_empty_files_raise_image_error_with_the_path(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 definitely not a jpeg")

@@ -104,19 +104,38 @@ def prepare(img: np.ndarray, spec: InputSpec, bgr: bool = False) -> np.ndarray:
     h, w = rgb.shape[:2]
     s = spec.size
     if (h, w) != (s, s):
-        interp = cv2.INTER_AREA if h > s or w > s else cv2.INTER_LINEAR
         g = geometry((h, w), spec)
         if spec.resize == "letterbox":
             canvas = np.full((s, s, 3), 114, np.uint8)
-            canvas[g.top : g.top + g.height, g.left : g.left + g.width] = cv2.resize(
-                rgb, (g.width, g.height), interpolation=interp
-            )
+            canvas[g.top : g.top + g.height, g.left : g.left + g.width] = resize(rgb, g.width, g.height)
             rgb = canvas
         else:
-            rgb = cv2.resize(rgb, (s, s), interpolation=interp)
+            rgb = resize(rgb, s, s)
     if spec.channels == 1:
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None]
     return rgb
+
+
+def resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize with anti-aliasing when shrinking, at a fraction of ``INTER_AREA``'s cost.
+
+    ``INTER_AREA`` is the right filter for shrinking, but on a non-integer factor it
+    takes OpenCV's slow general path (640×480 → 192×144: about 1.3 ms, more than a
+    small detector's inference). So shrink by integer factors that divide the frame
+    exactly (``INTER_AREA``'s fast box-filter path) while the factor left is 2 or more,
+    then finish with ``INTER_LINEAR``, which does not alias below 2 (0.2 ms here).
+    """
+    while True:
+        h, w = img.shape[:2]
+        top = min(w // width, h // height)
+        k = next((k for k in range(top, 1, -1) if w % k == 0 and h % k == 0), 0)
+        if not k:
+            break
+        img = cv2.resize(img, (w // k, h // k), interpolation=cv2.INTER_AREA)
+    if img.shape[:2] == (height, width):
+        return img
+    shrink = min(w // width, h // height) >= 2  # no exact factor left: the general path
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,10 @@
 """The real-time video runner: any exported model on a camera, stream, video or images.
 
-Capture (and the shared :func:`prepare`) runs on its own thread, the interpreter on
-the main thread, and video encoding on a third, so the stages overlap. Everything
+Three stages overlap, each on its own thread: capture (decoding, the shared
+:func:`prepare` and input quantization), inference, and the main thread's
+post-processing, drawing and outputs (where HighGUI wants its window); video
+encoding has a fourth. On 2 cores that keeps the interpreter busy while the next
+frame is decoded and the last one drawn. Everything
 the model needs (task, input size and normalization, labels) comes from the model
 file and its sidecar; options only override. Per frame it records capture,
 preprocess, inference, postprocess and draw times (ultralytics' predictor idiom) and
@@ -14,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -200,10 +204,8 @@ class _Loop:
         self._last = self._dt = None
         self._hud, self._hud_t, self._hud_shape = None, 0.0, None
 
-    def step(self, f: Frame) -> bool:
-        """Infer, post-process, draw and emit one frame; False when the user quit."""
-        t0 = time.perf_counter()
-        outputs = self.m.model(f.prepared[None])
+    def step(self, f: Frame, outputs: list, inference_ms: float) -> bool:
+        """Post-process, draw and emit one inferred frame; False when the user quit."""
         t1 = time.perf_counter()
         preds = self.task.postprocess(
             outputs, self.m.class_names, spec=self.m.spec, frame_shape=f.image.shape[:2], **self.opts.task_options
@@ -215,7 +217,7 @@ class _Loop:
         ms = {
             "capture": f.capture_ms,
             "preprocess": f.preprocess_ms,
-            "inference": (t1 - t0) * 1e3,
+            "inference": inference_ms,
             "postprocess": (t2 - t1) * 1e3,
             "draw": (t3 - t2) * 1e3,
             LATENCY: (t3 - f.read_at) * 1e3,
@@ -280,7 +282,7 @@ def run(opts: RunOptions) -> dict:
         cv2.setNumThreads(1)
         capture = Capture(
             source,
-            prepare=partial(prepare, spec=m.spec, bgr=True),
+            prepare=partial(_model_input, m),
             pace=opts.pace,
             reconnect_attempts=opts.reconnect_attempts,
             backoff_s=opts.reconnect_backoff_s,
@@ -289,7 +291,9 @@ def run(opts: RunOptions) -> dict:
         log.info("running %s (%s, %d px input) on %s", Path(opts.model).name, m.task_name, m.spec.size, source.name)
         loop = _Loop(m, opts, capture, *_open_outputs(stack, opts, capture))
         t_start, cpu_start = time.perf_counter(), time.process_time()
-        reason.append(_drive(loop, capture, stop, opts.max_frames))
+        inference = _Inference(m.model, capture).start()
+        stack.callback(inference.stop)  # before capture.stop: it may be waiting on a frame
+        reason.append(_drive(loop, inference, stop, opts.max_frames))
         wall, cpu = time.perf_counter() - t_start, time.process_time() - cpu_start
     return {**_summary(loop, opts, source, wall, reason[0]), "cpu_s": round(cpu, 3)}
 
@@ -313,17 +317,83 @@ def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Captur
     return sink, jsonl, display
 
 
-def _drive(loop: _Loop, capture: Capture, stop: threading.Event, max_frames: int) -> str:
+def _model_input(m: LoadedModel, image) -> object:
+    """BGR frame → the input tensor's dtype: the shared :func:`prepare`, then the
+    model's own quantization (both on the capture thread)."""
+    return m.model.quantize(prepare(image, m.spec, bgr=True))
+
+
+class _Inference:
+    """The interpreter on its own thread, one frame ahead of the main thread.
+
+    It takes frames from the capture and hands ``(frame, outputs, ms)`` on through a
+    one-slot queue, so at most one inferred frame waits for drawing: a slow consumer
+    holds inference back (and a live capture drops frames) instead of building up
+    latency. An error in ``invoke`` is re-raised on the main thread.
+    """
+
+    def __init__(self, model: TFLiteModel, capture: Capture) -> None:
+        self.model, self.capture = model, capture
+        self._out: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+
+    def start(self) -> _Inference:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def get(self, timeout: float = 0.25) -> tuple | None:
+        """The next ``(frame, outputs, inference ms)``; None once the source has ended."""
+        try:
+            item = self._out.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError from None
+        if isinstance(item, BaseException):
+            raise item
+        if item is None:
+            self._out.put(None)  # stay ended for later calls
+        return item
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    f = self.capture.get(timeout=0.25)
+                except TimeoutError:
+                    continue
+                if f is None:
+                    break
+                t0 = time.perf_counter()
+                outputs = self.model.invoke(f.prepared[None], quantized=True)
+                self._put((f, outputs, (time.perf_counter() - t0) * 1e3))
+        except Exception as e:  # noqa: BLE001 - handed to the main thread, which raises it
+            self._put(e)
+        self._put(None)
+
+
+def _drive(loop: _Loop, inference: _Inference, stop: threading.Event, max_frames: int) -> str:
     while not stop.is_set():
         if max_frames and loop.frames >= max_frames:
             return "max frames"
         try:
-            f = capture.get(timeout=0.25)
+            item = inference.get(timeout=0.25)
         except TimeoutError:
             continue
-        if f is None:
+        if item is None:
             return "end of source"
-        if not loop.step(f):
+        if not loop.step(*item):
             return "quit key"
     return "signal"
 
