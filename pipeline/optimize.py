@@ -186,7 +186,13 @@ def qat(run: RunDir, cfg: Config) -> dict:
         with run.stage(f"qat:{name}", inputs=[src, run.config_path]) as entry:
             data = task.load_data(cfg)
             n = len(task.class_names(data))
-            model = quantize(rebuild(cfg, n, src), prune_preserving=name == "pqat")
+            base = rebuild(cfg, n, src)
+            if cfg.qat.freeze_bn:
+                for layer in base.layers:
+                    if isinstance(layer, layers.BatchNormalization):
+                        layer.trainable = False
+            model = quantize(base, prune_preserving=name == "pqat")
+            log.info("bn trainable: %s", {l.name: l.trainable for l in model.layers if "batch_norm" in l.name or "bn" in l.name.lower()})
             results = _finetune(model, cfg, run, data, cfg.qat.epochs, cfg.qat.learning_rate, name)
             save_weights(model, run.weights(name))
             entry["outputs"].append(run.weights(name))
