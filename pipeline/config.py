@@ -100,7 +100,6 @@ class QATConfig:
     epochs: int = field(default=2, metadata=_range(1, 10_000))
     learning_rate: float = field(default=2e-4, metadata=_range(0.0, 10.0, open_lo=True))
     sources: tuple[Literal["float", "pruned"], ...] = ("float", "pruned")
-    freeze_bn: bool = False
 
 
 @dataclass(frozen=True)

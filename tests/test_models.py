@@ -47,6 +47,32 @@ def test_classifier_is_built_from_quantizable_layers_only(backbone, channels, st
     assert np.isfinite(loss)
 
 
+def test_qat_range_calibration_makes_a_fresh_qat_model_match_float():
+    """TFMOT starts activation ranges at ±6 (and the input range at 0): a fresh QAT
+    model in inference mode is far off the float one until its ranges are calibrated."""
+    from pipeline.data.images import InputSpec
+    from pipeline.optimize import calibrate_ranges, quantize
+
+    inp = keras.Input((32, 32, 3))
+    y = layers.ReLU(6.0)(layers.BatchNormalization()(layers.Conv2D(8, 3, padding="same")(inp)))
+    model = keras.Model(inp, layers.Conv2D(4, 1)(y))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (32, 32, 3), np.uint8) for _ in range(24)]
+    x = np.stack(images).astype(np.float32) / 255.0
+    ref = model(x, training=False).numpy()
+    q = quantize(model, prune_preserving=False)
+    before = np.abs(q(x, training=False).numpy() - ref).max()
+    calibrate_ranges(q, iter(images), InputSpec(32, 3), batch=8)
+    after = np.abs(q(x, training=False).numpy() - ref).max()
+    assert after < 0.1 * ref.std() and after * 10 < before, (before, after, ref.std())
+    ranges = [float(v.numpy().max()) for v in q.non_trainable_weights if v.name.endswith("post_activation_max:0")]
+    assert ranges and all(0 < r < 6 for r in ranges), ranges
+    # The patched TFMOT ops are restored: inference leaves the ranges alone again.
+    kept = [v.numpy().copy() for v in q.non_trainable_weights]
+    q(x * 3, training=False)
+    assert all(np.array_equal(a, v.numpy()) for a, v in zip(kept, q.non_trainable_weights))
+
+
 def test_width_and_depth_scale_the_model():
     from pipeline.tasks import get_task
 
