@@ -209,9 +209,10 @@ def main() -> int:
         overrides += [f"data.train_images={args.coco_images or Path(args.coco_train).parent}"]
         if args.coco_val:
             overrides += [f"data.val_annotations={args.coco_val}"]
-    cfg = config.load(None, overrides, task="detection")
     run = RunDir(args.run_dir)
     skip = set(filter(None, args.skip.split(",")))
+    # Resuming: the run's own config (its size, epochs, data), plus any new --set.
+    cfg = run.load_config(overrides) if skip else config.load(None, overrides, task="detection")
     t0 = time.time()
     for stage in CHAIN:
         if stage not in skip:
