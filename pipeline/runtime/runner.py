@@ -32,7 +32,7 @@ from pipeline.export import read_sidecar
 from pipeline.rundir import atomic_path
 from pipeline.runtime.overlay import hud_panel, paste_hud
 from pipeline.runtime.sinks import Display, VideoSink, check_video_path
-from pipeline.runtime.sources import Capture, Frame, FrameSource, open_source
+from pipeline.runtime.sources import Capture, Frame, FrameSource, open_source, put_until_stopped
 from pipeline.runtime.stats import StageStats
 from pipeline.runtime.tflite_model import TFLiteModel
 from pipeline.tasks import get_task
@@ -359,12 +359,7 @@ class _Inference:
         return item
 
     def _put(self, item) -> None:
-        while not self._stop.is_set():
-            try:
-                self._out.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        put_until_stopped(self._out, item, self._stop)
 
     def _run(self) -> None:
         try:

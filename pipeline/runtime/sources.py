@@ -210,6 +210,19 @@ def as_bgr(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(to_rgb(img, bgr=True), cv2.COLOR_RGB2BGR)
 
 
+def put_until_stopped(q: queue.Queue, item, stop: threading.Event, at_least_once: bool = False) -> bool:
+    """Put ``item`` into a bounded queue, waiting for room, unless ``stop`` is set first
+    (``at_least_once``: try once even when it is). True when the item went in."""
+    while at_least_once or not stop.is_set():
+        at_least_once = False
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 class Capture:
     """Reads a source on a thread; :meth:`get` hands frames to the main loop.
 
@@ -353,12 +366,7 @@ class Capture:
                 self._slot = frame
                 self._cond.notify()
             return
-        while not self._stop.is_set():
-            try:
-                self._queue.put(frame, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        put_until_stopped(self._queue, frame, self._stop)
 
     def _reconnect(self) -> bool:
         """Reopen with exponential backoff; False when every attempt failed or we stopped."""
@@ -390,10 +398,4 @@ class Capture:
                 self._ended = True
                 self._cond.notify_all()
             return
-        while True:
-            try:
-                self._queue.put(None, timeout=0.1)
-                return
-            except queue.Full:
-                if self._stop.is_set():
-                    return
+        put_until_stopped(self._queue, None, self._stop, at_least_once=True)
