@@ -1,4 +1,5 @@
-"""A single-stage, anchor-free detector: backbone → light top-down FPN → one head.
+"""A single-stage, anchor-free detector: backbone → light top-down FPN → one head
+with a shared first layer and decoupled box / class second layers.
 
 FCOS-style: each cell of the stride-8 map predicts class logits and four distances
 to the box sides. The FPN fuses strides 32 and 16 into stride 8 (bilinear
@@ -47,17 +48,24 @@ def build_detector(cfg: ModelConfig, num_classes: int) -> keras.Model:
     x = layers.Add(name="fpn_add3")(
         [conv_bn_act(c3, dim, 1, name="fpn_lat3"), layers.UpSampling2D(2, name="fpn_up4", **up)(p4)]
     )
-    for i in range(2):
-        x = dw_bn_act(x, 3, name=f"head_{i}")
-        x = conv_bn_act(x, dim, 1, name=f"head_{i}_pw")
-    reg = layers.Conv2D(4, 1, bias_initializer=keras.initializers.Constant(1.0), name="head_box")(x)
+    x = dw_bn_act(x, 3, name="head_0")
+    x = conv_bn_act(x, dim, 1, name="head_0_pw")
+    # The second layer is decoupled (YOLOX, YOLOv8): a good class score and a good box
+    # edge want different features, and one shared layer makes them compete for the
+    # same channels. One layer per branch, not two: at 320 px the stride-8 head is
+    # the costliest part of the net after the backbone's first stages.
+    towers = {
+        branch: conv_bn_act(dw_bn_act(x, 3, name=f"tower_{branch}"), dim, 1, name=f"tower_{branch}_pw")
+        for branch in ("box", "cls")
+    }
+    reg = layers.Conv2D(4, 1, bias_initializer=keras.initializers.Constant(1.0), name="head_box")(towers["box"])
     reg = layers.ReLU(6.0, name="head_box_relu6")(reg)
     cls = layers.Conv2D(
         num_classes,
         1,
         bias_initializer=keras.initializers.Constant(-math.log((1 - PRIOR) / PRIOR)),
         name="head_cls",
-    )(x)
+    )(towers["cls"])
     # float32 outputs: mixed precision never rounds what the loss and decoding read.
     out_boxes = layers.Reshape((-1, 4), dtype="float32", name="boxes")(reg)
     out_scores = layers.Reshape((-1, num_classes), dtype="float32", name="scores")(cls)
