@@ -125,7 +125,7 @@ class Detection(Task):
     data_formats = ("synthetic", "coco", "voc", "yolo")
     default_config: dict = {
         "data": {"synthetic_samples": 1000, "synthetic_classes": 4, "shuffle_buffer": 512},
-        "model": {"input_size": 320, "width": 0.5, "resize": "letterbox", "dropout": 0.0},
+        "model": {"input_size": 320, "width": 0.75, "resize": "letterbox", "dropout": 0.0},
         "train": {"epochs": 30, "batch_size": 16, "learning_rate": 0.004, "early_stopping_patience": 8},
         "prune": {"epochs": 3},
         "qat": {"epochs": 3},
