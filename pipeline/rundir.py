@@ -41,6 +41,12 @@ class StageInputError(RuntimeError):
 
 # === Atomic writes ===
 
+# mkstemp creates 0600 files; an exported model or report should get the mode a plain
+# open() gives (0666 less the umask), so other users and an app's build can read it.
+# Read once at import, while no other thread can be changing the umask.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -58,6 +64,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -126,3 +126,21 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     assert epochs[-1] == 3
     assert (run / "models" / "float.h5").is_file()
     assert not (run / "checkpoints" / "backup").exists()
+
+
+def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path):
+    """Exported models are handed to apps and other users: 0600 would lock them out."""
+    import os
+    import stat
+
+    from pipeline import rundir
+
+    old = os.umask(0o022)
+    try:
+        rundir._UMASK = 0o022
+        rundir.write_bytes(tmp_path / "m.tflite", b"x")
+    finally:
+        os.umask(old)
+        rundir._UMASK = old
+    assert stat.S_IMODE((tmp_path / "m.tflite").stat().st_mode) == 0o644
+    assert not list(tmp_path.glob(".*"))
