@@ -123,6 +123,21 @@ def test_example_configs_ship_and_load():
         config.load(f)
 
 
+@pytest.mark.parametrize("task", ["classification", "detection"])
+def test_the_task_yaml_spells_out_the_task_defaults(task):
+    """`configs/<task>.yaml` documents the defaults; the task's ``default_config`` is what
+    runs without ``--config``. A default changed in one place only would make the two
+    disagree silently (it did: a width changed in the YAML alone)."""
+    import dataclasses
+
+    shipped = dataclasses.asdict(config.load(Path(config.__file__).parent / "configs" / f"{task}.yaml", task=task))
+    default = dataclasses.asdict(config.load(None, task=task))
+    # export.variants is spelt out in the YAML so users see the list that `auto` picks from.
+    for d in (shipped, default):
+        d["export"].pop("variants")
+    assert shipped == default
+
+
 def test_an_unknown_task_is_a_config_error():
     with pytest.raises(ConfigError, match="task"):
         config.load(None, task="pose")
