@@ -176,8 +176,8 @@ def latency_at(cfg, run, size: int, threads: tuple[int, ...], runs: int, rounds:
         blob = convert(m, preset, representative_dataset(calib, spec), cfg.export.int8_io, serving=serving)
         paths[name] = path = run.path / f"latency{size}_{name.split()[0]}_{preset}.tflite"
         write_bytes(path, blob)
-        out[name] = {"undelegated_ops": undelegated_ops(TFLiteModel(path, spec, threads=1).interpreter)}
-        out[name]["size_bytes"] = len(blob)
+        ops = undelegated_ops(TFLiteModel(path, spec, threads=1).interpreter)
+        out[name] = {"undelegated_ops": ops, "size_bytes": len(blob)}
     # Interleaved rounds, median of the round p50s: this VM's speed drifts by 20-30 %
     # over minutes, and one pass per model in turn let that drift decide the order.
     p50s = {(name, t): [] for name in models for t in threads}
@@ -263,9 +263,11 @@ def main() -> int:
                 )
             )
     if args.latency_size:
-        lat = latency_at(cfg, run, args.latency_size, (1, 2), max(cfg.evaluate.latency_runs, 50))
+        rounds = 5
+        lat = latency_at(cfg, run, args.latency_size, (1, 2), max(cfg.evaluate.latency_runs, 50), rounds)
         write_json(run.path / f"latency_{args.latency_size}.json", lat)
-        print(f"\n### LiteRT latency at {args.latency_size}×{args.latency_size} (p50 ms, XNNPACK, median of 5 interleaved rounds)\n")
+        size = f"{args.latency_size}×{args.latency_size}"
+        print(f"\n### LiteRT latency at {size} (p50 ms, XNNPACK, median of {rounds} interleaved rounds)\n")
         print("| model | 1 thread | 2 threads | size KB | not on XNNPACK |\n|---|---|---|---|---|")
         for name, r in lat.items():
             ops = ", ".join(f"{k}×{n}" for k, n in r["undelegated_ops"].items()) or "–"

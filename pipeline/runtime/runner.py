@@ -358,9 +358,6 @@ class _Inference:
             self._out.put(None)  # stay ended for later calls
         return item
 
-    def _put(self, item) -> None:
-        put_until_stopped(self._out, item, self._stop)
-
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
@@ -372,10 +369,10 @@ class _Inference:
                     break
                 t0 = time.perf_counter()
                 outputs = self.model.invoke(f.prepared[None], quantized=True)
-                self._put((f, outputs, (time.perf_counter() - t0) * 1e3))
+                put_until_stopped(self._out, (f, outputs, (time.perf_counter() - t0) * 1e3), self._stop)
         except Exception as e:  # noqa: BLE001 - handed to the main thread, which raises it
-            self._put(e)
-        self._put(None)
+            put_until_stopped(self._out, e, self._stop)
+        put_until_stopped(self._out, None, self._stop)
 
 
 def _drive(loop: _Loop, inference: _Inference, stop: threading.Event, max_frames: int) -> str:

@@ -210,17 +210,17 @@ def as_bgr(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(to_rgb(img, bgr=True), cv2.COLOR_RGB2BGR)
 
 
-def put_until_stopped(q: queue.Queue, item, stop: threading.Event, at_least_once: bool = False) -> bool:
-    """Put ``item`` into a bounded queue, waiting for room, unless ``stop`` is set first
-    (``at_least_once``: try once even when it is). True when the item went in."""
-    while at_least_once or not stop.is_set():
-        at_least_once = False
+def put_until_stopped(q: queue.Queue, item, stop: threading.Event) -> None:
+    """Put ``item`` into a bounded queue, waiting for room; give up once ``stop`` is set.
+
+    It always tries once, so an end marker still goes in when the reader has room."""
+    while True:
         try:
             q.put(item, timeout=0.1)
-            return True
+            return
         except queue.Full:
-            continue
-    return False
+            if stop.is_set():
+                return
 
 
 class Capture:
@@ -398,4 +398,4 @@ class Capture:
                 self._ended = True
                 self._cond.notify_all()
             return
-        put_until_stopped(self._queue, None, self._stop, at_least_once=True)
+        put_until_stopped(self._queue, None, self._stop)
