@@ -34,7 +34,7 @@ class DataConfig:
     format: str = "synthetic"
     path: str = ""
     val_split: float = field(default=0.2, metadata=_range(0.0, 0.9, open_lo=True))
-    seed: int = 0
+    seed: int = field(default=0, metadata=_range(0, 2**32 - 1))
     class_names: tuple[str, ...] = ()
     synthetic_samples: int = field(default=1200, metadata=_range(8, None))
     synthetic_classes: int = field(default=4, metadata=_range(2, 8))
@@ -77,7 +77,7 @@ class TrainConfig:
     early_stopping_patience: int = field(default=5, metadata=_range(0, None))
     mixed_precision: Literal["auto", "on", "off"] = "auto"
     xla: Literal["auto", "on", "off"] = "auto"
-    seed: int = 0
+    seed: int = field(default=0, metadata=_range(0, 2**32 - 1))
     steps_per_epoch: int = field(default=0, metadata=_range(0, None))
 
 
@@ -117,7 +117,7 @@ class EvaluateConfig:
     """How each exported variant is measured on the LiteRT runtime."""
 
     threads: int = field(default=2, metadata=_range(1, 64))
-    latency_threads: tuple[int, ...] = (1, 2)
+    latency_threads: tuple[int, ...] = field(default=(1, 2), metadata=_range(1, 64))  # per item
     latency_runs: int = field(default=50, metadata=_range(1, 100_000))
     warmup_runs: int = field(default=5, metadata=_range(0, 10_000))
     max_samples: int = field(default=0, metadata=_range(0, None))
@@ -166,13 +166,15 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
     if origin is tuple:
         args = typing.get_args(tp)
         item_tp = args[0]
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, str):  # --set k=a,b; numbers read as YAML (1,2 gives ints), names stay text
+            value = [v.strip() if item_tp is str else _yaml_scalar(v.strip()) for v in value.split(",") if v.strip()]
+        elif args[-1] is Ellipsis and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # --set evaluate.latency_threads=2
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         if args[-1] is not Ellipsis and len(value) != len(args):
             raise ConfigError(f"{key}: expected {len(args)} items, got {list(value)!r}")
-        return tuple(_coerce(f"{key}[{i}]", v, item_tp, {}) for i, v in enumerate(value))
+        return tuple(_coerce(f"{key}[{i}]", v, item_tp, meta) for i, v in enumerate(value))
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -186,12 +188,15 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         value = float(value)
     elif tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            raise ConfigError(
+                f"{key}: expected a string, got {value!r} (YAML read it as {type(value).__name__}; quote it: "
+                f'{key.rsplit(".", 1)[-1]}: "..." in a file, --set \'{key}="..."\' on the command line)'
+            )
     lo, hi = meta.get("range", (None, None))
     if lo is not None and (value < lo or (meta.get("open_lo") and value == lo)):
         raise ConfigError(f"{key}: {value!r} is below the minimum {lo}{' (exclusive)' if meta.get('open_lo') else ''}")
@@ -233,6 +238,13 @@ def _merge(base: dict, extra: dict) -> dict:
         else:
             out[k] = v
     return out
+
+
+def _yaml_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def parse_override(item: str) -> dict:

@@ -8,7 +8,6 @@ did not take, for each ``.tflite`` file, side by side in one run.
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import platform
 from datetime import datetime, timezone
@@ -19,7 +18,7 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.data.images import normalize
 from pipeline.report import render_markdown, write_report  # noqa: F401 - render_markdown moved to report.py
-from pipeline.rundir import RunDir, StageInputError, write_json
+from pipeline.rundir import RunDir, StageInputError, read_json, write_json
 from pipeline.runtime.benchmark import peak_memory, summarize
 from pipeline.runtime.tflite_model import TFLiteModel, undelegated_ops
 from pipeline.tasks import get_task
@@ -54,7 +53,10 @@ def evaluate(run: RunDir, cfg: Config) -> dict:
     exports = run.path / "exports.json"
     if not exports.is_file():
         raise StageInputError(f"{exports} is missing: run `edgepipe export --run-dir {run.path}` first")
-    listed = json.loads(exports.read_text())["variants"]
+    redo = f"rerun `edgepipe export --run-dir {run.path}`"
+    listed = read_json(exports, redo).get("variants")
+    if not isinstance(listed, dict):
+        raise StageInputError(f"{exports}: no 'variants' object; {redo}")
     task = get_task(cfg.task)
     spec = input_spec(cfg)
     ev = cfg.evaluate
@@ -127,7 +129,7 @@ def served_outputs(model, task):
 def _measure(path: Path, spec, task, images, targets, class_names, ref, ev) -> dict:
     if not path.is_file():
         raise StageInputError(f"{path} is missing: run `edgepipe export` again")
-    from pipeline.export import read_sidecar
+    from pipeline.export import weight_sparsity
 
     model = TFLiteModel(path, spec, threads=ev.threads)
     outputs = _stack([model(x) for x in images])
@@ -137,12 +139,11 @@ def _measure(path: Path, spec, task, images, targets, class_names, ref, ev) -> d
     for t in sorted({ev.threads, *ev.latency_threads}):
         m = model if t == ev.threads else TFLiteModel(path, spec, threads=t)
         lat[str(t)] = summarize(m.latency_ms(images[0][0], runs=ev.latency_runs, warmup=ev.warmup_runs))
-    sidecar = read_sidecar(path)
     record = {
         "path": str(path),
         "size_bytes": len(blob),
         "gzip_bytes": len(gzip.compress(blob, 9)),
-        "sparsity": float(sidecar.get("sparsity", 0.0)),
+        "sparsity": weight_sparsity(blob),  # of the file's own weight buffers
         "metric": float(scores[task.metric]),
         "latency_ms_p50": lat[str(ev.threads)]["p50"],
         "latency_ms_p90": lat[str(ev.threads)]["p90"],

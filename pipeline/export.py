@@ -279,10 +279,10 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
             write_json(path.with_suffix(".json"), sidecar)
-            written[name] = str(path)
+            written[name] = str(path.resolve())  # evaluate may run from another directory
             entry["outputs"] += [path, path.with_suffix(".json")]
         entry["outputs"].append(out / "labels.txt")
-        write_json(run.path / "exports.json", {"dir": str(out), "variants": written})
+        write_json(run.path / "exports.json", {"dir": str(out.resolve()), "variants": written})
     return written
 
 

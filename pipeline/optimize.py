@@ -20,7 +20,7 @@ from pipeline._keras import keras, layers, tfmot
 from pipeline.config import Config
 from pipeline.rundir import RunDir
 from pipeline.tasks import get_task
-from pipeline.train import input_spec, make_optimizer, rebuild, save_weights, steps_per_epoch, verbose
+from pipeline.train import input_spec, load_weights, make_optimizer, rebuild, save_weights, steps_per_epoch, verbose
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def build_qat(cfg: Config, num_classes: int, source: str, weights=None) -> keras
     base = rebuild(cfg, num_classes)
     model = quantize(base, prune_preserving=source == "pqat")
     if weights is not None:
-        model.load_weights(str(weights))
+        load_weights(model, weights)
     return model
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.rundir import StageInputError, write_bytes, write_text
+from pipeline.rundir import StageInputError, read_json, write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
@@ -247,10 +246,7 @@ def compare(run_dirs: list[str | Path]) -> str:
         p = d / "report.json"
         if not p.is_file():
             raise StageInputError(f"{p} is missing: run `edgepipe evaluate --run-dir {d}` first")
-        try:
-            r = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise StageInputError(f"{p}: not valid JSON ({e})") from e
+        r = read_json(p, f"rerun `edgepipe evaluate --run-dir {d}`")
         for name, v in r["variants"].items():
             mem = v.get("memory", {}).get("peak_mb")
             row = [

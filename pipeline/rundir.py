@@ -83,6 +83,17 @@ def write_json(path: str | Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def read_json(path: str | Path, remedy: str) -> dict:
+    """A run-folder JSON object, or an error naming the file and ``remedy`` (what to do)."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StageInputError(f"{path}: not valid JSON ({e}); {remedy}") from None
+    if not isinstance(obj, dict):
+        raise StageInputError(f"{path}: expected a JSON object, found {type(obj).__name__}; {remedy}")
+    return obj
+
+
 def sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -152,7 +163,12 @@ class RunDir:
     def manifest(self) -> dict:
         if not self.manifest_path.is_file():
             return {"run": self.name, "stages": []}
-        return json.loads(self.manifest_path.read_text())
+        m = read_json(self.manifest_path, "it only records what ran: fix it, or move it aside to start a new one")
+        if not isinstance(m.get("stages"), list):
+            raise StageInputError(
+                f"{self.manifest_path}: no 'stages' list; fix it, or move it aside to start a new one"
+            )
+        return m
 
     @contextlib.contextmanager
     def stage(self, name: str, inputs: list[Path] = ()) -> Iterator[dict]:
@@ -161,6 +177,7 @@ class RunDir:
         The body may append paths to ``entry["outputs"]`` and fill ``entry["results"]``.
         """
         self.path.mkdir(parents=True, exist_ok=True)
+        self.manifest()  # a corrupt manifest stops the stage before its work, not after
         entry = {
             "stage": name,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -9,12 +9,13 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline._keras import keras, tf
 from pipeline.config import Config
 from pipeline.data.images import InputSpec
 from pipeline.data.pipeline import SKIPPED
-from pipeline.rundir import RunDir, atomic_path
+from pipeline.rundir import PRODUCER, RunDir, StageInputError, atomic_path
 from pipeline.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,11 @@ def train(run: RunDir, cfg: Config) -> dict:
     """
     task = get_task(cfg.task)
     run.path.mkdir(parents=True, exist_ok=True)
-    run.save_config(cfg)
+    # A trained run keeps the config its models were made with until this training
+    # succeeds: a failed or killed retrain must not leave float.h5 with a config that
+    # no longer builds it.
+    if not run.has("float"):
+        run.save_config(cfg)
     keras.utils.set_random_seed(cfg.train.seed)
     hw = setup_hardware(cfg)
     spec = input_spec(cfg)
@@ -121,6 +126,8 @@ def train(run: RunDir, cfg: Config) -> dict:
             model.compile(optimizer=opt, jit_compile=hw.xla, **task.compile_args(cfg))
         ckpt = run.path / "checkpoints"
         best = ckpt / "best.h5"
+        if (ckpt / "backup").is_dir():
+            log.info("resuming a killed run from %s (delete it to start over)", ckpt / "backup")
         callbacks = [
             keras.callbacks.BackupAndRestore(str(ckpt / "backup")),
             keras.callbacks.ModelCheckpoint(
@@ -135,6 +142,7 @@ def train(run: RunDir, cfg: Config) -> dict:
             keras.callbacks.TensorBoard(str(run.path / "logs" / "train"), profile_batch=0),
             keras.callbacks.TerminateOnNaN(),
         ]
+        callbacks.append(_RequireValidation(task.monitor, cfg.data.path or cfg.data.val_images or cfg.data.format))
         if cfg.train.early_stopping_patience:
             callbacks.append(
                 keras.callbacks.EarlyStopping(
@@ -152,9 +160,10 @@ def train(run: RunDir, cfg: Config) -> dict:
         # fit() returned: the run is complete, so the resume state is obsolete.
         shutil.rmtree(ckpt / "backup", ignore_errors=True)
         if best.is_file():
-            model.load_weights(str(best))
+            load_weights(model, best)
         results = model.evaluate(val_ds, return_dict=True, verbose=0)
         save_weights(model, run.weights("float"))
+        run.save_config(cfg)
         entry["outputs"].append(run.weights("float"))
         # Models and exports made from an earlier float model no longer match it.
         for stale in [*(run.weights(m) for m in ("pruned", "qat", "pqat")), run.path / "exports.json"]:
@@ -164,6 +173,27 @@ def train(run: RunDir, cfg: Config) -> dict:
         entry["results"]["hardware"] = {"gpus": hw.gpus, "mixed_precision": hw.mixed_precision, "xla": hw.xla}
     log.info("float model: %s", entry["results"])
     return entry["results"]
+
+
+class _RequireValidation(keras.callbacks.Callback):
+    """Stop after the first epoch whose validation gave no metric.
+
+    That happens when every validation image was unreadable: Keras would only warn,
+    train on without model selection, and leave a model nobody can evaluate.
+    """
+
+    def __init__(self, monitor: str, where: str) -> None:
+        super().__init__()
+        self.monitor, self.where = monitor, where
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.monitor not in (logs or {}):
+            from pipeline.data.classification import DataError
+
+            raise DataError(
+                f"{self.where}: the validation split gave no readable images ({len(SKIPPED)} files skipped "
+                f"so far, listed above), so there is no {self.monitor} to select a model by"
+            )
 
 
 def _best_so_far(run: RunDir, task) -> float | None:
@@ -186,12 +216,28 @@ def save_weights(model: keras.Model, path) -> None:
         model.save_weights(str(tmp))
 
 
+def load_weights(model: keras.Model, path) -> None:
+    """Load an HDF5 weights file, or say which file is unreadable and which stage rewrites it.
+
+    h5py's own error ("truncated file: eof = ...") names no file, and a file from a
+    model of another shape gives a bare ValueError.
+    """
+    try:
+        model.load_weights(str(path))
+    except (OSError, ValueError) as e:
+        p = Path(path)
+        stage = PRODUCER.get(p.stem, "train")
+        raise StageInputError(
+            f"{p}: cannot load weights ({e}); rerun `edgepipe {stage} --run-dir {p.parent.parent}`"
+        ) from None
+
+
 def rebuild(cfg: Config, num_classes: int, weights=None) -> keras.Model:
     """The task's model in float32 (whatever policy trained it), with ``weights`` loaded."""
     keras.mixed_precision.set_global_policy("float32")
     model = get_task(cfg.task).build_model(cfg, num_classes)
     if weights is not None:
-        model.load_weights(str(weights))
+        load_weights(model, weights)
     return model
 
 

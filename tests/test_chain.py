@@ -38,6 +38,8 @@ def test_every_stage_wrote_its_outputs_and_the_manifest(chain):
     manifest = json.loads(run.manifest_path.read_text())
     stages = [s["stage"] for s in manifest["stages"]]
     assert stages == ["train", "prune", "qat:qat", "qat:pqat", "export", "evaluate"]
+    listed = json.loads((run.path / "exports.json").read_text())["variants"]
+    assert all(Path(p).is_absolute() for p in listed.values()), "evaluate must work from any directory"
     for s in manifest["stages"]:
         assert s["status"] == "ok" and s["seconds"] > 0 and s["outputs"]
     assert all(len(h) == 64 for h in manifest["stages"][1]["inputs"].values())
@@ -158,6 +160,43 @@ def test_truncated_model_file_is_a_clear_error(chain, tmp_path):
     text.write_text("not a model at all")
     with pytest.raises(ModelFileError, match="not a TFLite model"):
         open_interpreter(text)
+
+
+def test_corrupt_run_folder_files_are_clear_errors_before_the_work(chain, tmp_path):
+    """A truncated weights file, a garbage manifest or exports list: the file and the fix are named."""
+    import shutil
+
+    from pipeline import config
+    from pipeline.cli import run_stage
+    from pipeline.data.classification import DataError
+    from pipeline.rundir import RunDir, StageInputError
+
+    shared, cfg, results = chain
+    run = RunDir(tmp_path / shared.name)
+    shutil.copytree(shared.path, run.path)
+    cfg = run.load_config([f"export.dir={tmp_path / 'exports'}", "export.variants=float32"])
+
+    run.manifest_path.write_text("garbage{{{")
+    with pytest.raises(StageInputError, match=r"manifest\.json: not valid JSON"):
+        run_stage("export", run, cfg)
+    assert not (tmp_path / "exports").exists(), "the stage ran before the manifest was checked"
+    run.manifest_path.write_text('{"run": "x", "stages": []}')
+
+    (run.path / "exports.json").write_text("nope")
+    with pytest.raises(StageInputError, match=r"exports\.json: not valid JSON.*edgepipe export"):
+        run_stage("evaluate", run, cfg)
+
+    # A retrain that fails keeps the config the trained models were built with.
+    before = run.config_path.read_text()
+    bad = config.load(None, ["data.format=folder", f"data.path={tmp_path / 'nowhere'}", "model.width=0.5"])
+    with pytest.raises(DataError, match="nowhere"):
+        run_stage("train", run, bad)
+    assert run.config_path.read_text() == before
+
+    blob = run.weights("float").read_bytes()
+    run.weights("float").write_bytes(blob[: len(blob) // 3])
+    with pytest.raises(StageInputError, match=r"float\.h5: cannot load weights.*edgepipe train"):
+        run_stage("prune", run, cfg)
 
 
 def test_a_stage_rerun_alone_with_overrides(chain, tmp_path):

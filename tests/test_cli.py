@@ -120,6 +120,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
 
     r = subprocess.run(edgepipe_cmd(*args), capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming a killed run from" in r.stderr
     epochs = [int(r["epoch"]) for r in csv.DictReader(log.open())]
     resumed = epochs[len(epochs_before) :]
     assert resumed and resumed[0] == epochs_before[-1] + 1, (epochs_before, resumed)

@@ -61,6 +61,12 @@ def test_config_is_frozen():
         (["train"], ["train", "key=value"]),
         (["data.val_split=0"], ["data.val_split", "0"]),
         (["export.variants=auto,int8"], ["export.variants", "auto"]),
+        (["evaluate.latency_threads=[0,-3]"], ["evaluate.latency_threads[0]", "0"]),
+        (["train.seed=-1"], ["train.seed", "-1"]),
+        (["data.seed=-1"], ["data.seed", "-1"]),
+        (["model.dropout=nan"], ["model.dropout", "nan"]),
+        (["train.learning_rate=.nan"], ["train.learning_rate", "nan"]),
+        (["data.path=2024"], ["data.path", "2024", "quote"]),
     ],
 )
 def test_bad_values_name_the_key_and_value(override, words):
@@ -141,3 +147,9 @@ def test_the_task_yaml_spells_out_the_task_defaults(task):
 def test_an_unknown_task_is_a_config_error():
     with pytest.raises(ConfigError, match="task"):
         config.load(None, task="pose")
+
+
+def test_list_overrides_read_numbers_as_numbers_and_names_as_text():
+    assert config.load(None, ["evaluate.latency_threads=1,4"]).evaluate.latency_threads == (1, 4)
+    assert config.load(None, ["evaluate.latency_threads=2"]).evaluate.latency_threads == (2,)
+    assert config.load(None, ["data.class_names=0,1,2"]).data.class_names == ("0", "1", "2")

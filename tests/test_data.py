@@ -193,6 +193,29 @@ def test_corrupt_image_is_skipped_and_counted_not_fatal(tmp_path, caplog):
     assert str(bad) in caplog.text
 
 
+def test_unreadable_files_never_leave_training_without_a_batch(tmp_path):
+    """One batch's worth of files, three unreadable: the readable ones still make a batch."""
+    from pipeline.data.pipeline import training_dataset
+
+    _tree(tmp_path, n=4)
+    for i in range(3):
+        (tmp_path / "dog" / f"bad{i}.jpg").write_bytes(b"garbage")
+    data = cd.read_folder(tmp_path, 0.0, 0)
+    assert len(data.train) == 11
+    batches = list(training_dataset(data.train, InputSpec(12, 3), 11, training=True).as_numpy_iterator())
+    assert [len(y) for _, y in batches] == [8]
+
+
+def test_training_stops_when_validation_gives_no_metric():
+    """Every validation image unreadable: Keras only warns; we stop after the epoch."""
+    from pipeline.train import _RequireValidation
+
+    cb = _RequireValidation("val_accuracy", "/data/flowers")
+    cb.on_epoch_end(0, {"loss": 1.0, "val_accuracy": 0.5})
+    with pytest.raises(DataError, match="/data/flowers: the validation split gave no readable images"):
+        cb.on_epoch_end(0, {"loss": 1.0})
+
+
 # === IDX ===
 
 
@@ -214,6 +237,14 @@ def test_idx_reader_reads_mnist_layout(tmp_path, gz):
     assert data.class_names == ("0", "1", "2")
     (tmp_path / "labels.txt").write_text("a\nb\nc\n")
     assert cd.read_idx(tmp_path).class_names == ("a", "b", "c")
+
+
+def test_idx_with_one_class_in_its_labels_is_an_error(tmp_path):
+    for prefix, n in (("train", 8), ("t10k", 4)):
+        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", np.zeros((n, 28, 28)), False)
+        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", np.zeros(n), False)
+    with pytest.raises(DataError, match="every training label is 0"):
+        cd.read_idx(tmp_path, class_names=("a", "b"))
 
 
 def test_idx_truncated_or_missing_files_are_clear_errors(tmp_path):

@@ -172,6 +172,9 @@ def read_idx(root: str | Path, class_names: tuple[str, ...] = ()) -> Classificat
     names = tuple(class_names) or tuple(str(i) for i in range(n))
     if len(names) < n:
         raise DataError(f"{root}: labels go up to {n - 1} but only {len(names)} class names were given")
+    present = np.unique(splits[0].labels)
+    if len(present) < 2:
+        raise DataError(f"{root}: every training label is {int(present[0])}; classification needs at least two classes")
     return ClassificationData(train=splits[0], val=splits[1], class_names=names)
 
 
