@@ -138,7 +138,9 @@ def _resolve_for_train(args):
 
     run = RunDir(args.run_dir)
     if args.config is None and args.task is None and run.config_path.is_file():
-        return run, run.load_config(args.overrides)  # rerun of train in an existing run
+        # A rerun of train in an existing run: train() saves the config, and puts the
+        # old one back if the retrain fails.
+        return run, run.load_config(args.overrides, save=False)
     return run, config.load(args.config, args.overrides, task=args.task)
 
 

@@ -9,6 +9,7 @@ its own data formats; the user's file and ``--set key=value`` overrides go on to
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,14 +189,14 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
                 value = float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         value = float(value)
     elif tp is str:
         if not isinstance(value, str):
             raise ConfigError(
-                f"{key}: expected a string, got {value!r} (YAML read it as {type(value).__name__}; quote it: "
-                f'{key.rsplit(".", 1)[-1]}: "..." in a file, --set \'{key}="..."\' on the command line)'
+                f"{key}: expected a string, got {value!r} (YAML read it as {type(value).__name__}); "
+                'quote it in YAML, e.g. --set \'data.path="2024"\' or class_names: ["0", "1"]'
             )
     lo, hi = meta.get("range", (None, None))
     if lo is not None and (value < lo or (meta.get("open_lo") and value == lo)):

@@ -20,7 +20,16 @@ from pipeline._keras import keras, layers, tfmot
 from pipeline.config import Config
 from pipeline.rundir import RunDir
 from pipeline.tasks import get_task
-from pipeline.train import input_spec, load_weights, make_optimizer, rebuild, save_weights, steps_per_epoch, verbose
+from pipeline.train import (
+    explain_empty_epochs,
+    input_spec,
+    load_weights,
+    make_optimizer,
+    rebuild,
+    save_weights,
+    steps_per_epoch,
+    verbose,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +69,20 @@ def _finetune(model, cfg: Config, run: RunDir, data, epochs: int, lr: float, nam
     steps = steps_per_epoch(cfg, len(data.train))
     model.compile(optimizer=make_optimizer(lr, steps * epochs, 0, 0.0), **task.compile_args(cfg))
     backup = run.path / "checkpoints" / f"{name}_backup"
-    model.fit(
-        train_ds.repeat() if cfg.train.steps_per_epoch else train_ds,
-        validation_data=val_ds,
-        epochs=epochs,
-        steps_per_epoch=cfg.train.steps_per_epoch or None,
-        callbacks=[
-            *callbacks,
-            # A killed fine-tune resumes too; the state goes once fit() returns.
-            keras.callbacks.BackupAndRestore(str(backup)),
-            keras.callbacks.CSVLogger(str(run.path / f"{name}_log.csv"), append=True),
-        ],
-        verbose=verbose(),
-    )
+    with explain_empty_epochs(cfg, len(data.train)):
+        model.fit(
+            train_ds.repeat() if cfg.train.steps_per_epoch else train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            steps_per_epoch=cfg.train.steps_per_epoch or None,
+            callbacks=[
+                *callbacks,
+                # A killed fine-tune resumes too; the state goes once fit() returns.
+                keras.callbacks.BackupAndRestore(str(backup)),
+                keras.callbacks.CSVLogger(str(run.path / f"{name}_log.csv"), append=True),
+            ],
+            verbose=verbose(),
+        )
     shutil.rmtree(backup, ignore_errors=True)
     return {k: float(v) for k, v in model.evaluate(val_ds, return_dict=True, verbose=0).items()}
 

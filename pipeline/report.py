@@ -246,7 +246,10 @@ def compare(run_dirs: list[str | Path]) -> str:
         p = d / "report.json"
         if not p.is_file():
             raise StageInputError(f"{p} is missing: run `edgepipe evaluate --run-dir {d}` first")
-        r = read_json(p, f"rerun `edgepipe evaluate --run-dir {d}`")
+        redo = f"rerun `edgepipe evaluate --run-dir {d}`"
+        r = read_json(p, redo)
+        if not isinstance(r.get("variants"), dict) or "task" not in r or "metric" not in r:
+            raise StageInputError(f"{p}: not a report (no task, metric or variants); {redo}")
         for name, v in r["variants"].items():
             mem = v.get("memory", {}).get("peak_mb")
             row = [

@@ -141,8 +141,8 @@ class RunDir:
     def save_config(self, cfg: config_mod.Config) -> None:
         write_text(self.config_path, config_mod.dump(cfg))
 
-    def load_config(self, overrides: list[str] | tuple[str, ...] = ()) -> config_mod.Config:
-        """The saved config with ``overrides`` applied (and saved back when given)."""
+    def load_config(self, overrides: list[str] | tuple[str, ...] = (), save: bool = True) -> config_mod.Config:
+        """The saved config with ``overrides`` applied (and saved back when given and ``save``)."""
         if not self.config_path.is_file():
             raise StageInputError(
                 f"{self.config_path} is missing: run `edgepipe train --task ... --run-dir {self.path}` first"
@@ -155,7 +155,7 @@ class RunDir:
                 f"change it with `edgepipe train --set ...` in a new run folder"
             )
         cfg = config_mod.load(None, overrides, task=raw.get("task"), base=raw)
-        if overrides:
+        if overrides and save:
             self.save_config(cfg)
         return cfg
 

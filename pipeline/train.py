@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from pipeline._keras import keras, tf
 from pipeline.config import Config
 from pipeline.data.images import InputSpec
 from pipeline.data.pipeline import SKIPPED
-from pipeline.rundir import PRODUCER, RunDir, StageInputError, atomic_path
+from pipeline.rundir import PRODUCER, RunDir, StageInputError, atomic_path, write_text
 from pipeline.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,26 @@ def make_optimizer(lr: float, total_steps: int, warmup_steps: int, weight_decay:
     return keras.optimizers.AdamW(schedule, weight_decay=weight_decay)
 
 
+@contextlib.contextmanager
+def explain_empty_epochs(cfg: Config, n_files: int) -> Iterator[None]:
+    """Turn Keras' "Empty logs" (an epoch without a single batch) into a data error.
+
+    It happens when unreadable files leave fewer readable images than one batch,
+    which the file count that sized the batches could not know.
+    """
+    try:
+        yield
+    except ValueError as e:
+        if "Empty logs" not in str(e):
+            raise
+        from pipeline.data.classification import DataError
+
+        raise DataError(
+            f"{cfg.data.path or 'the training split'}: not one full batch of train.batch_size={cfg.train.batch_size} "
+            f"images ({n_files} files, {len(SKIPPED)} of them unreadable); lower train.batch_size"
+        ) from None
+
+
 def verbose() -> int:
     """Keras' live progress bar on a terminal, one line per epoch in logs and CI."""
     return 1 if sys.stdout.isatty() else 2
@@ -103,13 +125,22 @@ def train(run: RunDir, cfg: Config) -> dict:
     Returns:
         Validation results of the best weights, also saved as ``models/float.h5``.
     """
-    task = get_task(cfg.task)
     run.path.mkdir(parents=True, exist_ok=True)
-    # A trained run keeps the config its models were made with until this training
-    # succeeds: a failed or killed retrain must not leave float.h5 with a config that
-    # no longer builds it.
-    if not run.has("float"):
-        run.save_config(cfg)
+    # A retrain that fails (bad data, no validation metric...) puts back the config
+    # the trained models were built with. A killed one keeps the new config, which
+    # is what its BackupAndRestore state was made with, so rerunning resumes it.
+    previous = run.config_path.read_text() if run.has("float") and run.config_path.is_file() else None
+    run.save_config(cfg)
+    try:
+        return _train(run, cfg)
+    except Exception:
+        if previous is not None:
+            write_text(run.config_path, previous)
+        raise
+
+
+def _train(run: RunDir, cfg: Config) -> dict:
+    task = get_task(cfg.task)
     keras.utils.set_random_seed(cfg.train.seed)
     hw = setup_hardware(cfg)
     spec = input_spec(cfg)
@@ -129,6 +160,8 @@ def train(run: RunDir, cfg: Config) -> dict:
         if (ckpt / "backup").is_dir():
             log.info("resuming a killed run from %s (delete it to start over)", ckpt / "backup")
         callbacks = [
+            # First, so an epoch without a validation metric is never backed up or logged.
+            _RequireValidation(task.monitor, cfg.data.path or cfg.data.val_images or "the validation split"),
             keras.callbacks.BackupAndRestore(str(ckpt / "backup")),
             keras.callbacks.ModelCheckpoint(
                 str(best),
@@ -142,28 +175,27 @@ def train(run: RunDir, cfg: Config) -> dict:
             keras.callbacks.TensorBoard(str(run.path / "logs" / "train"), profile_batch=0),
             keras.callbacks.TerminateOnNaN(),
         ]
-        callbacks.append(_RequireValidation(task.monitor, cfg.data.path or cfg.data.val_images or cfg.data.format))
         if cfg.train.early_stopping_patience:
             callbacks.append(
                 keras.callbacks.EarlyStopping(
                     task.monitor, patience=cfg.train.early_stopping_patience, mode=task.monitor_mode
                 )
             )
-        model.fit(
-            train_ds.repeat() if cfg.train.steps_per_epoch else train_ds,
-            validation_data=val_ds,
-            epochs=cfg.train.epochs,
-            steps_per_epoch=cfg.train.steps_per_epoch or None,
-            callbacks=callbacks,
-            verbose=verbose(),
-        )
+        with explain_empty_epochs(cfg, len(data.train)):
+            model.fit(
+                train_ds.repeat() if cfg.train.steps_per_epoch else train_ds,
+                validation_data=val_ds,
+                epochs=cfg.train.epochs,
+                steps_per_epoch=cfg.train.steps_per_epoch or None,
+                callbacks=callbacks,
+                verbose=verbose(),
+            )
         # fit() returned: the run is complete, so the resume state is obsolete.
         shutil.rmtree(ckpt / "backup", ignore_errors=True)
         if best.is_file():
             load_weights(model, best)
         results = model.evaluate(val_ds, return_dict=True, verbose=0)
         save_weights(model, run.weights("float"))
-        run.save_config(cfg)
         entry["outputs"].append(run.weights("float"))
         # Models and exports made from an earlier float model no longer match it.
         for stale in [*(run.weights(m) for m in ("pruned", "qat", "pqat")), run.path / "exports.json"]:
@@ -204,7 +236,13 @@ def _best_so_far(run: RunDir, task) -> float | None:
     log_path = run.path / "train_log.csv"
     if not log_path.is_file():
         return None
-    values = [float(r[task.monitor]) for r in csv.DictReader(log_path.open()) if r.get(task.monitor)]
+    values = []
+    for r in csv.DictReader(log_path.open()):
+        try:
+            values.append(float(r.get(task.monitor) or "nan"))
+        except ValueError:  # "NA": an epoch the CSV logger saw without the metric
+            continue
+    values = [v for v in values if v == v]
     if not values:
         return None
     return max(values) if task.monitor_mode == "max" else min(values)
@@ -228,7 +266,8 @@ def load_weights(model: keras.Model, path) -> None:
         p = Path(path)
         stage = PRODUCER.get(p.stem, "train")
         raise StageInputError(
-            f"{p}: cannot load weights ({e}); rerun `edgepipe {stage} --run-dir {p.parent.parent}`"
+            f"{p}: cannot load weights ({e}); if the file is damaged, rerun `edgepipe {stage} --run-dir "
+            f"{p.parent.parent}`; if --set changed the classes (data.*), the weights were made for other settings"
         ) from None
 
 

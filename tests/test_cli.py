@@ -145,3 +145,54 @@ def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path):
         rundir._UMASK = old
     assert stat.S_IMODE((tmp_path / "m.tflite").stat().st_mode) == 0o644
     assert not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.slow
+def test_unreadable_files_that_leave_no_full_batch_are_a_data_error(tmp_path):
+    """11 files, batch 11, 3 unreadable: Keras would crash with 'Empty logs'."""
+    import cv2
+    import numpy as np
+
+    from pipeline import config
+    from pipeline.cli import run_stage
+    from pipeline.data.classification import DataError
+    from pipeline.rundir import RunDir
+
+    data = tmp_path / "data"
+    for split, n in (("train", 4), ("val", 2)):
+        for c in ("cat", "dog"):
+            (data / split / c).mkdir(parents=True)
+            for i in range(n):
+                cv2.imwrite(str(data / split / c / f"{i}.png"), np.full((16, 16, 3), 60 * i, np.uint8))
+    for i in range(3):
+        (data / "train" / "dog" / f"bad{i}.jpg").write_bytes(b"garbage")
+    sets = [*TINY, "data.format=folder", f"data.path={data}", "train.batch_size=11", "train.epochs=1"]
+    cfg = config.load(None, sets, task="classification")
+    with pytest.raises(
+        DataError, match=r"not one full batch of train.batch_size=11 .*11 files, \d+ of them unreadable"
+    ):
+        run_stage("train", RunDir(tmp_path / "run"), cfg)
+
+
+def test_train_rerun_overrides_wait_for_train_to_save_them(tmp_path):
+    """`edgepipe train --run-dir D --set ...` on a trained run: config.yaml changes only in train()."""
+    from pipeline import config
+    from pipeline.cli import _resolve_for_train, parser
+    from pipeline.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.save_config(config.load(None))
+    before = run.config_path.read_text()
+    _, cfg = _resolve_for_train(parser().parse_args(["train", "--run-dir", str(run.path), "--set", "train.epochs=3"]))
+    assert cfg.train.epochs == 3
+    assert run.config_path.read_text() == before
+
+
+def test_resume_ignores_epochs_logged_without_the_metric(tmp_path):
+    from pipeline.rundir import RunDir
+    from pipeline.tasks import get_task
+    from pipeline.train import _best_so_far
+
+    run = RunDir(tmp_path)
+    (tmp_path / "train_log.csv").write_text("epoch,loss,val_accuracy\n0,1.0,NA\n1,0.8,0.6\n2,0.7,0.55\n")
+    assert _best_so_far(run, get_task("classification")) == 0.6

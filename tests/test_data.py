@@ -193,19 +193,6 @@ def test_corrupt_image_is_skipped_and_counted_not_fatal(tmp_path, caplog):
     assert str(bad) in caplog.text
 
 
-def test_unreadable_files_never_leave_training_without_a_batch(tmp_path):
-    """One batch's worth of files, three unreadable: the readable ones still make a batch."""
-    from pipeline.data.pipeline import training_dataset
-
-    _tree(tmp_path, n=4)
-    for i in range(3):
-        (tmp_path / "dog" / f"bad{i}.jpg").write_bytes(b"garbage")
-    data = cd.read_folder(tmp_path, 0.0, 0)
-    assert len(data.train) == 11
-    batches = list(training_dataset(data.train, InputSpec(12, 3), 11, training=True).as_numpy_iterator())
-    assert [len(y) for _, y in batches] == [8]
-
-
 def test_training_stops_when_validation_gives_no_metric():
     """Every validation image unreadable: Keras only warns; we stop after the epoch."""
     from pipeline.train import _RequireValidation

@@ -104,10 +104,10 @@ def training_dataset(
         ds = ds.cache()
     if training:
         ds = ds.shuffle(min(shuffle_buffer, max(len(split), 1)), seed=seed, reshuffle_each_iteration=True)
-    # Dropping the ragged last batch spares BatchNorm a batch of one or two, but the
-    # count is of files, not of readable images: with fewer than two batches' worth,
-    # a few unreadable files could leave no full batch, so keep the remainder then.
-    ds = ds.batch(batch_size, drop_remainder=training and len(split) >= 2 * batch_size)
+    # Dropping the ragged last batch spares BatchNorm a batch of one or two; the
+    # schedules count len(split) // batch_size steps (train.steps_per_epoch). If
+    # unreadable files leave no full batch, train.explain_empty_epochs says so.
+    ds = ds.batch(batch_size, drop_remainder=training and len(split) >= batch_size)
     if training and augment is not None:
         ds = ds.map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y), num_parallel_calls=AUTOTUNE)
     ds = ds.map(lambda x, y: (normalize(x, spec), y), num_parallel_calls=AUTOTUNE)
