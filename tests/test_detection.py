@@ -63,6 +63,12 @@ def test_coco_reader_maps_categories_clips_drops_and_keeps_negatives(tmp_path, c
         ({"annotations": [{"id": 9, "image_id": 42, "category_id": 3, "bbox": [0, 0, 5, 5]}]}, "image_id 42"),
         ({"images": [{"id": 1, "file_name": "missing.jpg"}], "annotations": []}, "'missing.jpg' (id 1) not found"),
         ({"annotations": [{"id": 9, "image_id": 1, "category_id": 3}]}, "annotation #0 lacks"),
+        ({"annotations": [{"id": 9, "image_id": 1, "category_id": 3, "bbox": "2222"}]}, "annotation #0 lacks"),
+        ({"categories": [{"id": 3, "name": "cat"}, {"id": 3, "name": "dog"}]}, "categories[1] repeats id 3"),
+        ({"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}]}, "images[1] repeats id 1"),
+        ({"categories": [{"id": 3}]}, "categories[0] has no 'name'"),
+        ({"images": [{"file_name": "a.jpg"}]}, "images[0] has no 'id'"),
+        ({"images": [{"id": 1, "file_name": "a.jpg", "height": "abc", "width": 80}]}, "non-numeric height"),
     ],
 )
 def test_coco_reader_errors_name_the_file_and_entry(tmp_path, kw, message):
@@ -70,6 +76,15 @@ def test_coco_reader_errors_name_the_file_and_entry(tmp_path, kw, message):
     with pytest.raises(DataError, match="ann.json") as e:
         D.read_coco(path, tmp_path / "img")
     assert message in str(e.value)
+
+
+def test_coco_file_without_annotations_is_an_error_not_all_negatives(tmp_path):
+    path = _coco(tmp_path)
+    doc = json.loads(path.read_text())
+    del doc["annotations"]  # an image_info_test file
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DataError, match="ann.json: no 'annotations' list"):
+        D.read_coco(path, tmp_path / "img")
 
 
 def test_coco_reader_rejects_malformed_json(tmp_path):
@@ -102,6 +117,26 @@ def test_voc_reader_reads_boxes_and_skips_difficult(tmp_path):
     assert split.classes[0].tolist() == [1]
 
 
+def test_voc_class_names_fix_the_ids_and_reject_other_names(tmp_path):
+    root = _voc(tmp_path, VOC_XML.replace("<difficult>1</difficult>", "<difficult>0</difficult>"))
+    split, names = D.read_voc(root, "train", ("person", "car"))
+    assert names == ("person", "car") and split.classes[0].tolist() == [0, 1]
+    with pytest.raises(DataError, match="0001.xml: object #1 has class 'car', not among the classes"):
+        D.read_voc(root, "train", ("person", "dog"))
+
+
+def test_class_names_must_match_the_data_class_count(tmp_path):
+    from pipeline import config
+
+    path = _coco(tmp_path)
+    sets = ["data.format=coco", f"data.train_annotations={path}", f"data.train_images={tmp_path / 'img'}"]
+    cfg = config.load(None, [*sets, "data.class_names=[cat]"], task="detection")
+    with pytest.raises(DataError, match=r"data.class_names has 1 names but the coco data defines 2"):
+        D.load(cfg)
+    cfg = config.load(None, [*sets, "data.class_names=[Cat, Dog]"], task="detection")
+    assert D.load(cfg).class_names == ("Cat", "Dog")
+
+
 def test_voc_reader_names_malformed_xml(tmp_path):
     with pytest.raises(DataError, match=r"0001.xml: malformed XML"):
         D.read_voc(_voc(tmp_path, "<annotation><object>"), "train")
@@ -126,7 +161,12 @@ def test_yolo_reader_denormalizes_boxes(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "line, message", [("1 0.5 0.5 0.25\n", "expected 5 fields"), ("2 0.5 0.5 0.2 0.2\n", "class 2 out of range")]
+    "line, message",
+    [
+        ("1 0.5 0.5 0.25\n", "expected 5 fields"),
+        ("2 0.5 0.5 0.2 0.2\n", "class 2 out of range"),
+        ("0 16 16 8 8\n", "looks like pixels"),
+    ],
 )
 def test_yolo_reader_errors_name_file_and_line(tmp_path, line, message):
     _, folders, names = D.read_yolo_yaml(_yolo(tmp_path, line))
@@ -315,3 +355,20 @@ def test_boxes_in_the_letterbox_padding_are_dropped_not_returned_empty():
     out = get_task("detection").postprocess([boxes, scores], ["a"], spec=spec, frame_shape=(320, 640))
     assert out["count"] == 1 and len(out["boxes"]) == 1 and out["scores"].tolist() == [pytest.approx(0.8)]
     assert (out["boxes"][:, 2:] > out["boxes"][:, :2]).all()
+
+
+def test_yolo_layout_mistakes_are_clear_errors(tmp_path, caplog):
+    data_yaml = _yolo(tmp_path, "1 0.5 0.5 0.25 0.5\n")
+    _, folders, names = D.read_yolo_yaml(data_yaml.parent)  # the folder: its data.yaml is used
+    with caplog.at_level(logging.WARNING):
+        D.read_yolo(folders["train"], names)
+    assert "1 of 2 images have no label file" in caplog.text
+    (data_yaml.parent / "labels").rename(data_yaml.parent / "label")
+    with pytest.raises(DataError, match="labels/train: YOLO label folder not found"):
+        D.read_yolo(folders["train"], names)
+    for names_yaml, message in (("dog", "non-empty list"), ("{0: dog, 5: cat}", "keys must be the class ids")):
+        data_yaml.write_text(f"path: .\ntrain: images/train\nnames: {names_yaml}\n")
+        with pytest.raises(DataError, match=message):
+            D.read_yolo_yaml(data_yaml)
+    data_yaml.write_text("path: .\ntrain: images/train\nnames: {1: dog, 0: cat}\n")
+    assert D.read_yolo_yaml(data_yaml)[2] == ("cat", "dog")

@@ -193,6 +193,57 @@ def test_mask_value_outside_the_classes_names_the_file_and_value(tmp_path):
         load(seg_config("data.format=masks", f"data.path={root}", "data.class_names=[a,b,c]"), InputSpec(32))
 
 
+def test_binary_0_255_masks_warn_that_foreground_is_ignored(tmp_path, caplog):
+    for split in ("train", "val"):
+        for i in range(2):
+            m = np.where(_blocks(40, 48, 2, i) > 0, 255, 0).astype(np.uint8)
+            _write_pair(tmp_path / "images" / split, tmp_path / "masks" / split, f"{split}{i}", m)
+    with caplog.at_level("WARNING"):
+        load(seg_config("data.format=masks", f"data.path={tmp_path}", "data.class_names=[bg,fg]"), InputSpec(32))
+    assert "no training pixels of class(es) ['fg']" in caplog.text and "need 255 written as 1" in caplog.text
+
+
+def _coco_doc(tmp_path, **changes):
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((40, 60, 3), np.uint8))
+    square = [10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]
+    doc = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 40, "width": 60}],
+        "categories": [{"id": 7, "name": "cat"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "segmentation": [square], "area": 400}],
+    }
+    doc.update(changes)
+    doc = {k: v for k, v in doc.items() if v is not None}  # None: the key is absent
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    return seg_config("data.format=coco", f"data.train_annotations={tmp_path / 'ann.json'}", f"data.path={tmp_path}")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"annotations": None}, "no 'annotations' list"),
+        ({"images": [{"id": 1, "file_name": "a.jpg", "width": 60}]}, "images[0] has no 'height'"),
+        ({"annotations": [{"id": 4, "image_id": 99, "category_id": 7, "segmentation": []}]}, "image ids not in"),
+        ({"annotations": [{"id": 4, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]}]}, "no 'segmentation'"),
+        ({"annotations": [{"id": 4, "image_id": 1, "category_id": 7, "segmentation": []}]}, "unusable segmentation"),
+        ({"annotations": [{"id": 4, "image_id": 1, "category_id": 8, "segmentation": []}]}, "unknown category_id 8"),
+    ],
+)
+def test_coco_mask_errors_name_the_file_and_the_annotation(tmp_path, changes, message):
+    cfg = _coco_doc(tmp_path, **changes)
+    with pytest.raises(DataError, match=r"ann\.json") as e:
+        load(cfg, InputSpec(32))
+    assert message in str(e.value)
+
+
+def test_voc_split_list_typo_is_an_error_not_a_ratio_split(tmp_path):
+    (tmp_path / "SegmentationClass").mkdir()
+    (tmp_path / "JPEGImages").mkdir()
+    (tmp_path / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "Segmentation" / "train.txt").write_text("a\n")
+    with pytest.raises(DataError, match=r"Segmentation/val\.txt: VOC split list not found"):
+        load(seg_config("data.format=voc", f"data.path={tmp_path}"), InputSpec(32))
+
+
 def test_image_without_a_mask_names_the_image(tmp_path):
     root = _mask_root(tmp_path, n=2)
     (root / "masks" / "train" / "train0.png").unlink()

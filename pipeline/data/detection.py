@@ -105,18 +105,26 @@ def read_coco(annotations: Path, image_root: Path, names: tuple[str, ...] | None
         raise DataError(f"{annotations}: malformed JSON ({e})") from e
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise DataError(f"{annotations}: not a COCO instances file (no 'images' list)")
-    cats = sorted(doc.get("categories") or [], key=lambda c: c["id"])
+    if not isinstance(doc.get("annotations"), list):
+        # e.g. an image_info_test file: images without boxes would train as negatives
+        raise DataError(f"{annotations}: no 'annotations' list (an image-info file has no boxes to train on)")
+    cats = _coco_entries(annotations, doc.get("categories"), "categories", ("id", "name"))
+    images = _coco_entries(annotations, doc["images"], "images", ("id", "file_name"))
     if not cats:
         raise DataError(f"{annotations}: no 'categories'")
+    cats = sorted(cats, key=lambda c: c["id"])
     cat_index = {c["id"]: i for i, c in enumerate(cats)}
     class_names = tuple(str(c["name"]) for c in cats)
     if names and tuple(names) != class_names:
         raise DataError(f"{annotations}: categories {list(class_names)} differ from the train split's {list(names)}")
     per_image: dict[int, list] = {}
-    for k, a in enumerate(doc.get("annotations") or []):
+    for k, a in enumerate(doc["annotations"]):
         try:
             img_id, cat, bbox = a["image_id"], a["category_id"], a["bbox"]
+            if not isinstance(bbox, (list, tuple)):  # a string would unpack one character at a time
+                raise TypeError
             x, y, bw, bh = (float(v) for v in bbox)
+            hash(img_id), hash(cat)
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{annotations}: annotation #{k} lacks a valid image_id, category_id or bbox") from None
         if cat not in cat_index:
@@ -127,7 +135,7 @@ def read_coco(annotations: Path, image_root: Path, names: tuple[str, ...] | None
         if a.get("iscrowd", 0):
             continue
         per_image.setdefault(img_id, []).append(([x, y, x + bw, y + bh], cat_index[cat]))
-    images = {im["id"]: im for im in doc["images"]}
+    images = {im["id"]: im for im in images}
     for img_id in per_image:
         if img_id not in images:
             raise DataError(f"{annotations}: annotations refer to image_id {img_id!r}, which is not in 'images'")
@@ -137,10 +145,33 @@ def read_coco(annotations: Path, image_root: Path, names: tuple[str, ...] | None
         if not path.is_file():
             raise DataError(f"{annotations}: image {im['file_name']!r} (id {img_id}) not found under {image_root}")
         objs = per_image.get(img_id, [])
-        hw = (int(im["height"]), int(im["width"])) if "height" in im and "width" in im else _image_size(path)
+        try:
+            hw = (int(im["height"]), int(im["width"])) if "height" in im and "width" in im else _image_size(path)
+        except (TypeError, ValueError):
+            raise DataError(f"{annotations}: image id {img_id!r} has a non-numeric height or width") from None
         b, c = clean_boxes([o[0] for o in objs], [o[1] for o in objs], hw, str(path))
         split.add(str(path), b, c)
     return split, class_names
+
+
+def _coco_entries(path: Path, entries, key: str, required: tuple[str, ...]) -> list[dict]:
+    """``doc[key]`` as a list of dicts with ``required`` keys and unique ids, or a DataError."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise DataError(f"{path}: '{key}' is a {type(entries).__name__}, not a list")
+    seen: set = set()
+    for k, e in enumerate(entries):
+        missing = [r for r in required if not isinstance(e, dict) or r not in e]
+        if missing:
+            raise DataError(f"{path}: {key}[{k}] has no {missing[0]!r}")
+        try:
+            if e["id"] in seen:
+                raise DataError(f"{path}: {key}[{k}] repeats id {e['id']!r}; ids must be unique")
+            seen.add(e["id"])
+        except TypeError:
+            raise DataError(f"{path}: {key}[{k}] has id {e['id']!r}, not a number or string") from None
+    return entries
 
 
 # === Pascal VOC ===
@@ -168,7 +199,7 @@ def read_voc(root: Path, split_name: str, names: tuple[str, ...] | None = None):
         file_name = tree.findtext("filename") or f"{image_id}.jpg"
         objs = []
         for k, o in enumerate(tree.findall("object")):
-            name, bb = o.findtext("name"), o.find("bndbox")
+            name, bb = (o.findtext("name") or "").strip(), o.find("bndbox")
             try:
                 box = [float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")]
             except (AttributeError, TypeError, ValueError):
@@ -176,14 +207,17 @@ def read_voc(root: Path, split_name: str, names: tuple[str, ...] | None = None):
             if not name:
                 raise DataError(f"{xml}: object #{k} has no name")
             if names and name not in names:
-                raise DataError(f"{xml}: object #{k} has class {name!r}, not in the train split's {list(names)}")
+                raise DataError(f"{xml}: object #{k} has class {name!r}, not among the classes {list(names)}")
             if name not in found:
                 found.append(name)
             objs.append((box, name, o.findtext("difficult") == "1"))
         size = tree.find("size")
         hw = None
         if size is not None and size.findtext("height") and size.findtext("width"):
-            hw = (int(float(size.findtext("height"))), int(float(size.findtext("width"))))
+            try:
+                hw = (int(float(size.findtext("height"))), int(float(size.findtext("width"))))
+            except ValueError:
+                raise DataError(f"{xml}: <size> height / width are not numbers") from None
         objects.append((str(root / "JPEGImages" / file_name), objs, hw, str(xml)))
     class_names = tuple(names) if names else tuple(sorted(found))
     split = DetSplit()
@@ -205,6 +239,10 @@ def read_yolo_yaml(data_yaml: Path) -> tuple[Path, dict[str, Path], tuple[str, .
     import yaml
 
     p = Path(data_yaml)
+    if p.is_dir():
+        if not (p / "data.yaml").is_file():
+            raise DataError(f"{p}: a folder; data.path takes the dataset's data.yaml")
+        p = p / "data.yaml"
     try:
         doc = yaml.safe_load(p.read_text())
     except FileNotFoundError:
@@ -215,7 +253,12 @@ def read_yolo_yaml(data_yaml: Path) -> tuple[Path, dict[str, Path], tuple[str, .
         raise DataError(f"{p}: no 'names' list of classes")
     names = doc["names"]
     if isinstance(names, dict):
-        names = [names[k] for k in sorted(names)]
+        # Ultralytics' {0: person, 1: bicycle}: the keys are the class ids in the labels
+        if sorted(names, key=str) != sorted(range(len(names)), key=str):
+            raise DataError(f"{p}: 'names' keys must be the class ids 0..{len(names) - 1}, got {list(names)}")
+        names = [names[k] for k in range(len(names))]
+    if not isinstance(names, list) or not names:
+        raise DataError(f"{p}: 'names' must be a non-empty list (or an id → name mapping), got {names!r}")
     root = Path(doc.get("path") or p.parent)
     root = root if root.is_absolute() else p.parent / root
     splits = {k: root / str(doc[k]) for k in ("train", "val", "test") if doc.get(k)}
@@ -232,12 +275,21 @@ def read_yolo(images_dir: Path, class_names: tuple[str, ...]) -> DetSplit:
         raise DataError(f"{images_dir}: YOLO image folders live under an 'images' folder, labels under 'labels'")
     k = len(parts) - 1 - parts[::-1].index("images")
     labels_dir = Path(*parts[:k], "labels", *parts[k + 1 :])
+    if not labels_dir.is_dir():
+        raise DataError(f"{labels_dir}: YOLO label folder not found (the labels of {images_dir})")
     split = DetSplit()
+    unlabelled = 0
     for img in list_images(images_dir):
         txt = labels_dir / f"{img.stem}.txt"
         rows: list[list[float]] = []
-        if txt.is_file():
-            for n, line in enumerate(txt.read_text().splitlines(), 1):
+        if not txt.is_file():
+            unlabelled += 1  # YOLO's convention: an image without a label file has no objects
+        else:
+            try:
+                text = txt.read_text()
+            except UnicodeDecodeError:
+                raise DataError(f"{txt}: not a text file") from None
+            for n, line in enumerate(text.splitlines(), 1):
                 parts = line.split()
                 if not parts:
                     continue
@@ -249,6 +301,8 @@ def read_yolo(images_dir: Path, class_names: tuple[str, ...]) -> DetSplit:
                     raise DataError(f"{txt}:{n}: not numbers: {line!r}") from None
                 if not 0 <= k < len(class_names):
                     raise DataError(f"{txt}:{n}: class {k} out of range 0..{len(class_names) - 1}")
+                if max(xywh) > 1.5:  # a little over 1 is rounding; more is pixels
+                    raise DataError(f"{txt}:{n}: {line!r} looks like pixels; YOLO boxes are normalized to 0..1")
                 rows.append([k, *xywh])
         h, w = _image_size(img)
         a = np.asarray(rows, np.float32).reshape(-1, 5)
@@ -265,6 +319,14 @@ def read_yolo(images_dir: Path, class_names: tuple[str, ...]) -> DetSplit:
         split.add(str(img), b, c)
     if not len(split):
         raise DataError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    if unlabelled:
+        log.warning(
+            "%s: %d of %d images have no label file in %s: read as images without objects",
+            images_dir,
+            unlabelled,
+            len(split),
+            labels_dir,
+        )
     return split
 
 
@@ -361,7 +423,8 @@ def load(cfg) -> DetectionData:
     elif fmt == "voc":
         if not d.path:
             raise DataError("data.format=voc needs data.path, the folder holding Annotations/ and JPEGImages/")
-        train, names = read_voc(Path(d.path), d.splits[0])
+        # VOC labels are names: data.class_names, when given, fixes their ids and order.
+        train, names = read_voc(Path(d.path), d.splits[0], tuple(d.class_names) or None)
         val, _ = read_voc(Path(d.path), d.splits[1], names)
     elif fmt == "yolo":
         if not d.path:
@@ -377,8 +440,13 @@ def load(cfg) -> DetectionData:
             train, val = _ratio_split(train, d.val_split, d.seed)
     else:
         raise DataError(f"data.format {fmt!r} is not a detection format. Expected coco, voc, yolo or synthetic.")
-    if d.class_names:
-        names = tuple(d.class_names)
+    if d.class_names and tuple(d.class_names) != tuple(names):
+        if len(d.class_names) != len(names):
+            raise DataError(
+                f"data.class_names has {len(d.class_names)} names but the {fmt} data defines {len(names)} "
+                f"classes {list(names)}; give one name per class, in class-id order"
+            )
+        names = tuple(d.class_names)  # display names for the same class ids
     if not len(train) or not len(val):
         raise DataError(f"empty split: {len(train)} train and {len(val)} validation images")
     log.info(

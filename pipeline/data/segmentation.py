@@ -152,7 +152,10 @@ def _load_pairs(pairs, spec: InputSpec, num_classes: int, ignore: int) -> SegSpl
         masks.append(prepare_mask(m, spec, IGNORE))
         names.append(str(img_path))
     if not images:
-        raise DataError("no readable image/mask pairs")
+        first = str(pairs[0][0]) if pairs else "the dataset"
+        raise DataError(
+            f"{first}: no readable image/mask pairs among {len(pairs)} (unreadable images are listed above)"
+        )
     return SegSplit(np.stack(images), np.stack(masks), tuple(names))
 
 
@@ -221,11 +224,33 @@ def _finish(cfg: Config, spec: InputSpec, train_pairs, val_pairs, names: tuple[s
     if d.ignore_index < len(names):
         raise DataError(f"data.ignore_index {d.ignore_index} is a class id (there are {len(names)} classes)")
     train = _load_pairs(train_pairs, spec, len(names), d.ignore_index)
+    _warn_about_labels(train, names, d.ignore_index)
     if val_pairs:
         val = _load_pairs(val_pairs, spec, len(names), d.ignore_index)
     else:
         train, val = ratio_split(train, d.val_split, d.seed)
     return SegmentationData(train, val, names, d.ignore_index)
+
+
+def _warn_about_labels(train: SegSplit, names: tuple[str, ...], ignore: int) -> None:
+    """Warn about classes without a training pixel and a large ignored share.
+
+    Binary masks saved as 0/255 are the usual cause: 255 is the default ignore index,
+    so every foreground pixel would be ignored and the model would learn background.
+    """
+    ignored = train.masks == IGNORE
+    counts = np.bincount(train.masks[~ignored].ravel(), minlength=len(names))
+    empty = [n for n, c in zip(names, counts) if c == 0]
+    share = float(ignored.mean())
+    hint = (
+        f"; {100 * share:.0f} % of the training pixels are data.ignore_index={ignore}: binary masks saved "
+        "as 0/255 need 255 written as 1, or they train background only"
+        if share > 0.05
+        else ""
+    )
+    if empty or share > 0.25:
+        what = f"no training pixels of class(es) {empty}" if empty else "many ignored pixels"
+        log.warning("segmentation: %s%s", what, hint)
 
 
 def read_masks(cfg: Config, spec: InputSpec) -> SegmentationData:
@@ -261,9 +286,14 @@ def read_voc(cfg: Config, spec: InputSpec) -> SegmentationData:
 
     lists = root / "ImageSets" / "Segmentation"
     tr, va = cfg.data.splits
-    if (lists / f"{tr}.txt").is_file():
-        train = pairs((lists / f"{tr}.txt").read_text().split())
-        val = pairs((lists / f"{va}.txt").read_text().split()) if (lists / f"{va}.txt").is_file() else None
+    if lists.is_dir():  # the split lists decide; a missing one is a typo, not a ratio split
+        stems = {}
+        for name in (tr, va):
+            f = lists / f"{name}.txt"
+            if not f.is_file():
+                raise DataError(f"{f}: VOC split list not found (data.splits is {list(cfg.data.splits)})")
+            stems[name] = [line.split()[0] for line in f.read_text().splitlines() if line.strip()]
+        train, val = pairs(stems[tr]), pairs(stems[va])
     else:
         train, val = pairs(sorted(p.stem for p in seg.glob("*.png"))), None
     return _finish(cfg, spec, train, val, tuple(cfg.data.class_names) or VOC_CLASSES)
@@ -279,8 +309,15 @@ def coco_semantic(coco, image_id: int, cat_to_class: dict[int, int], ignore: int
     mask = np.zeros((info["height"], info["width"]), np.uint8)
     anns = sorted(coco.loadAnns(coco.getAnnIds(imgIds=[image_id])), key=lambda a: -a.get("area", 0))
     for a in anns:
-        m = coco.annToMask(a).astype(bool)
-        mask[m] = ignore if a.get("iscrowd") else cat_to_class[a["category_id"]]
+        if "segmentation" not in a:
+            raise DataError(f"annotation id {a.get('id')!r} has no 'segmentation' (a detection-only file?)")
+        if a["category_id"] not in cat_to_class:
+            raise DataError(f"annotation id {a.get('id')!r} has unknown category_id {a['category_id']!r}")
+        try:
+            m = coco.annToMask(a).astype(bool)
+            mask[m] = ignore if a.get("iscrowd") else cat_to_class[a["category_id"]]
+        except (IndexError, TypeError, ValueError) as e:  # pycocotools on a bad polygon / RLE
+            raise DataError(f"annotation id {a.get('id')!r}: unusable segmentation ({type(e).__name__}: {e})") from None
     return mask
 
 
@@ -293,6 +330,20 @@ def _coco_split(ann_path: Path, image_root: Path, ignore: int, cats=None) -> tup
         coco = COCO(str(ann_path))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DataError(f"{ann_path}: not a COCO instances file ({e})") from e
+    doc = coco.dataset
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(doc.get(key), list):
+            raise DataError(f"{ann_path}: no {key!r} list; not a COCO instances file with masks")
+    for key, index in (("images", coco.imgs), ("categories", coco.cats)):
+        if len(index) != len(doc[key]):
+            raise DataError(f"{ann_path}: {key} repeat ids; ids must be unique")
+        for k, e in enumerate(doc[key]):
+            for field in ("file_name", "height", "width") if key == "images" else ("name",):
+                if field not in e:
+                    raise DataError(f"{ann_path}: {key}[{k}] has no {field!r}")
+    orphans = {a.get("image_id") for a in doc["annotations"]} - set(coco.imgs)
+    if orphans:
+        raise DataError(f"{ann_path}: annotations refer to image ids not in 'images': {sorted(orphans, key=str)[:5]}")
     cats = cats or sorted(coco.cats.values(), key=lambda c: c["id"])
     cat_to_class = {c["id"]: i + 1 for i, c in enumerate(cats)}
     pairs = []
@@ -302,8 +353,8 @@ def _coco_split(ann_path: Path, image_root: Path, ignore: int, cats=None) -> tup
             raise DataError(f"{ann_path}: image {path} (id {image_id}) does not exist")
         try:
             pairs.append((path, coco_semantic(coco, image_id, cat_to_class, ignore)))
-        except KeyError as e:
-            raise DataError(f"{ann_path}: image {path}: annotation with unknown category {e}") from e
+        except DataError as e:
+            raise DataError(f"{ann_path}: image {path}: {e}") from None
     return pairs, cats
 
 
