@@ -370,5 +370,6 @@ def test_yolo_layout_mistakes_are_clear_errors(tmp_path, caplog):
         data_yaml.write_text(f"path: .\ntrain: images/train\nnames: {names_yaml}\n")
         with pytest.raises(DataError, match=message):
             D.read_yolo_yaml(data_yaml)
-    data_yaml.write_text("path: .\ntrain: images/train\nnames: {1: dog, 0: cat}\n")
-    assert D.read_yolo_yaml(data_yaml)[2] == ("cat", "dog")
+    for names_yaml in ("{1: dog, 0: cat}", "{'1': dog, '0': cat}"):  # Ultralytics writes both
+        data_yaml.write_text(f"path: .\ntrain: images/train\nnames: {names_yaml}\n")
+        assert D.read_yolo_yaml(data_yaml)[2] == ("cat", "dog")

@@ -224,7 +224,14 @@ def _coco_doc(tmp_path, **changes):
         ({"images": [{"id": 1, "file_name": "a.jpg", "width": 60}]}, "images[0] has no 'height'"),
         ({"annotations": [{"id": 4, "image_id": 99, "category_id": 7, "segmentation": []}]}, "image ids not in"),
         ({"annotations": [{"id": 4, "image_id": 1, "category_id": 7, "bbox": [1, 1, 5, 5]}]}, "no 'segmentation'"),
-        ({"annotations": [{"id": 4, "image_id": 1, "category_id": 7, "segmentation": []}]}, "unusable segmentation"),
+        (
+            {
+                "annotations": [
+                    {"id": 4, "image_id": 1, "category_id": 7, "segmentation": {"counts": "x", "size": [9, 9]}}
+                ]
+            },
+            "annotation id 4: unusable segmentation",
+        ),
         ({"annotations": [{"id": 4, "image_id": 1, "category_id": 8, "segmentation": []}]}, "unknown category_id 8"),
     ],
 )
@@ -235,13 +242,35 @@ def test_coco_mask_errors_name_the_file_and_the_annotation(tmp_path, changes, me
     assert message in str(e.value)
 
 
-def test_voc_split_list_typo_is_an_error_not_a_ratio_split(tmp_path):
+def test_degenerate_coco_polygons_are_dropped_and_counted(tmp_path, caplog):
+    square = [10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 7, "segmentation": [square, [5.0, 5.0]], "area": 400},
+        {"id": 2, "image_id": 1, "category_id": 7, "segmentation": [[1.0, 2.0]], "area": 1},
+        {"id": 3, "image_id": 1, "category_id": 7, "segmentation": [], "area": 0},
+    ]
+    from pipeline.data.segmentation import _coco_split
+
+    _coco_doc(tmp_path, annotations=anns)
+    with caplog.at_level("WARNING"):
+        pairs, _ = _coco_split(tmp_path / "ann.json", tmp_path, IGNORE)
+    assert (pairs[0][1] == 1).sum() == 400  # the square, rasterized; the 2-point polygon beside it ignored
+    assert "2 annotation(s) without a polygon of 3+ points dropped (ids [2, 3])" in caplog.text
+
+
+def test_voc_split_list_typo_is_an_error_and_a_missing_val_list_a_ratio_split(tmp_path, caplog):
     (tmp_path / "SegmentationClass").mkdir()
     (tmp_path / "JPEGImages").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "SegmentationClass" / f"{i}.png"), _blocks(30, 30, 3, i))
+        cv2.imwrite(str(tmp_path / "JPEGImages" / f"{i}.jpg"), np.full((30, 30, 3), 90, np.uint8))
     (tmp_path / "ImageSets" / "Segmentation").mkdir(parents=True)
-    (tmp_path / "ImageSets" / "Segmentation" / "train.txt").write_text("a\n")
-    with pytest.raises(DataError, match=r"Segmentation/val\.txt: VOC split list not found"):
+    (tmp_path / "ImageSets" / "Segmentation" / "default.txt").write_text("0\n1\n2\n")
+    with pytest.raises(DataError, match=r"Segmentation/train\.txt: VOC split list not found; found \['default.txt'\]"):
         load(seg_config("data.format=voc", f"data.path={tmp_path}"), InputSpec(32))
+    with caplog.at_level("WARNING"):
+        data = load(seg_config("data.format=voc", f"data.path={tmp_path}", "data.splits=[default,val]"), InputSpec(32))
+    assert len(data.train) + len(data.val) == 3 and "no val.txt; splitting default.txt" in caplog.text
 
 
 def test_image_without_a_mask_names_the_image(tmp_path):

@@ -112,7 +112,7 @@ def read_coco(annotations: Path, image_root: Path, names: tuple[str, ...] | None
     images = _coco_entries(annotations, doc["images"], "images", ("id", "file_name"))
     if not cats:
         raise DataError(f"{annotations}: no 'categories'")
-    cats = sorted(cats, key=lambda c: c["id"])
+    cats = sorted(cats, key=lambda c: (isinstance(c["id"], str), c["id"]))  # ids may mix ints and strings
     cat_index = {c["id"]: i for i, c in enumerate(cats)}
     class_names = tuple(str(c["name"]) for c in cats)
     if names and tuple(names) != class_names:
@@ -146,7 +146,8 @@ def read_coco(annotations: Path, image_root: Path, names: tuple[str, ...] | None
             raise DataError(f"{annotations}: image {im['file_name']!r} (id {img_id}) not found under {image_root}")
         objs = per_image.get(img_id, [])
         try:
-            hw = (int(im["height"]), int(im["width"])) if "height" in im and "width" in im else _image_size(path)
+            declared = im.get("height") is not None and im.get("width") is not None
+            hw = (int(float(im["height"])), int(float(im["width"]))) if declared else _image_size(path)
         except (TypeError, ValueError):
             raise DataError(f"{annotations}: image id {img_id!r} has a non-numeric height or width") from None
         b, c = clean_boxes([o[0] for o in objs], [o[1] for o in objs], hw, str(path))
@@ -162,7 +163,9 @@ def _coco_entries(path: Path, entries, key: str, required: tuple[str, ...]) -> l
         raise DataError(f"{path}: '{key}' is a {type(entries).__name__}, not a list")
     seen: set = set()
     for k, e in enumerate(entries):
-        missing = [r for r in required if not isinstance(e, dict) or r not in e]
+        if not isinstance(e, dict):
+            raise DataError(f"{path}: {key}[{k}] is a {type(e).__name__}, not an object")
+        missing = [r for r in required if r not in e]
         if missing:
             raise DataError(f"{path}: {key}[{k}] has no {missing[0]!r}")
         try:
@@ -254,8 +257,12 @@ def read_yolo_yaml(data_yaml: Path) -> tuple[Path, dict[str, Path], tuple[str, .
     names = doc["names"]
     if isinstance(names, dict):
         # Ultralytics' {0: person, 1: bicycle}: the keys are the class ids in the labels
-        if sorted(names, key=str) != sorted(range(len(names)), key=str):
-            raise DataError(f"{p}: 'names' keys must be the class ids 0..{len(names) - 1}, got {list(names)}")
+        try:
+            names = {int(k): v for k, v in names.items()}  # Ultralytics accepts '0' as well as 0
+        except (TypeError, ValueError):
+            names = {None: None}
+        if set(names) != set(range(len(names))):
+            raise DataError(f"{p}: 'names' keys must be the class ids 0..{len(names) - 1}, got {list(doc['names'])}")
         names = [names[k] for k in range(len(names))]
     if not isinstance(names, list) or not names:
         raise DataError(f"{p}: 'names' must be a non-empty list (or an id → name mapping), got {names!r}")

@@ -224,33 +224,34 @@ def _finish(cfg: Config, spec: InputSpec, train_pairs, val_pairs, names: tuple[s
     if d.ignore_index < len(names):
         raise DataError(f"data.ignore_index {d.ignore_index} is a class id (there are {len(names)} classes)")
     train = _load_pairs(train_pairs, spec, len(names), d.ignore_index)
-    _warn_about_labels(train, names, d.ignore_index)
-    if val_pairs:
+    if val_pairs is not None:
         val = _load_pairs(val_pairs, spec, len(names), d.ignore_index)
     else:
         train, val = ratio_split(train, d.val_split, d.seed)
+    _warn_about_labels(train, names, d.ignore_index)
     return SegmentationData(train, val, names, d.ignore_index)
 
 
 def _warn_about_labels(train: SegSplit, names: tuple[str, ...], ignore: int) -> None:
-    """Warn about classes without a training pixel and a large ignored share.
+    """Warn about classes without a training pixel.
 
-    Binary masks saved as 0/255 are the usual cause: 255 is the default ignore index,
-    so every foreground pixel would be ignored and the model would learn background.
+    When no class but 0 has any, the usual cause is binary masks saved as 0/255 with
+    255 the ignore index: every foreground pixel is ignored, and the model would
+    learn background only. (Letterbox padding and VOC's void border are ignored
+    pixels too, so their share alone proves nothing.)
     """
-    ignored = train.masks == IGNORE
-    counts = np.bincount(train.masks[~ignored].ravel(), minlength=len(names))
+    labelled = train.masks[train.masks != IGNORE]
+    counts = np.bincount(labelled.ravel(), minlength=len(names))
     empty = [n for n, c in zip(names, counts) if c == 0]
-    share = float(ignored.mean())
-    hint = (
-        f"; {100 * share:.0f} % of the training pixels are data.ignore_index={ignore}: binary masks saved "
-        "as 0/255 need 255 written as 1, or they train background only"
-        if share > 0.05
-        else ""
-    )
-    if empty or share > 0.25:
-        what = f"no training pixels of class(es) {empty}" if empty else "many ignored pixels"
-        log.warning("segmentation: %s%s", what, hint)
+    if not empty:
+        return
+    hint = ""
+    if counts[1:].sum() == 0 and (train.masks == IGNORE).any():
+        hint = (
+            f"; only class 0 and data.ignore_index={ignore} occur: binary masks saved as 0/{ignore} "
+            f"need {ignore} written as 1, or they train background only"
+        )
+    log.warning("segmentation: no training pixels of class(es) %s%s", empty, hint)
 
 
 def read_masks(cfg: Config, spec: InputSpec) -> SegmentationData:
@@ -286,14 +287,25 @@ def read_voc(cfg: Config, spec: InputSpec) -> SegmentationData:
 
     lists = root / "ImageSets" / "Segmentation"
     tr, va = cfg.data.splits
-    if lists.is_dir():  # the split lists decide; a missing one is a typo, not a ratio split
-        stems = {}
-        for name in (tr, va):
+    if lists.is_dir():  # the split lists decide: a missing train list is a typo, not a ratio split
+
+        def listed(name: str) -> list[str] | None:
             f = lists / f"{name}.txt"
             if not f.is_file():
-                raise DataError(f"{f}: VOC split list not found (data.splits is {list(cfg.data.splits)})")
-            stems[name] = [line.split()[0] for line in f.read_text().splitlines() if line.strip()]
-        train, val = pairs(stems[tr]), pairs(stems[va])
+                return None
+            stems = [line.split()[0] for line in f.read_text().splitlines() if line.strip()]
+            if not stems:
+                raise DataError(f"{f}: lists no images")
+            return stems
+
+        train_stems = listed(tr)
+        if train_stems is None:
+            found = sorted(p.name for p in lists.glob("*.txt"))
+            raise DataError(f"{lists / (tr + '.txt')}: VOC split list not found; found {found}: set data.splits")
+        val_stems = listed(va)
+        if val_stems is None:
+            log.warning("%s: no %s.txt; splitting %s.txt by data.val_split", lists, va, tr)
+        train, val = pairs(train_stems), (pairs(val_stems) if val_stems is not None else None)
     else:
         train, val = pairs(sorted(p.stem for p in seg.glob("*.png"))), None
     return _finish(cfg, spec, train, val, tuple(cfg.data.class_names) or VOC_CLASSES)
@@ -302,21 +314,29 @@ def read_voc(cfg: Config, spec: InputSpec) -> SegmentationData:
 # === COCO instances ===
 
 
-def coco_semantic(coco, image_id: int, cat_to_class: dict[int, int], ignore: int) -> np.ndarray:
+def coco_semantic(coco, image_id: int, cat_to_class: dict[int, int], ignore: int, dropped: list) -> np.ndarray:
     """Rasterize one image's instances (polygons or RLE) into a semantic mask with
-    pycocotools: larger objects first so small ones stay visible; crowd regions ignored."""
+    pycocotools: larger objects first so small ones stay visible; crowd regions ignored.
+    Ids of annotations without a usable polygon are appended to ``dropped``."""
     info = coco.imgs[image_id]
     mask = np.zeros((info["height"], info["width"]), np.uint8)
     anns = sorted(coco.loadAnns(coco.getAnnIds(imgIds=[image_id])), key=lambda a: -a.get("area", 0))
     for a in anns:
         if "segmentation" not in a:
             raise DataError(f"annotation id {a.get('id')!r} has no 'segmentation' (a detection-only file?)")
-        if a["category_id"] not in cat_to_class:
-            raise DataError(f"annotation id {a.get('id')!r} has unknown category_id {a['category_id']!r}")
+        if a.get("category_id") not in cat_to_class:
+            raise DataError(f"annotation id {a.get('id')!r} has unknown category_id {a.get('category_id')!r}")
+        seg = a["segmentation"]
+        if isinstance(seg, list):  # polygons: drop degenerate ones (< 3 points), as detectron2 does
+            polygons = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
+            if not polygons:
+                dropped.append(a.get("id"))
+                continue
+            a = {**a, "segmentation": polygons}
         try:
             m = coco.annToMask(a).astype(bool)
             mask[m] = ignore if a.get("iscrowd") else cat_to_class[a["category_id"]]
-        except (IndexError, TypeError, ValueError) as e:  # pycocotools on a bad polygon / RLE
+        except Exception as e:  # noqa: BLE001 - pycocotools raises bare Exception, IndexError... on bad data
             raise DataError(f"annotation id {a.get('id')!r}: unusable segmentation ({type(e).__name__}: {e})") from None
     return mask
 
@@ -336,7 +356,9 @@ def _coco_split(ann_path: Path, image_root: Path, ignore: int, cats=None) -> tup
             raise DataError(f"{ann_path}: no {key!r} list; not a COCO instances file with masks")
     for key, index in (("images", coco.imgs), ("categories", coco.cats)):
         if len(index) != len(doc[key]):
-            raise DataError(f"{ann_path}: {key} repeat ids; ids must be unique")
+            ids = [e.get("id") for e in doc[key] if isinstance(e, dict)]
+            twice = sorted({i for i in ids if ids.count(i) > 1}, key=str)
+            raise DataError(f"{ann_path}: {key} repeat id(s) {twice[:5]}; ids must be unique")
         for k, e in enumerate(doc[key]):
             for field in ("file_name", "height", "width") if key == "images" else ("name",):
                 if field not in e:
@@ -346,15 +368,19 @@ def _coco_split(ann_path: Path, image_root: Path, ignore: int, cats=None) -> tup
         raise DataError(f"{ann_path}: annotations refer to image ids not in 'images': {sorted(orphans, key=str)[:5]}")
     cats = cats or sorted(coco.cats.values(), key=lambda c: c["id"])
     cat_to_class = {c["id"]: i + 1 for i, c in enumerate(cats)}
-    pairs = []
+    pairs, dropped = [], []
     for image_id in sorted(coco.imgs):
         path = image_root / coco.imgs[image_id]["file_name"]
         if not path.is_file():
             raise DataError(f"{ann_path}: image {path} (id {image_id}) does not exist")
         try:
-            pairs.append((path, coco_semantic(coco, image_id, cat_to_class, ignore)))
+            pairs.append((path, coco_semantic(coco, image_id, cat_to_class, ignore, dropped)))
         except DataError as e:
             raise DataError(f"{ann_path}: image {path}: {e}") from None
+    if dropped:
+        log.warning(
+            "%s: %d annotation(s) without a polygon of 3+ points dropped (ids %s)", ann_path, len(dropped), dropped[:5]
+        )
     return pairs, cats
 
 
