@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline._keras import keras, tf
 from pipeline.config import Config
+from pipeline.data.classification import DataError
 from pipeline.data.images import InputSpec
 from pipeline.data.pipeline import SKIPPED
 from pipeline.rundir import PRODUCER, RunDir, StageInputError, atomic_path, write_text
@@ -103,8 +104,6 @@ def explain_empty_epochs(cfg: Config, n_files: int) -> Iterator[None]:
     except ValueError as e:
         if "Empty logs" not in str(e):
             raise
-        from pipeline.data.classification import DataError
-
         raise DataError(
             f"{cfg.data.path or 'the training split'}: not one full batch of train.batch_size={cfg.train.batch_size} "
             f"images ({n_files} files, {len(SKIPPED)} of them unreadable); lower train.batch_size"
@@ -220,8 +219,6 @@ class _RequireValidation(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.monitor not in (logs or {}):
-            from pipeline.data.classification import DataError
-
             raise DataError(
                 f"{self.where}: the validation split gave no readable images ({len(SKIPPED)} files skipped "
                 f"so far, listed above), so there is no {self.monitor} to select a model by"
@@ -239,10 +236,11 @@ def _best_so_far(run: RunDir, task) -> float | None:
     values = []
     for r in csv.DictReader(log_path.open()):
         try:
-            values.append(float(r.get(task.monitor) or "nan"))
-        except ValueError:  # "NA": an epoch the CSV logger saw without the metric
+            v = float(r.get(task.monitor) or "")
+        except ValueError:  # empty, or "NA": an epoch the CSV logger saw without the metric
             continue
-    values = [v for v in values if v == v]
+        if not math.isnan(v):
+            values.append(v)
     if not values:
         return None
     return max(values) if task.monitor_mode == "max" else min(values)

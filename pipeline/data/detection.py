@@ -95,24 +95,39 @@ def _image_size(path: Path) -> tuple[int, int]:
 # === COCO ===
 
 
+def read_coco_json(path: Path, image_fields: tuple[str, ...] = ("id", "file_name")) -> dict:
+    """A COCO instances JSON, its structure checked: ``images``, ``annotations`` and
+    ``categories`` lists; entries with their required fields and unique ids; every
+    annotation on a listed image. Shared by the detection and the mask reader, so a
+    malformed file is a DataError naming the file and the entry in both."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: annotation file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: malformed JSON ({e})") from e
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+        raise DataError(f"{path}: not a COCO instances file (no 'images' list)")
+    if not isinstance(doc.get("annotations"), list):
+        # e.g. an image_info_test file: images without labels would train as negatives
+        raise DataError(f"{path}: no 'annotations' list (an image-info file has no labels to train on)")
+    if not _coco_entries(path, doc.get("categories"), "categories", ("id", "name")):
+        raise DataError(f"{path}: no 'categories'")
+    image_ids = {im["id"] for im in _coco_entries(path, doc["images"], "images", image_fields)}
+    for k, a in enumerate(doc["annotations"]):
+        try:
+            known = a["image_id"] in image_ids
+        except (KeyError, TypeError):  # not a dict, no image_id, or an unhashable one
+            raise DataError(f"{path}: annotation #{k} lacks a valid image_id") from None
+        if not known:
+            raise DataError(f"{path}: annotations refer to image ids not in 'images': image_id {a['image_id']!r}")
+    return doc
+
+
 def read_coco(annotations: Path, image_root: Path, names: tuple[str, ...] | None = None):
     """A COCO instances JSON → (DetSplit, class names in category-id order)."""
-    try:
-        doc = json.loads(Path(annotations).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{annotations}: annotation file not found") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{annotations}: malformed JSON ({e})") from e
-    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
-        raise DataError(f"{annotations}: not a COCO instances file (no 'images' list)")
-    if not isinstance(doc.get("annotations"), list):
-        # e.g. an image_info_test file: images without boxes would train as negatives
-        raise DataError(f"{annotations}: no 'annotations' list (an image-info file has no boxes to train on)")
-    cats = _coco_entries(annotations, doc.get("categories"), "categories", ("id", "name"))
-    images = _coco_entries(annotations, doc["images"], "images", ("id", "file_name"))
-    if not cats:
-        raise DataError(f"{annotations}: no 'categories'")
-    cats = sorted(cats, key=lambda c: (isinstance(c["id"], str), c["id"]))  # ids may mix ints and strings
+    doc = read_coco_json(annotations)
+    cats = sorted(doc["categories"], key=lambda c: (isinstance(c["id"], str), c["id"]))  # ids may mix ints and str
     cat_index = {c["id"]: i for i, c in enumerate(cats)}
     class_names = tuple(str(c["name"]) for c in cats)
     if names and tuple(names) != class_names:
@@ -124,7 +139,7 @@ def read_coco(annotations: Path, image_root: Path, names: tuple[str, ...] | None
             if not isinstance(bbox, (list, tuple)):  # a string would unpack one character at a time
                 raise TypeError
             x, y, bw, bh = (float(v) for v in bbox)
-            hash(img_id), hash(cat)
+            hash(cat)  # a list as category_id: TypeError here, not a crash as a dict key below
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{annotations}: annotation #{k} lacks a valid image_id, category_id or bbox") from None
         if cat not in cat_index:
@@ -135,10 +150,7 @@ def read_coco(annotations: Path, image_root: Path, names: tuple[str, ...] | None
         if a.get("iscrowd", 0):
             continue
         per_image.setdefault(img_id, []).append(([x, y, x + bw, y + bh], cat_index[cat]))
-    images = {im["id"]: im for im in images}
-    for img_id in per_image:
-        if img_id not in images:
-            raise DataError(f"{annotations}: annotations refer to image_id {img_id!r}, which is not in 'images'")
+    images = {im["id"]: im for im in doc["images"]}
     split = DetSplit()
     for img_id, im in images.items():
         path = Path(image_root) / im["file_name"]

@@ -9,7 +9,6 @@ is an error naming its file before training starts, never a crash mid-epoch.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -344,29 +343,12 @@ def coco_semantic(coco, image_id: int, cat_to_class: dict[int, int], ignore: int
 def _coco_split(ann_path: Path, image_root: Path, ignore: int, cats=None) -> tuple[list, list]:
     from pycocotools.coco import COCO
 
-    if not ann_path.is_file():
-        raise DataError(f"{ann_path}: COCO annotation file does not exist")
-    try:
-        coco = COCO(str(ann_path))
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DataError(f"{ann_path}: not a COCO instances file ({e})") from e
-    doc = coco.dataset
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(doc.get(key), list):
-            raise DataError(f"{ann_path}: no {key!r} list; not a COCO instances file with masks")
-    for key, index in (("images", coco.imgs), ("categories", coco.cats)):
-        if len(index) != len(doc[key]):
-            ids = [e.get("id") for e in doc[key] if isinstance(e, dict)]
-            twice = sorted({i for i in ids if ids.count(i) > 1}, key=str)
-            raise DataError(f"{ann_path}: {key} repeat id(s) {twice[:5]}; ids must be unique")
-        for k, e in enumerate(doc[key]):
-            for field in ("file_name", "height", "width") if key == "images" else ("name",):
-                if field not in e:
-                    raise DataError(f"{ann_path}: {key}[{k}] has no {field!r}")
-    orphans = {a.get("image_id") for a in doc["annotations"]} - set(coco.imgs)
-    if orphans:
-        raise DataError(f"{ann_path}: annotations refer to image ids not in 'images': {sorted(orphans, key=str)[:5]}")
-    cats = cats or sorted(coco.cats.values(), key=lambda c: c["id"])
+    from pipeline.data.detection import read_coco_json
+
+    coco = COCO()  # pycocotools' index over the document we checked (not a second read of the file)
+    coco.dataset = read_coco_json(ann_path, ("id", "file_name", "height", "width"))
+    coco.createIndex()
+    cats = cats or sorted(coco.cats.values(), key=lambda c: (isinstance(c["id"], str), c["id"]))
     cat_to_class = {c["id"]: i + 1 for i, c in enumerate(cats)}
     pairs, dropped = [], []
     for image_id in sorted(coco.imgs):
