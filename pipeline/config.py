@@ -9,6 +9,7 @@ its own data formats; the user's file and ``--set key=value`` overrides go on to
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+log = logging.getLogger(__name__)
 
 TASKS = ("classification", "detection", "segmentation")
 
@@ -56,7 +59,8 @@ class DataConfig:
 class ModelConfig:
     """Architecture knobs shared by every task's model."""
 
-    name: str = "mobilenet_v2_lite"
+    backbone: str = "mobilenet_v2_lite"
+    weights: str = "none"  # none | imagenet | PATH (a .h5 weights file or an edgepipe run folder)
     input_size: int = field(default=64, metadata=_range(16, 1024))
     channels: Literal[1, 3] = 3
     width: float = field(default=1.0, metadata=_range(0.125, 4.0))
@@ -80,6 +84,8 @@ class TrainConfig:
     xla: Literal["auto", "on", "off"] = "auto"
     seed: int = field(default=0, metadata=_range(0, 2**32 - 1))
     steps_per_epoch: int = field(default=0, metadata=_range(0, None))
+    freeze_backbone_epochs: int = field(default=0, metadata=_range(0, 10_000))
+    backbone_lr_mult: float = field(default=0.1, metadata=_range(0.0, 10.0))
 
 
 @dataclass(frozen=True)
@@ -296,11 +302,11 @@ def load(
         ConfigError: for unknown keys, wrong types, out-of-range values or a data
             format the task does not read.
     """
-    raw = dict(base or {})
+    raw = _migrate(dict(base or {}), "the saved config")
     if path is not None:
-        raw = _merge(raw, read_yaml(path))
+        raw = _merge(raw, _migrate(read_yaml(path), str(path)))
     for item in overrides:
-        raw = _merge(raw, parse_override(item))
+        raw = _merge(raw, _migrate(parse_override(item), f"--set {item}"))
     chosen = task or raw.get("task") or "classification"
     if raw.get("task") not in (None, chosen):
         raise ConfigError(f"task: the config says {raw['task']!r} but --task is {chosen!r}")
@@ -321,10 +327,54 @@ def load(
     d = cfg.data
     if d.format != "synthetic" and not (d.path or d.train_annotations or d.train_images):
         raise ConfigError(f"data.path: required when data.format is {cfg.data.format!r}")
+    _check_model(cfg)
     from pipeline.export import check_variant_names
 
     check_variant_names(cfg.export.variants)
     return cfg
+
+
+# Keys renamed since a release: old configs (and run folders' config.yaml) still load.
+_RENAMED = {("model", "name"): ("model", "backbone")}
+
+
+def _migrate(raw: dict, where: str) -> dict:
+    for (section, old), (_, new) in _RENAMED.items():
+        block = raw.get(section)
+        if isinstance(block, dict) and old in block:
+            block = dict(block)
+            if new in block:
+                raise ConfigError(f"{where}: {section}.{old} is the old name of {section}.{new}; give only {new}")
+            log.warning("%s: %s.%s is now called %s.%s", where, section, old, section, new)
+            block[new] = block.pop(old)
+            raw = {**raw, section: block}
+    return raw
+
+
+def _check_model(cfg: Config) -> None:
+    """Backbone-dependent rules, checked before any work starts."""
+    from pipeline.models.catalog import BACKBONE_INFO
+
+    m = cfg.model
+    info = BACKBONE_INFO.get(m.backbone)
+    if info is None:
+        raise ConfigError(f"model.backbone: unknown backbone {m.backbone!r}. Expected one of {sorted(BACKBONE_INFO)}.")
+    if not info.configurable_depth:
+        for key, value, default in (("depth", m.depth, 1.0), ("stem_stride", m.stem_stride, 2)):
+            if value != default:
+                raise ConfigError(
+                    f"model.{key}: {value!r} applies to model.backbone=mobilenet_v2_lite only; "
+                    f"{m.backbone} has a fixed {key} (leave model.{key} at {default})"
+                )
+        if m.input_size < 32:
+            raise ConfigError(f"model.input_size: {m.input_size} is below {m.backbone}'s minimum of 32")
+    if m.weights == "imagenet":
+        try:
+            info.imagenet_file(m.width, m.input_size)
+        except ValueError as e:
+            raise ConfigError(f"model.weights=imagenet: {e}; use model.weights=none or a PATH") from None
+    elif not m.weights:
+        raise ConfigError("model.weights: expected none, imagenet or a PATH, got an empty string")
 
 
 def dump(cfg: Config) -> str:

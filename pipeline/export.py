@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.images import normalize
+from pipeline.data.images import normalize, with_full_range
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,12 @@ def _quiet_absl():
 
 
 def representative_dataset(images: list[np.ndarray], spec) -> Callable:
-    """Calibration generator over prepared uint8 images, normalized like training."""
+    """Calibration generator over prepared uint8 images, normalized like training, with
+    the input range pinned to the full pixel range (:func:`with_full_range`)."""
+    pinned = with_full_range(list(images))
 
     def gen():
-        for img in images:
+        for img in pinned:
             yield [normalize(img[None], spec)]
 
     return gen

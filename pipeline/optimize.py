@@ -112,6 +112,26 @@ def pruning_schedule(model: keras.Model, cfg: Config, n_train: int):
     return tfmot.sparsity.keras.PolynomialDecay(0.0, per_layer, begin_step=0, end_step=end, frequency=max(1, end // 20))
 
 
+def wrap_for_pruning(model: keras.Model, cfg: Config, n_train: int) -> keras.Model:
+    """A copy of ``model`` (weights included) with TFMOT's pruning wrapper on every
+    prunable layer: magnitude pruning on :func:`pruning_schedule`, or 2:4 sparsity."""
+    p = cfg.prune
+    schedule = pruning_schedule(model, cfg, n_train)
+
+    def wrap(layer):
+        if not _prunable(layer, p.min_params):
+            return layer
+        if p.structured_2_4:
+            if not _can_prune_2_4(layer):
+                return layer
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, sparsity_m_by_n=(2, 4))
+        return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+
+    pruned = keras.models.clone_model(model, clone_function=wrap)
+    _copy_weights(model, pruned)
+    return pruned
+
+
 def prune(run: RunDir, cfg: Config) -> dict:
     """Prune the float model to the target sparsity, fine-tune, strip, save ``pruned``."""
     task = get_task(cfg.task)
@@ -121,22 +141,7 @@ def prune(run: RunDir, cfg: Config) -> dict:
     with run.stage("prune", inputs=[src, run.config_path]) as entry:
         data = task.load_data(cfg)
         model = rebuild(cfg, len(task.class_names(data)), src)
-        schedule = pruning_schedule(model, cfg, len(data.train))
-
-        def prunable(layer) -> bool:
-            return _prunable(layer, p.min_params)
-
-        def wrap(layer):
-            if not prunable(layer):
-                return layer
-            if p.structured_2_4:
-                if not _can_prune_2_4(layer):
-                    return layer
-                return tfmot.sparsity.keras.prune_low_magnitude(layer, sparsity_m_by_n=(2, 4))
-            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
-
-        pruned = keras.models.clone_model(model, clone_function=wrap)
-        _copy_weights(model, pruned)
+        pruned = wrap_for_pruning(model, cfg, len(data.train))
         results = _finetune(
             pruned, cfg, run, data, p.epochs, p.learning_rate, "prune", [tfmot.sparsity.keras.UpdatePruningStep()]
         )
@@ -215,9 +220,9 @@ def calibrate_ranges(model: keras.Model, images, spec, batch: int = 16, passes: 
     they are. The second pass sees activations quantized with settled upstream ranges.
     """
     from pipeline._keras import tf
-    from pipeline.data.images import normalize
+    from pipeline.data.images import normalize, with_full_range
 
-    images = list(images)
+    images = with_full_range(list(images))
     if not images:
         return
     x = normalize(np.stack(images), spec)

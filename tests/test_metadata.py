@@ -249,3 +249,75 @@ def test_mediapipe_tasks_reproduce_our_predictions_and_labels(models, tmp_path):
             np.testing.assert_allclose(conf, ours, atol=tol)
             mask = np.asarray(res["category_mask"]).reshape(32, 32)
             assert (mask == ours.argmax(-1)).mean() >= 0.99  # ties between equal uint8 scores may differ
+
+
+@pytest.fixture(scope="module")
+def backbone_models(tmp_path_factory):
+    """Task models on keras.applications backbones ((p - 128) / 128 input), float32 and
+    int8, exported the way the export stage does it."""
+    from conftest import tiny_config
+
+    from pipeline._keras import keras
+    from pipeline.export import convert, representative_dataset
+    from pipeline.tasks import get_task
+    from pipeline.train import input_spec
+
+    keras.utils.set_random_seed(0)
+    out = tmp_path_factory.mktemp("meta_backbones")
+    paths = {}
+    for backbone, task_name in (
+        ("mobilenet_v2", "classification"),
+        ("mobilenet_v3_small_minimalistic", "segmentation"),
+    ):
+        cfg = tiny_config(f"model.backbone={backbone}", "model.depth=1.0", "model.input_size=32", task=task_name)
+        spec = input_spec(cfg)
+        task = get_task(task_name)
+        names = CLASSES if task_name == "classification" else SEG_CLASSES
+        model = task.build_model(cfg, len(names))
+        rep = representative_dataset(_images(), spec)
+        for preset in ("float32", "int8"):
+            blob = convert(model, preset, rep, serving=task.serving)
+            blob = add_metadata(
+                blob,
+                task=task_name,
+                name=backbone,
+                description=backbone,
+                version="edgepipe test",
+                spec=spec,
+                outputs=task.output_signature(names),
+                class_names=names,
+            )
+            paths[backbone, preset] = (out / f"{backbone}_{preset}.tflite", spec, task_name)
+            paths[backbone, preset][0].write_bytes(blob)
+    return paths
+
+
+@pytest.mark.slow
+def test_mediapipe_matches_us_on_keras_applications_backbones(backbone_models, tmp_path):
+    """Their [-1, 1] input: MediaPipe feeds raw pixels to the uint8 model, so its input
+    quantization must be (p - 128) / 128 exactly, or MediaPipe's scores drift from ours."""
+    from pipeline.runtime.tflite_model import TFLiteModel
+
+    image = _images(3)[1]
+    np.save(tmp_path / "img.npy", image)
+    keys = sorted(backbone_models)
+    kinds = {"classification": "classifier", "segmentation": "segmenter"}
+    jobs = [
+        {"model": str(backbone_models[k][0]), "kind": kinds[backbone_models[k][2]], "image": str(tmp_path / "img.npy")}
+        for k in keys
+    ]
+    for key, res in zip(keys, _run_mediapipe(jobs, tmp_path)):
+        path, spec, task_name = backbone_models[key]
+        md = read_metadata(path.read_bytes())
+        assert md["inputs"][0]["normalization"] == {"mean": [128.0] * 3, "std": [128.0] * 3}
+        m = TFLiteModel(path, spec, threads=1)
+        if key[1] == "int8":
+            assert m.input["quantization"] == (pytest.approx(1 / 128), 128)
+        ours = m(image[None])[0][0]
+        tol = 1e-4 if key[1] == "float32" else 1.0 / 255 + 1e-6
+        if task_name == "classification":
+            got = {c["index"]: c["score"] for c in res["categories"]}
+            np.testing.assert_allclose([got[i] for i in range(len(CLASSES))], ours, atol=tol)
+        else:
+            conf = np.stack([np.asarray(c, np.float32).reshape(32, 32) for c in res["confidence_masks"]], -1)
+            np.testing.assert_allclose(conf, ours, atol=tol)

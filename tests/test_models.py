@@ -23,16 +23,29 @@ ALLOWED = (
     layers.Dropout,
     layers.Dense,
     layers.Activation,
+    layers.ZeroPadding2D,  # keras.applications' stride-2 blocks
 )
 
 
-@pytest.mark.parametrize("backbone", sorted(BACKBONES))
-@pytest.mark.parametrize("channels, stem", [(3, 2), (1, 1)])
+def _variants():
+    from pipeline.models.catalog import backbone_info
+
+    for backbone in sorted(BACKBONES):
+        # keras.applications backbones have a fixed stem: their gray variant keeps stride 2.
+        gray_stem = 1 if backbone_info(backbone).configurable_depth else 2
+        yield from ((backbone, 3, 2), (backbone, 1, gray_stem))
+
+
+@pytest.mark.parametrize("backbone, channels, stem", list(_variants()))
 def test_classifier_is_built_from_quantizable_layers_only(backbone, channels, stem):
+    from pipeline.models.catalog import backbone_info
     from pipeline.optimize import quantize
     from pipeline.tasks import get_task
 
-    cfg = tiny_config(f"model.name={backbone}", f"model.channels={channels}", f"model.stem_stride={stem}")
+    depth = "0.5" if backbone_info(backbone).configurable_depth else "1.0"
+    cfg = tiny_config(
+        f"model.backbone={backbone}", f"model.channels={channels}", f"model.stem_stride={stem}", f"model.depth={depth}"
+    )
     model = get_task("classification").build_model(cfg, 5)
     assert model.output_shape == (None, 5)
     assert all(isinstance(layer, ALLOWED) for layer in model.layers), [

@@ -192,6 +192,23 @@ def normalize(x, spec: InputSpec):
     return (x - spec.mean) / spec.std
 
 
+def with_full_range(images: list[np.ndarray]) -> list[np.ndarray]:
+    """Calibration images of which the first has one black and one white pixel.
+
+    int8 calibration sets the input tensor's scale and zero point from the min and
+    max it sees; pinned to pixels 0 and 255 they map the uint8 input exactly onto the
+    model's normalization (scale 1/255 for [0, 1], 1/128 with zero point 128 for
+    (p - 128) / 128). MediaPipe feeds raw camera pixels to a uint8 model and ignores
+    the metadata's normalization, so any other range would shift what it sees.
+    """
+    if not images:
+        return images
+    first = np.array(images[0], copy=True)
+    flat = first.reshape(-1, first.shape[-1])
+    flat[0], flat[-1] = 0, 255
+    return [first, *images[1:]]
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted for determinism."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

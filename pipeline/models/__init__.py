@@ -1,6 +1,26 @@
-"""Model builders: backbones and task heads from built-in Keras layers only."""
+"""Model builders: backbones and task heads from built-in Keras layers only.
 
-from pipeline.models.backbones import BACKBONES, get_backbone, register_backbone
-from pipeline.models.classifier import build_classifier
+Loaded lazily, so ``pipeline.models.catalog`` (what each backbone is) imports
+without TensorFlow.
+"""
 
-__all__ = ["BACKBONES", "get_backbone", "register_backbone", "build_classifier"]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "BACKBONES": "pipeline.models.backbones",
+    "Features": "pipeline.models.backbones",
+    "build_backbone": "pipeline.models.backbones",
+    "backbone_layer_names": "pipeline.models.backbones",
+    "register_backbone": "pipeline.models.backbones",
+    "build_classifier": "pipeline.models.classifier",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'pipeline.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline._keras import keras, layers
 from pipeline.config import ModelConfig
-from pipeline.models.backbones import get_backbone
+from pipeline.models.backbones import build_backbone
 from pipeline.models.blocks import conv_bn_act, make_divisible
 
 
@@ -15,12 +15,15 @@ def build_classifier(cfg: ModelConfig, num_classes: int) -> keras.Model:
     """
     # === Layers ===
     inputs = keras.Input((cfg.input_size, cfg.input_size, cfg.channels), name="image")
-    features = get_backbone(cfg.name)(inputs, width=cfg.width, depth=cfg.depth, stem_stride=cfg.stem_stride)
-    x = conv_bn_act(features[-1], make_divisible(max(256, 512 * cfg.width)), 1, name="head")
+    features = build_backbone(inputs, cfg)
+    if features.top is not None:  # the backbone's own (pretrained) last 1×1 conv
+        x = features.top
+    else:
+        x = conv_bn_act(features.maps[-1], make_divisible(max(256, 512 * cfg.width)), 1, name="head")
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     if cfg.dropout:
         x = layers.Dropout(cfg.dropout, name="dropout")(x)
     x = layers.Dense(num_classes, name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="scores")(x)
     # === Functional Model ===
-    return keras.Model(inputs, outputs, name=f"{cfg.name}_classifier")
+    return keras.Model(inputs, outputs, name=f"{cfg.backbone}_classifier")

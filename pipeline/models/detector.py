@@ -19,7 +19,7 @@ import math
 
 from pipeline._keras import keras, layers
 from pipeline.config import ModelConfig
-from pipeline.models.backbones import get_backbone
+from pipeline.models.backbones import build_backbone
 from pipeline.models.blocks import conv_bn_act, dw_bn_act, make_divisible
 
 PRIOR = 0.01  # initial foreground probability (focal-loss prior) so early training is stable
@@ -33,10 +33,9 @@ def build_detector(cfg: ModelConfig, num_classes: int) -> keras.Model:
     """
     # === Layers ===
     inputs = keras.Input((cfg.input_size, cfg.input_size, cfg.channels), name="image")
-    feats = get_backbone(cfg.name)(inputs, width=cfg.width, depth=cfg.depth, stem_stride=cfg.stem_stride)
     if cfg.stem_stride != 2:
         raise ValueError("the detector expects model.stem_stride=2 (features at strides 8, 16, 32)")
-    c3, c4, c5 = feats[-3:]
+    c3, c4, c5 = build_backbone(inputs, cfg).maps[1:]
     dim = make_divisible(max(32, 96 * cfg.width))
     # Top-down FPN: 1×1 laterals, bilinear upsampling (RESIZE_BILINEAR is on XNNPACK,
     # nearest is not), add, then the head's depthwise-separable convs smooth the sum.
@@ -70,4 +69,4 @@ def build_detector(cfg: ModelConfig, num_classes: int) -> keras.Model:
     out_boxes = layers.Reshape((-1, 4), dtype="float32", name="boxes")(reg)
     out_scores = layers.Reshape((-1, num_classes), dtype="float32", name="scores")(cls)
     # === Functional Model ===
-    return keras.Model(inputs, [out_boxes, out_scores], name=f"{cfg.name}_detector")
+    return keras.Model(inputs, [out_boxes, out_scores], name=f"{cfg.backbone}_detector")

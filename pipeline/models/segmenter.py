@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pipeline._keras import keras, layers
 from pipeline.config import ModelConfig
-from pipeline.models.backbones import get_backbone
+from pipeline.models.backbones import build_backbone
 from pipeline.models.blocks import conv_bn_act, dw_bn_act, make_divisible
 
 
@@ -54,8 +54,8 @@ def build_segmenter(cfg: ModelConfig, num_classes: int) -> keras.Model:
     # === Layers ===
     size = cfg.input_size
     inputs = keras.Input((size, size, cfg.channels), name="image")
-    features = get_backbone(cfg.name)(inputs, width=cfg.width, depth=cfg.depth, stem_stride=cfg.stem_stride)
-    fine, mid, coarse = features[-4], features[-3], features[-1]  # strides 4, 8, 32 (2, 4, 16 at stem 1)
+    maps = build_backbone(inputs, cfg).maps
+    fine, mid, coarse = maps[0], maps[1], maps[3]  # strides 4, 8, 32 (2, 4, 16 at stem 1)
     filters = make_divisible(96 * cfg.width)
     x = aspp_lite(coarse, filters)
     x = _fuse(x, mid, filters, mid.shape[1] // coarse.shape[1], name="dec_mid")
@@ -67,4 +67,4 @@ def build_segmenter(cfg: ModelConfig, num_classes: int) -> keras.Model:
     # and is the resize that XNNPACK and TFMOT both handle.
     outputs = layers.UpSampling2D(size // fine.shape[1], interpolation="bilinear", dtype="float32", name="logits")(x)
     # === Functional Model ===
-    return keras.Model(inputs, outputs, name=f"{cfg.name}_segmenter")
+    return keras.Model(inputs, outputs, name=f"{cfg.backbone}_segmenter")
