@@ -195,6 +195,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", default="runs/detection")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument(
+        "--realphoto",
+        metavar="DIR",
+        help="use (building it first if missing) the real-photo COCO set of benchmarks/realphoto.py in DIR",
+    )
     ap.add_argument("--skip", default="", help="comma list of stages already done in --run-dir")
     ap.add_argument("--coco-train", help="COCO instances JSON for training (default: the synthetic set)")
     ap.add_argument("--coco-val", help="COCO instances JSON for validation (default: split from train)")
@@ -214,6 +219,10 @@ def main() -> int:
         overrides += [f"data.train_images={args.coco_images or Path(args.coco_train).parent}"]
         if args.coco_val:
             overrides += [f"data.val_annotations={args.coco_val}"]
+    if args.realphoto:
+        import realphoto
+
+        overrides = [*realphoto.config_overrides(realphoto.build(Path(args.realphoto))), *overrides]
     run = RunDir(args.run_dir)
     skip = set(filter(None, args.skip.split(",")))
     # Resuming: the run's own config (its size, epochs, data), plus any new --set.

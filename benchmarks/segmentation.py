@@ -200,6 +200,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", default="runs/segmentation")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument(
+        "--realphoto",
+        metavar="DIR",
+        help="use (building it first if missing) the real-photo COCO set of benchmarks/realphoto.py in DIR",
+    )
     ap.add_argument("--skip", default="", help="comma list of stages already done in --run-dir")
     ap.add_argument("--no-peer", action="store_true", help="skip the keras-cv DeepLabV3Plus comparison")
     ap.add_argument("--peer-epochs", type=int, default=0, help="peer epochs (default: train.epochs, as the issue asks)")
@@ -211,6 +216,10 @@ def main() -> int:
     from pipeline.rundir import RunDir, write_json, write_text
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.realphoto:
+        import realphoto
+
+        args.overrides = [*realphoto.config_overrides(realphoto.build(Path(args.realphoto))), *args.overrides]
     run = RunDir(args.run_dir)
     skip = {s for s in args.skip.split(",") if s}
     cfg = run.load_config(args.overrides) if skip else config.load(None, args.overrides, task="segmentation")
