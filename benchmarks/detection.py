@@ -26,6 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from targets import report_targets  # noqa: E402
+
 log = logging.getLogger("benchmark")
 
 
@@ -89,16 +91,15 @@ def peer_dataset(task, split, cfg, spec, training: bool):
 
 
 def run_peer(cfg, out_dir: Path, threads: int, runs: int) -> dict:
-    from pipeline import boxes as B
-    from pipeline.data.images import normalize
-    from pipeline.export import convert
-    from pipeline.rundir import write_bytes
+    from pipeline.core.images import normalize
+    from pipeline.core.rundir import write_bytes
     from pipeline.runtime.tflite_model import TFLiteModel
+    from pipeline.stages.export import convert
     from pipeline.tasks import get_task
-    from pipeline.train import input_spec
+    from pipeline.tasks.detection import boxes as B
 
     task = get_task("detection")
-    spec = input_spec(cfg)
+    spec = cfg.input_spec()
     data = task.load_data(cfg)
     model = yolov8_peer(cfg, len(data.class_names))
     t0 = time.time()
@@ -154,16 +155,16 @@ def latency_at(cfg, run, size: int, threads: tuple[int, ...], runs: int, rounds:
     even when training ran smaller to fit a CPU budget."""
     import dataclasses
 
-    from pipeline.export import convert, representative_dataset
-    from pipeline.rundir import write_bytes
+    from pipeline.core.rundir import write_bytes
     from pipeline.runtime.tflite_model import TFLiteModel, undelegated_ops
+    from pipeline.stages.export import convert, representative_dataset
+    from pipeline.stages.weights import rebuild
     from pipeline.tasks import get_task
-    from pipeline.train import input_spec, rebuild
 
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, input_size=size))
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, synthetic_samples=64))
     task = get_task("detection")
-    spec = input_spec(cfg)
+    spec = cfg.input_spec()
     data = task.load_data(cfg)
     calib = list(task.calibration_images(data, cfg, spec, 32))
     model = rebuild(cfg, len(data.class_names), run.weights("float"))
@@ -172,7 +173,9 @@ def latency_at(cfg, run, size: int, threads: tuple[int, ...], runs: int, rounds:
     peer = yolov8_peer(cfg, len(data.class_names))
     models["YOLOV8Detector float32 (raw heads)"] = (peer, "float32")
     for name, (m, preset) in models.items():
-        serving = task.serving if m is model else (lambda y: {"box": y["boxes"], "cls": y["classes"]})
+        serving = (
+            (lambda y: task.serving(y, cfg)) if m is model else (lambda y: {"box": y["boxes"], "cls": y["classes"]})
+        )
         blob = convert(m, preset, representative_dataset(calib, spec), cfg.export.int8_io, serving=serving)
         paths[name] = path = run.path / f"latency{size}_{name.split()[0]}_{preset}.tflite"
         write_bytes(path, blob)
@@ -208,9 +211,9 @@ def main() -> int:
     ap.add_argument("--latency-size", type=int, default=320, help="input size for the latency table (0: skip)")
     args = ap.parse_args()
 
-    from pipeline import config
-    from pipeline.cli import CHAIN, run_stage
-    from pipeline.rundir import RunDir, write_json
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir, write_json
+    from pipeline.stages.chain import CHAIN, run_stage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides)
@@ -295,10 +298,7 @@ def main() -> int:
                     f"{b:.3f} vs {p:.3f} ms",
                 )
             )
-    print("\n| target | measured | result |\n|---|---|---|")
-    for name, ok, measured in rows:
-        print(f"| {name} | {measured} | {'PASS' if ok else 'FAIL'} |")
-    return 0 if all(ok for _, ok, _ in rows) else 1
+    return report_targets(rows)
 
 
 if __name__ == "__main__":

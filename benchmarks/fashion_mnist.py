@@ -19,6 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from targets import report_targets  # noqa: E402
+
 
 def check_targets(report: dict) -> list[tuple[str, bool, str]]:
     """The issue's targets, each as (name, passed, measured)."""
@@ -66,9 +68,9 @@ def main() -> int:
 
     import logging
 
-    from pipeline import config
-    from pipeline.cli import CHAIN, run_stage
-    from pipeline.rundir import RunDir
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir
+    from pipeline.stages.chain import CHAIN, run_stage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not Path(args.data).is_dir():
@@ -87,10 +89,7 @@ def main() -> int:
     report = json.loads((run.path / "report.json").read_text())
     print((run.path / "report.md").read_text())
     rows = check_targets(report)
-    print("| target | measured | result |\n|---|---|---|")
-    for name, ok, measured in rows:
-        print(f"| {name} | {measured} | {'PASS' if ok else 'FAIL'} |")
-    return 0 if all(ok for _, ok, _ in rows) else 1
+    return report_targets(rows)
 
 
 if __name__ == "__main__":

@@ -61,10 +61,10 @@ def make_video(path: Path, frames: int = 300, size=(640, 480), fps: float = 30.0
 
 def make_model(out: Path, size: int, overrides: list[str]) -> Path:
     """An untrained int8 classifier at ``size`` px, through the real export stage."""
-    from pipeline import config
-    from pipeline.export import export
-    from pipeline.rundir import RunDir
-    from pipeline.train import rebuild, save_weights
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir
+    from pipeline.stages.export import export
+    from pipeline.stages.weights import rebuild, save_weights
 
     cfg = config.load(
         None,
@@ -83,7 +83,7 @@ def make_model(out: Path, size: int, overrides: list[str]) -> Path:
 
 
 def bare_fps(opts: RunOptions, video: Path, runs: int) -> dict:
-    from pipeline.data.images import prepare
+    from pipeline.core.images import prepare
 
     m = load_model(opts)
     ok, frame = cv2.VideoCapture(str(video)).read()
@@ -101,8 +101,8 @@ def bare_fps(opts: RunOptions, video: Path, runs: int) -> dict:
 
 def naive_loop(opts: RunOptions, video: Path, frames: int) -> dict:
     """read → prepare → invoke → postprocess → draw, one thread, shared functions."""
-    from pipeline.data.images import prepare
-    from pipeline.runtime.overlay import draw_hud
+    from pipeline.core.images import prepare
+    from pipeline.core.overlay import draw_hud
 
     m = load_model(opts)
     task = m.task

@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from targets import target_table  # noqa: E402
+
 log = logging.getLogger("benchmark")
 
 # keras-cv's MobileNetV3-Small stack (its docstring example), the smallest backbone it has.
@@ -84,16 +86,16 @@ def run_peer(cfg, run_dir: Path, epochs: int) -> dict:
     import numpy as np
 
     from pipeline._keras import keras, tf, tfmot
-    from pipeline.evaluate import _stack
-    from pipeline.export import convert
-    from pipeline.rundir import write_bytes
+    from pipeline.core.rundir import write_bytes
     from pipeline.runtime.tflite_model import TFLiteModel, undelegated_ops
+    from pipeline.stages.evaluate import _stack
+    from pipeline.stages.export import convert
+    from pipeline.stages.fit import make_optimizer, steps_per_epoch
     from pipeline.tasks import get_task
-    from pipeline.tasks.segmentation import segmentation_loss
-    from pipeline.train import input_spec, make_optimizer, steps_per_epoch
+    from pipeline.tasks.segmentation.task import segmentation_loss
 
     task = get_task("segmentation")
-    spec = input_spec(cfg)
+    spec = cfg.input_spec()
     keras.utils.set_random_seed(cfg.train.seed)
     data = task.load_data(cfg)
     names = task.class_names(data)
@@ -109,7 +111,7 @@ def run_peer(cfg, run_dir: Path, epochs: int) -> dict:
     opt = make_optimizer(
         cfg.train.learning_rate, steps * epochs, int(steps * cfg.train.warmup_epochs), cfg.train.weight_decay
     )
-    model.compile(optimizer=opt, **{**task.compile_args(cfg), "loss": loss})
+    model.compile(optimizer=opt, **{**task.compile_args(cfg, len(names)), "loss": loss})
     t0 = time.perf_counter()
     model.fit(train_ds, validation_data=val_ds, epochs=epochs, verbose=2)
     out["train_seconds"] = round(time.perf_counter() - t0, 1)
@@ -126,7 +128,7 @@ def run_peer(cfg, run_dir: Path, epochs: int) -> dict:
         try:
             rep = None
             if preset == "int8":
-                from pipeline.export import representative_dataset
+                from pipeline.stages.export import representative_dataset
 
                 calib = list(task.calibration_images(data, cfg, spec, cfg.export.representative_samples))
                 rep = representative_dataset(calib, spec)
@@ -160,10 +162,9 @@ def _row(cells) -> str:
 
 def markdown(report: dict, targets, peer: dict | None, ours_train_s: float | None) -> str:
     """Our report table, the target table and the peer comparison, as Markdown."""
-    from pipeline.evaluate import render_markdown
+    from pipeline.report import render_markdown
 
-    lines = [render_markdown(report), "| target | measured | result |", "|---|---|---|"]
-    lines += [_row([n, m, "PASS" if ok else "FAIL"]) for n, ok, m in targets]
+    lines = [render_markdown(report), target_table(targets)]
     if not peer:
         return "\n".join(lines) + "\n"
     v = report["variants"]
@@ -211,9 +212,9 @@ def main() -> int:
     ap.add_argument("--reuse-peer", action="store_true", help="take the peer's figures from RUN/peer.json")
     args = ap.parse_args()
 
-    from pipeline import config
-    from pipeline.cli import CHAIN, run_stage
-    from pipeline.rundir import RunDir, write_json, write_text
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir, write_json, write_text
+    from pipeline.stages.chain import CHAIN, run_stage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.realphoto:
@@ -229,7 +230,7 @@ def main() -> int:
     report = json.loads((run.path / "report.json").read_text())
     manifest = json.loads(run.manifest_path.read_text())
     train_s = next((s["seconds"] for s in reversed(manifest["stages"]) if s["stage"] == "train"), None)
-    from pipeline.train import rebuild
+    from pipeline.stages.weights import rebuild
 
     report["params"] = rebuild(cfg, len(report["keras_float_details"]["per_class_iou"])).count_params()
     report["epochs"] = cfg.train.epochs

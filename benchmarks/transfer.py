@@ -34,6 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from targets import report_targets  # noqa: E402
+
 NAMES = ["T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle_boot"]
 PRETRAIN, FINETUNE = range(0, 5), range(5, 10)
 SELECTION_PER_CLASS = 100
@@ -102,9 +104,9 @@ def prepare_data(src: Path, out: Path, shots: list[int], seed: int) -> dict[str,
 
 def _chain(run_dir: Path, sets: list[str], eval_path: Path | None) -> dict:
     """train → qat → export → evaluate (on ``eval_path`` if given) in ``run_dir``; the report."""
-    from pipeline import config
-    from pipeline.cli import run_stage
-    from pipeline.rundir import RunDir
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir
+    from pipeline.stages.chain import run_stage
 
     run = RunDir(run_dir)
     if not (run.path / "report.json").is_file():
@@ -185,10 +187,7 @@ def main() -> int:
     for (k, arm), r in results.items():
         d = (r["variants"]["qat_int8"]["metric"] - r["keras_float"]) * 100
         checks.append((f"QAT int8 within 1 pt of float ({k}/class, {arm})", d >= -1.0, f"{d:+.2f} pt"))
-    print("\n| target | measured | result |\n|---|---|---|")
-    for name, ok, measured in checks:
-        print(f"| {name} | {measured} | {'PASS' if ok else 'FAIL'} |")
-    return 0 if all(ok for _, ok, _ in checks) else 1
+    return report_targets(checks)
 
 
 if __name__ == "__main__":

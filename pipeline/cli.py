@@ -11,7 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-DEMO_RUN = "runs/demo"
+from pipeline.core.errors import EdgepipeError, UsageError
+from pipeline.core.registry import task_names
 
 
 def _common(p: argparse.ArgumentParser, needs_task: bool = False) -> None:
@@ -25,7 +26,7 @@ def _common(p: argparse.ArgumentParser, needs_task: bool = False) -> None:
         help="override a config value, e.g. train.epochs=5",
     )
     if needs_task:
-        p.add_argument("--task", default=None, help="classification | detection | segmentation")
+        p.add_argument("--task", default=None, help=" | ".join(task_names()))
         p.add_argument("--config", type=Path, default=None, help="YAML config (optional; defaults per task)")
 
 
@@ -46,9 +47,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("all", help="train → prune → qat → export → evaluate")
     _common(p, needs_task=True)
     p = sub.add_parser("demo", help="the whole chain on the built-in synthetic set, small settings")
-    p.add_argument("--run-dir", type=Path, default=None, help=f"default: {DEMO_RUN}-<task>")
+    p.add_argument("--run-dir", type=Path, default=None, help="default: runs/demo-<task>")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--task", default="all", help="classification | detection | segmentation | all (default)")
+    p.add_argument("--task", default="all", help=" | ".join(task_names()) + " | all (default)")
     p = sub.add_parser("inspect", help="inputs, outputs, quantization, metadata, labels and ops of a .tflite")
     p.add_argument("model", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -76,6 +77,13 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
         "--source", required=True, help="camera index, video file, rtsp/http URL, image folder, glob or image"
     )
     p.add_argument("--threads", type=int, default=2, help="interpreter threads (default 2)")
+    p.add_argument(
+        "--parallel",
+        choices=["frames", "ops"],
+        default="frames",
+        help="frames: THREADS single-thread interpreters on successive frames (most FPS, the default); "
+        "ops: one interpreter with THREADS threads (least latency per frame)",
+    )
     p.add_argument("--output", type=Path, default=None, help="write the annotated video (.mp4, .avi)")
     p.add_argument("--output-fps", type=float, default=None, help="frame rate of --output (default: the source's)")
     p.add_argument("--jsonl", type=Path, default=None, help="one JSON line per frame: predictions and timings")
@@ -88,7 +96,7 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reconnect-attempts", type=int, default=10, help="reopen tries after a source fails")
     p.add_argument("--summary-json", type=Path, default=None, help="also write the summary as JSON")
     g = p.add_argument_group("overrides (default: the model's sidecar)")
-    g.add_argument("--task", default=None, help="classification | detection | segmentation")
+    g.add_argument("--task", default=None, help=" | ".join(task_names()))
     g.add_argument("--labels", default=None, help="labels file (one a line) or a comma-separated list")
     g.add_argument("--resize", choices=["stretch", "letterbox"], default=None)
     g.add_argument("--mean", type=float, default=None, help="input normalization: (pixel - mean) / std")
@@ -98,10 +106,19 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument("--score-threshold", type=float, default=None, help="detection: minimum score")
     g.add_argument("--iou-threshold", type=float, default=None, help="detection: NMS IoU")
     g.add_argument("--alpha", type=float, default=None, help="segmentation: mask opacity 0-1")
+    g = p.add_argument_group("tracking and counting (detection models)")
+    g.add_argument("--track", action="store_true", help="follow objects across frames: ids, trails (ByteTrack)")
+    g.add_argument("--track-buffer", type=int, default=30, help="frames a lost track is kept (default 30)")
+    g.add_argument("--track-threshold", type=float, default=0.4, help="score of a confident detection (default 0.4)")
+    g.add_argument("--match-iou", type=float, default=0.2, help="minimum IoU x score to continue a track (0.2)")
+    g.add_argument(
+        "--count-line", action="append", default=[], metavar="X1,Y1,X2,Y2", help="count crossings (repeatable)"
+    )
+    g.add_argument("--zone", action="append", default=[], metavar="X1,Y1,X2,Y2,X3,Y3,...", help="count occupancy")
 
 
 def _run(args) -> int:
-    from pipeline.rundir import write_json
+    from pipeline.core.rundir import write_json
     from pipeline.runtime.runner import RunOptions, format_summary, run
 
     names = ("top_k", "score_threshold", "iou_threshold", "alpha")
@@ -124,6 +141,8 @@ def _run(args) -> int:
         loop=args.loop,
         hud=args.hud,
         reconnect_attempts=args.reconnect_attempts,
+        track=_track_options(args),
+        parallel=args.parallel,
     )
     summary = run(opts)
     print(format_summary(summary))
@@ -132,9 +151,21 @@ def _run(args) -> int:
     return 0
 
 
+def _track_options(args):
+    from pipeline.runtime.tracking import TrackOptions
+
+    if not args.track:
+        if args.count_line or args.zone:
+            raise UsageError("--count-line and --zone count tracked objects: add --track")
+        return None
+    return TrackOptions(
+        args.track_buffer, args.track_threshold, args.match_iou, tuple(args.count_line), tuple(args.zone)
+    )
+
+
 def _resolve_for_train(args):
-    from pipeline import config
-    from pipeline.rundir import RunDir
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir
 
     run = RunDir(args.run_dir)
     if args.config is None and args.task is None and run.config_path.is_file():
@@ -144,76 +175,11 @@ def _resolve_for_train(args):
     return run, config.load(args.config, args.overrides, task=args.task)
 
 
-def run_stage(name: str, run, cfg, args=None):
-    """Call one stage's library function."""
-    from pipeline import evaluate, export, optimize, train
-
-    if name == "train":
-        return train.train(run, cfg)
-    if name == "prune":
-        return optimize.prune(run, cfg)
-    if name == "qat":
-        return optimize.qat(run, cfg)
-    if name == "export":
-        variants = args.variants.split(",") if args is not None and getattr(args, "variants", None) else None
-        return export.export(run, cfg, variants, getattr(args, "out", None))
-    if name == "evaluate":
-        return evaluate.evaluate(run, cfg)
-    raise ValueError(f"Unknown stage {name!r}")
-
-
-CHAIN = ("train", "prune", "qat", "export", "evaluate")
-
-# Small settings per task: each demo runs the whole chain in a few minutes on 2 CPU cores.
-DEMO_SETTINGS = {
-    "classification": [
-        "data.synthetic_samples=1600",
-        "model.input_size=64",
-        "model.width=0.5",
-        "train.epochs=6",
-        "train.batch_size=32",
-        "prune.epochs=2",
-        "qat.epochs=2",
-        "evaluate.latency_runs=30",
-    ],
-    "detection": [
-        "data.synthetic_samples=600",
-        "model.input_size=160",
-        "model.width=0.5",
-        "train.epochs=12",
-        "train.batch_size=16",
-        "prune.epochs=1",
-        "qat.epochs=1",
-        "export.representative_samples=64",
-        "evaluate.latency_runs=30",
-    ],
-    "segmentation": [
-        "data.synthetic_samples=320",
-        "model.input_size=128",
-        "train.epochs=6",
-        "prune.epochs=1",
-        "qat.epochs=1",
-        "export.representative_samples=32",
-        "evaluate.latency_runs=30",
-    ],
-}
-
-
 def _demo(args) -> int:
     """``edgepipe demo``: the chain on the built-in set for one task, or every task in turn."""
-    from pipeline import config
-    from pipeline.rundir import RunDir
+    from pipeline.stages.chain import demo
 
-    tasks = list(DEMO_SETTINGS) if args.task == "all" else [args.task]
-    for task in tasks:
-        if task not in DEMO_SETTINGS:
-            raise config.ConfigError(f"demo: unknown task {task!r}; expected one of {[*DEMO_SETTINGS, 'all']}")
-    for task in tasks:
-        run = RunDir(args.run_dir if args.run_dir and len(tasks) == 1 else Path(f"{DEMO_RUN}-{task}"))
-        cfg = config.load(None, [*DEMO_SETTINGS[task], *args.overrides], task=task)
-        for name in CHAIN:
-            logging.getLogger("edgepipe").info("=== %s: %s ===", task, name)
-            run_stage(name, run, cfg, args)
+    for run in demo(args.task, args.run_dir, args.overrides):
         print((run.path / "report.md").read_text())
     return 0
 
@@ -235,7 +201,7 @@ def _benchmark(args) -> str:
     try:
         threads = [int(t) for t in args.threads.split(",")]
     except ValueError:
-        raise ValueError(f"--threads {args.threads!r}: expected a comma list of integers, e.g. 1,2,4") from None
+        raise UsageError(f"--threads {args.threads!r}: expected a comma list of integers, e.g. 1,2,4") from None
     result = benchmark(args.model, threads=threads, runs=args.runs, warmup=args.warmup, profile=args.profile)
     return json.dumps(result, indent=2) + "\n" if args.json else render(result)
 
@@ -250,8 +216,9 @@ TOOLS = {"inspect": _inspect, "benchmark": _benchmark, "compare": _compare}
 
 
 def _dispatch(args) -> int:
-    from pipeline import config
-    from pipeline.rundir import RunDir
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir
+    from pipeline.stages.chain import CHAIN, run_stage
 
     if args.command == "run":
         return _run(args)
@@ -273,10 +240,11 @@ def _dispatch(args) -> int:
         run = RunDir(args.run_dir)
         cfg = run.load_config(args.overrides)
         stages = (args.command,)
+    variants = args.variants.split(",") if getattr(args, "variants", None) else None
     result = None
     for name in stages:
         logging.getLogger("edgepipe").info("=== %s ===", name)
-        result = run_stage(name, run, cfg, args)
+        result = run_stage(name, run, cfg, variants, getattr(args, "out", None))
     if stages[-1] == "evaluate":
         print((run.path / "report.md").read_text())
     elif stages[-1] == "export":
@@ -292,23 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    from pipeline.config import ConfigError
-    from pipeline.data.classification import DataError
-    from pipeline.data.images import ImageError
-    from pipeline.rundir import StageInputError
-
-    expected = (ConfigError, DataError, ImageError, StageInputError, FileNotFoundError)
     try:
-        from pipeline.metadata import MetadataError
-        from pipeline.runtime.runner import RunError
-        from pipeline.runtime.sources import SourceError
-        from pipeline.runtime.tflite_model import ModelFileError
-
-        expected += (ModelFileError, MetadataError, RunError, SourceError)
-        if args.command == "benchmark":
-            expected += (ValueError,)
         return _dispatch(args)
-    except expected as e:
+    except EdgepipeError as e:  # expected: bad input, named in the message; anything else is a bug
         print(f"edgepipe {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

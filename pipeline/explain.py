@@ -15,10 +15,6 @@ import numpy as np
 
 from pipeline._keras import keras, layers
 
-# Layers the shared backbones create (pipeline.models.backbones); everything else is a head.
-BACKBONE_PREFIXES = ("stem_", "stage")
-
-
 # === Convolution arithmetic ===
 
 
@@ -82,9 +78,12 @@ def feature_maps(model: keras.Model, layer_names: Sequence[str], images: np.ndar
     return {n: np.asarray(o) for n, o in zip(layer_names, outs)}
 
 
-def split_params(model: keras.Model) -> dict[str, int]:
-    """Parameter count of the shared backbone and of the task's head."""
-    backbone = sum(layer.count_params() for layer in model.layers if layer.name.startswith(BACKBONE_PREFIXES))
+def split_params(model: keras.Model, cfg) -> dict[str, int]:
+    """Parameter count of the shared backbone (``cfg.model.backbone``) and of the task's head."""
+    from pipeline.models.backbones import backbone_layer_names
+
+    names = backbone_layer_names(cfg.model)
+    backbone = sum(layer.count_params() for layer in model.layers if layer.name in names)
     return {"backbone": int(backbone), "head": int(model.count_params() - backbone)}
 
 

@@ -1,4 +1,4 @@
-"""`python -m pipeline.qat` is `edgepipe qat`."""
+"""`python -m pipeline.qat` is `edgepipe qat` (the stage itself is pipeline.stages)."""
 
 if __name__ == "__main__":
     from pipeline.cli import stage_main

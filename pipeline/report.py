@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.rundir import StageInputError, read_json, write_bytes, write_text
+from pipeline.core.rundir import StageInputError, read_json, write_bytes, write_text
+from pipeline.core.tflite import layer_sparsity
+from pipeline.core.variants import VARIANTS, preferred_int8
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +119,6 @@ def training_figure(logs: dict[str, list[dict]], path: Path) -> Path:
 
 def sparsity_figure(report: dict, path: Path) -> Path | None:
     """Per-layer zero fraction of each pruned variant's weights, read from its file."""
-    from pipeline.export import VARIANTS, layer_sparsity
-
     pruned = {n: v for n, v in report["variants"].items() if n in VARIANTS and VARIANTS[n].source in PRUNED_SOURCES}
     if not pruned:
         return None
@@ -273,7 +273,7 @@ def compare(run_dirs: list[str | Path]) -> str:
 
 def confusion_figure(report: dict, out_dir: Path) -> Path:
     """Row-normalized confusion matrix of the int8 variant (or Keras float), counts in cells."""
-    name = next((n for n in ("int8", "qat_int8", "pqat_int8") if n in report["variants"]), None)
+    name = preferred_int8(report["variants"])
     details = report["variants"][name]["details"] if name else report["keras_float_details"]
     cm = np.asarray(details["confusion"], np.int64)
     classes = list(details.get("per_class_accuracy", {})) or [str(i) for i in range(len(cm))]
@@ -291,29 +291,6 @@ def confusion_figure(report: dict, out_dir: Path) -> Path:
     ax.set_title(f"Confusion matrix: {name or 'Keras float'}")
     fig.colorbar(im, ax=ax, fraction=0.046)
     return save_figure(fig, Path(out_dir) / "confusion_matrix.png")
-
-
-def image_grid(
-    images: np.ndarray, captions: list[str], correct: list[bool], cell: int = 128, cols: int = 4, max_n: int = 16
-) -> np.ndarray:
-    """Prepared uint8 images tiled into an RGB grid, each captioned green (right) or red (wrong)."""
-    import cv2
-
-    n = min(len(images), max_n)
-    rows = max(1, -(-n // cols))
-    bar = 18
-    grid = np.full((rows * (cell + bar), cols * cell, 3), 255, np.uint8)
-    for i in range(n):
-        img = images[i]
-        img = np.repeat(img, 3, -1) if img.shape[-1] == 1 else img
-        r, c = divmod(i, cols)
-        y, x = r * (cell + bar), c * cell
-        grid[y : y + cell, x : x + cell] = cv2.resize(img, (cell, cell), interpolation=cv2.INTER_NEAREST)
-        color = (0, 140, 0) if correct[i] else (200, 0, 0)
-        cv2.putText(
-            grid, captions[i][:24], (x + 2, y + cell + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.35, color, 1, cv2.LINE_AA
-        )
-    return grid
 
 
 def pr_curves_figure(curves: dict[str, tuple], out_dir: Path, name: str = "pr_curves.png") -> Path:

@@ -35,16 +35,16 @@ TINY = [
 
 
 def tiny_config(*extra: str, task: str = "classification"):
-    from pipeline import config
+    from pipeline.core import config
 
     return config.load(None, [*TINY, *extra], task=task)
 
 
 def run_chain(tmp_path_factory, name: str, task: str, overrides: list[str]):
     """train → prune → qat → export → evaluate in a fresh folder; ``(run, cfg, results)``."""
-    from pipeline import config
-    from pipeline.cli import CHAIN, run_stage
-    from pipeline.rundir import RunDir
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir
+    from pipeline.stages.chain import CHAIN, run_stage
 
     logging.getLogger().setLevel(logging.WARNING)
     base = tmp_path_factory.mktemp(name)

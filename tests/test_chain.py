@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data.images import normalize
-from pipeline.export import VARIANTS, read_sidecar
+from pipeline.core.images import normalize
+from pipeline.core.sidecar import read_sidecar
+from pipeline.core.variants import VARIANTS
 from pipeline.runtime.tflite_model import ModelFileError, TFLiteModel, open_interpreter
-from pipeline.train import input_spec, rebuild
+from pipeline.stages.weights import rebuild
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +28,7 @@ def _val_images(run, cfg, n=96):
 
     task = get_task(cfg.task)
     data = task.load_data(cfg)
-    x, y = next(task.eval_batches(data, cfg, input_spec(cfg), n))
+    x, y = next(task.eval_batches(data, cfg, cfg.input_spec(), n))
     return x, y, task.class_names(data)
 
 
@@ -79,7 +80,7 @@ def test_all_variants_exported_with_labels_and_sidecars(chain):
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_litert_output_matches_keras_within_tolerance(chain, variant):
     """keras-hub's run_litert_export_test idiom: same images through Keras and LiteRT."""
-    from pipeline.optimize import build_qat
+    from pipeline.stages.optimize import build_qat
 
     run, cfg, results = chain
     v = VARIANTS[variant]
@@ -88,8 +89,8 @@ def test_litert_output_matches_keras_within_tolerance(chain, variant):
     keras_model = (
         build_qat(cfg, len(names), v.source, w) if v.source in ("qat", "pqat") else rebuild(cfg, len(names), w)
     )
-    expected = keras_model.predict_on_batch(normalize(x, input_spec(cfg)))
-    got = TFLiteModel(results["export"][variant], input_spec(cfg), threads=1)(x)[0]
+    expected = keras_model.predict_on_batch(normalize(x, cfg.input_spec()))
+    got = TFLiteModel(results["export"][variant], cfg.input_spec(), threads=1)(x)[0]
     tol, mean_tol = TOLERANCE[v.preset]
     diff = np.abs(got - expected)
     assert diff.max() <= tol and diff.mean() <= mean_tol, (diff.max(), diff.mean())
@@ -166,10 +167,10 @@ def test_corrupt_run_folder_files_are_clear_errors_before_the_work(chain, tmp_pa
     """A truncated weights file, a garbage manifest or exports list: the file and the fix are named."""
     import shutil
 
-    from pipeline import config
-    from pipeline.cli import run_stage
-    from pipeline.data.classification import DataError
-    from pipeline.rundir import RunDir, StageInputError
+    from pipeline.core import config
+    from pipeline.core.errors import DataError
+    from pipeline.core.rundir import RunDir, StageInputError
+    from pipeline.stages.chain import run_stage
 
     shared, cfg, results = chain
     run = RunDir(tmp_path / shared.name)
@@ -203,8 +204,8 @@ def test_a_stage_rerun_alone_with_overrides(chain, tmp_path):
     """Any stage runs alone from the run folder; --set updates the saved config."""
     import shutil
 
-    from pipeline.cli import run_stage
-    from pipeline.rundir import RunDir
+    from pipeline.core.rundir import RunDir
+    from pipeline.stages.chain import run_stage
 
     shared, cfg, results = chain
     run = RunDir(tmp_path / shared.name)  # a copy: the shared run stays as the other tests saw it
@@ -220,8 +221,8 @@ def test_a_stage_rerun_alone_with_overrides(chain, tmp_path):
 def test_structured_2_4_pruning_leaves_two_zeros_in_every_group_of_four(chain, tmp_path):
     import shutil
 
-    from pipeline.cli import run_stage
-    from pipeline.rundir import RunDir
+    from pipeline.core.rundir import RunDir
+    from pipeline.stages.chain import run_stage
 
     shared, cfg, results = chain
     run = RunDir(tmp_path / "run")

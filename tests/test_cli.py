@@ -39,7 +39,7 @@ def test_each_stage_is_a_subcommand_and_a_module():
     "stage, first", [("prune", "train"), ("qat", "train"), ("export", "train"), ("evaluate", "export")]
 )
 def test_a_stage_without_its_inputs_says_which_stage_to_run_first(tmp_path, stage, first):
-    from pipeline import config
+    from pipeline.core import config
 
     r = _run(stage, "--run-dir", str(tmp_path / "empty"))
     assert r.returncode == 2 and "edgepipe train" in r.stderr and "Traceback" not in r.stderr
@@ -52,8 +52,8 @@ def test_a_stage_without_its_inputs_says_which_stage_to_run_first(tmp_path, stag
 
 
 def test_later_stages_refuse_to_change_the_model_shape(tmp_path):
-    from pipeline import config
-    from pipeline.rundir import RunDir
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir
 
     run = RunDir(tmp_path / "run")
     run.save_config(config.load(None, TINY))
@@ -64,8 +64,8 @@ def test_later_stages_refuse_to_change_the_model_shape(tmp_path):
 
 
 def test_missing_stage_outputs_name_the_producing_stage(tmp_path):
-    from pipeline import config
-    from pipeline.rundir import RunDir, StageInputError
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir, StageInputError
 
     run = RunDir(tmp_path / "run")
     run.save_config(config.load(None))
@@ -73,7 +73,7 @@ def test_missing_stage_outputs_name_the_producing_stage(tmp_path):
         run.require("float")
     with pytest.raises(StageInputError, match="edgepipe prune"):
         run.require("pruned")
-    from pipeline.export import resolve_variants
+    from pipeline.stages.export import resolve_variants
 
     run.weights("float").parent.mkdir(parents=True)
     run.weights("float").write_bytes(b"")
@@ -134,7 +134,7 @@ def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path):
     import os
     import stat
 
-    from pipeline import rundir
+    from pipeline.core import rundir
 
     old = os.umask(0o022)
     try:
@@ -153,10 +153,10 @@ def test_unreadable_files_that_leave_no_full_batch_are_a_data_error(tmp_path):
     import cv2
     import numpy as np
 
-    from pipeline import config
-    from pipeline.cli import run_stage
-    from pipeline.data.classification import DataError
-    from pipeline.rundir import RunDir
+    from pipeline.core import config
+    from pipeline.core.errors import DataError
+    from pipeline.core.rundir import RunDir
+    from pipeline.stages.chain import run_stage
 
     data = tmp_path / "data"
     for split, n in (("train", 4), ("val", 2)):
@@ -176,9 +176,9 @@ def test_unreadable_files_that_leave_no_full_batch_are_a_data_error(tmp_path):
 
 def test_train_rerun_overrides_wait_for_train_to_save_them(tmp_path):
     """`edgepipe train --run-dir D --set ...` on a trained run: config.yaml changes only in train()."""
-    from pipeline import config
     from pipeline.cli import _resolve_for_train, parser
-    from pipeline.rundir import RunDir
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir
 
     run = RunDir(tmp_path / "run")
     run.save_config(config.load(None))
@@ -189,10 +189,11 @@ def test_train_rerun_overrides_wait_for_train_to_save_them(tmp_path):
 
 
 def test_resume_ignores_epochs_logged_without_the_metric(tmp_path):
-    from pipeline.rundir import RunDir
+    from pipeline.core.rundir import RunDir
+    from pipeline.stages.train import best_so_far
     from pipeline.tasks import get_task
-    from pipeline.train import _best_so_far
 
     run = RunDir(tmp_path)
     (tmp_path / "train_log.csv").write_text("epoch,loss,val_accuracy\n0,1.0,NA\n1,0.8,0.6\n2,0.7,0.55\n")
-    assert _best_so_far(run, get_task("classification")) == 0.6
+    spec = get_task("classification").spec
+    assert best_so_far(run, spec.monitor, spec.monitor_mode) == 0.6

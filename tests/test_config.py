@@ -3,8 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config
-from pipeline.config import ConfigError
+from pipeline.core import config
+from pipeline.core.config import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "pipeline" / "configs"
 
 
 def test_no_config_gives_task_defaults():
@@ -123,7 +125,7 @@ def test_reference_lists_every_key_users_rely_on():
 
 
 def test_example_configs_ship_and_load():
-    files = sorted((Path(config.__file__).parent / "configs").glob("*.yaml"))
+    files = sorted(CONFIGS.glob("*.yaml"))
     assert files
     for f in files:
         config.load(f)
@@ -136,7 +138,7 @@ def test_the_task_yaml_spells_out_the_task_defaults(task):
     disagree silently (it did: a width changed in the YAML alone)."""
     import dataclasses
 
-    shipped = dataclasses.asdict(config.load(Path(config.__file__).parent / "configs" / f"{task}.yaml", task=task))
+    shipped = dataclasses.asdict(config.load(CONFIGS / f"{task}.yaml", task=task))
     default = dataclasses.asdict(config.load(None, task=task))
     # export.variants is spelt out in the YAML so users see the list that `auto` picks from.
     for d in (shipped, default):

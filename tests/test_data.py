@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.data import classification as cd
-from pipeline.data.classification import DataError
-from pipeline.data.images import ImageError, InputSpec, normalize, prepare, read_image
+from pipeline.core.errors import DataError
+from pipeline.core.images import ImageError, InputSpec, normalize, prepare, read_image
 from pipeline.data.synthetic import classification_set
+from pipeline.tasks.classification import readers as cd
 
 
 def _img(path: Path, value: int = 128, channels: int = 3, size=(20, 24)) -> Path:
@@ -115,7 +115,7 @@ def test_letterbox_keeps_aspect_ratio():
 
 @pytest.mark.parametrize("size", [(192, 144), (320, 240), (100, 75), (97, 31), (7, 7), (800, 600)])
 def test_resize_matches_inter_area_and_does_not_alias(size):
-    from pipeline.data.images import resize
+    from pipeline.core.images import resize
 
     rng = np.random.default_rng(0)
     smooth = cv2.GaussianBlur(rng.integers(0, 255, (480, 640, 3), np.uint8), (0, 0), 3)
@@ -166,12 +166,12 @@ def test_normalize_is_the_same_in_numpy_and_tensorflow():
 
 
 def test_decoding_in_tf_data_equals_decoding_eagerly(tmp_path):
-    from pipeline.data.pipeline import raw_dataset
+    from pipeline.tasks.classification.pipeline import raw_dataset
 
     _tree(tmp_path, n=3)
     data = cd.read_folder(tmp_path, 0.0, 0)
     spec = InputSpec(12, 3)
-    in_graph = [x for x, _ in raw_dataset(data.train, spec).as_numpy_iterator()]
+    in_graph = [x for x, _ in raw_dataset(data.train, spec, data.skipped).as_numpy_iterator()]
     eager = [prepare(read_image(p), spec) for p in data.train.paths]
     assert len(in_graph) == len(eager) == 6
     for a, b in zip(in_graph, eager):
@@ -179,25 +179,26 @@ def test_decoding_in_tf_data_equals_decoding_eagerly(tmp_path):
 
 
 def test_corrupt_image_is_skipped_and_counted_not_fatal(tmp_path, caplog):
-    from pipeline.data.pipeline import SKIPPED, raw_dataset
+    from pipeline.tasks.classification.pipeline import raw_dataset
 
     _tree(tmp_path, n=3)
     bad = tmp_path / "dog" / "broken.jpg"
     bad.write_bytes(b"garbage")
     data = cd.read_folder(tmp_path, 0.0, 0)
-    before = len(SKIPPED)
+    before = len(data.skipped)
     with caplog.at_level("WARNING"):
-        items = list(raw_dataset(data.train, InputSpec(12, 3)).as_numpy_iterator())
+        items = list(raw_dataset(data.train, InputSpec(12, 3), data.skipped).as_numpy_iterator())
     assert len(items) == 6  # 7 files, 1 skipped
-    assert len(SKIPPED) == before + 1
+    assert len(data.skipped) == before + 1
     assert str(bad) in caplog.text
 
 
 def test_training_stops_when_validation_gives_no_metric():
     """Every validation image unreadable: Keras only warns; we stop after the epoch."""
-    from pipeline.train import _RequireValidation
+    from pipeline.core.images import SkipCounter
+    from pipeline.stages.fit import RequireValidation
 
-    cb = _RequireValidation("val_accuracy", "/data/flowers")
+    cb = RequireValidation("val_accuracy", "/data/flowers", SkipCounter())
     cb.on_epoch_end(0, {"loss": 1.0, "val_accuracy": 0.5})
     with pytest.raises(DataError, match="/data/flowers: the validation split gave no readable images"):
         cb.on_epoch_end(0, {"loss": 1.0})

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from conftest import run_chain
 
-from pipeline import boxes as B
-from pipeline.data import detection as D
-from pipeline.data.classification import DataError
+from pipeline.core.errors import DataError
+from pipeline.tasks.detection import boxes as B
+from pipeline.tasks.detection import metrics as M
+from pipeline.tasks.detection import readers as D
+from pipeline.tasks.detection import targets as T
 
 # === Readers ===
 
@@ -126,7 +128,7 @@ def test_voc_class_names_fix_the_ids_and_reject_other_names(tmp_path):
 
 
 def test_class_names_must_match_the_data_class_count(tmp_path):
-    from pipeline import config
+    from pipeline.core import config
 
     path = _coco(tmp_path)
     sets = ["data.format=coco", f"data.train_annotations={path}", f"data.train_images={tmp_path / 'img'}"]
@@ -192,7 +194,7 @@ def test_assignment_then_decoding_returns_the_boxes():
     points = B.anchor_points(128)
     gt = np.array([[[10, 12, 40, 50], [60, 30, 126, 120], [0, 0, 0, 0]]], np.float32)
     cls = np.array([[0, 1, -1]], np.float32)
-    box_t, cls_t = (t.numpy() for t in B.assign_targets(points, gt, cls, 2))
+    box_t, cls_t = (t.numpy() for t in T.assign_targets(points, gt, cls, 2))
     pos = box_t[0, :, 4] > 0
     assert pos.sum() > 4
     assigned = box_t[0, pos, :4]
@@ -212,7 +214,7 @@ def test_assignment_then_decoding_returns_the_boxes():
 def test_positives_sit_near_the_box_centre_and_the_smaller_box_wins_overlaps():
     points = B.anchor_points(320)
     gt = np.array([[[20, 20, 300, 300], [152, 152, 200, 200]]], np.float32)
-    box_t, _ = B.assign_targets(points, gt, np.array([[0, 1]], np.float32), 2)
+    box_t, _ = T.assign_targets(points, gt, np.array([[0, 1]], np.float32), 2)
     box_t = box_t.numpy()[0]
     pos = box_t[:, 4] > 0
     small = (box_t[pos, :4] == gt[0, 1]).all(1)
@@ -238,9 +240,9 @@ def test_nms_keeps_one_box_per_object_and_class():
 def test_coco_map_is_one_for_perfect_detections_and_drops_for_shifted_boxes():
     truths = [{"boxes": np.array([[10, 10, 50, 50], [60, 60, 90, 100]], np.float32), "classes": np.array([0, 1])}]
     perfect = [{"boxes": truths[0]["boxes"], "scores": np.array([0.9, 0.8]), "classes": np.array([0, 1])}]
-    assert B.coco_map(perfect, truths, ["a", "b"])["map50_95"] == pytest.approx(1.0)
+    assert M.coco_map(perfect, truths, ["a", "b"])["map50_95"] == pytest.approx(1.0)
     shifted = [{**perfect[0], "boxes": truths[0]["boxes"] + 6}]
-    m = B.coco_map(shifted, truths, ["a", "b"])
+    m = M.coco_map(shifted, truths, ["a", "b"])
     assert 0 < m["map50_95"] < 0.8 and m["map50"] == pytest.approx(1.0)
 
 
@@ -292,19 +294,19 @@ def test_short_chain_learns_and_reports_map(det_chain):
 @pytest.mark.slow
 def test_litert_detections_match_keras(det_chain):
     """Float32 LiteRT boxes match Keras boxes (same class, IoU ≥ 0.9); int8 ones at IoU ≥ 0.5."""
-    from pipeline.data.images import normalize
-    from pipeline.evaluate import served_outputs
-    from pipeline.export import read_sidecar
+    from pipeline.core.images import normalize
+    from pipeline.core.sidecar import read_sidecar
     from pipeline.runtime.tflite_model import TFLiteModel
+    from pipeline.stages.evaluate import served_outputs
+    from pipeline.stages.weights import rebuild
     from pipeline.tasks import get_task
-    from pipeline.train import input_spec, rebuild
 
     run, cfg = det_chain
     task = get_task("detection")
     data = task.load_data(cfg)
-    spec = input_spec(cfg)
+    spec = cfg.input_spec()
     x, _ = next(task.eval_batches(data, cfg, spec, 16))
-    keras_out = served_outputs(rebuild(cfg, len(data.class_names), run.weights("float")), task)(normalize(x, spec))
+    keras_out = served_outputs(rebuild(cfg, len(data.class_names), run.weights("float")), task, cfg)(normalize(x, spec))
     exports = json.loads((run.path / "exports.json").read_text())["variants"]
     sidecar = read_sidecar(exports["int8"])
     assert [o["name"] for o in sidecar["outputs"]] == ["boxes", "scores"]
@@ -314,8 +316,8 @@ def test_litert_detections_match_keras(det_chain):
         lite = TFLiteModel(exports[name], spec, threads=1)(x)
         matched = total = 0
         for k in range(len(x)):
-            a = task.postprocess([o[k : k + 1] for o in keras_out], data.class_names)
-            b = task.postprocess([o[k : k + 1] for o in lite], data.class_names)
+            a = task.runtime.postprocess([o[k : k + 1] for o in keras_out], data.class_names)
+            b = task.runtime.postprocess([o[k : k + 1] for o in lite], data.class_names)
             total += a["count"]
             if a["count"] and b["count"]:
                 iou = B.box_iou(a["boxes"], b["boxes"]) * (a["classes"][:, None] == b["classes"][None])
@@ -326,14 +328,13 @@ def test_litert_detections_match_keras(det_chain):
 
 @pytest.mark.slow
 def test_postprocess_maps_boxes_back_to_the_frame(det_chain):
-    from pipeline.data.images import geometry
-    from pipeline.tasks import get_task
-    from pipeline.train import input_spec
+    from pipeline.core.images import geometry
+    from pipeline.tasks import get_runtime
 
     _, cfg = det_chain
-    spec = input_spec(cfg)
+    spec = cfg.input_spec()
     assert spec.resize == "letterbox"
-    task = get_task("detection")
+    task = get_runtime("detection")
     boxes = np.zeros((1, 4, 4), np.float32)
     boxes[0, 0] = [10, 30, 50, 60]  # input pixels
     scores = np.zeros((1, 4, 2), np.float32)
@@ -346,13 +347,13 @@ def test_postprocess_maps_boxes_back_to_the_frame(det_chain):
 
 
 def test_boxes_in_the_letterbox_padding_are_dropped_not_returned_empty():
-    from pipeline.data.images import InputSpec
-    from pipeline.tasks import get_task
+    from pipeline.core.images import InputSpec
+    from pipeline.tasks import get_runtime
 
     spec = InputSpec(size=96, resize="letterbox")  # a 640×320 frame fills rows 24..72
     boxes = np.array([[[10, 2, 40, 20], [10, 30, 40, 60]]], np.float32)  # the first lies in the top padding
     scores = np.array([[[0.9], [0.8]]], np.float32)
-    out = get_task("detection").postprocess([boxes, scores], ["a"], spec=spec, frame_shape=(320, 640))
+    out = get_runtime("detection").postprocess([boxes, scores], ["a"], spec=spec, frame_shape=(320, 640))
     assert out["count"] == 1 and len(out["boxes"]) == 1 and out["scores"].tolist() == [pytest.approx(0.8)]
     assert (out["boxes"][:, 2:] > out["boxes"][:, :2]).all()
 

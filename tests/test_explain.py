@@ -32,7 +32,7 @@ def test_conv_output_size_with_explicit_padding_and_bad_values():
 
 @pytest.fixture(scope="module")
 def classifier():
-    from pipeline.train import rebuild
+    from pipeline.stages.weights import rebuild
 
     return rebuild(tiny_config(), 3)
 
@@ -69,7 +69,7 @@ def test_first_filters_and_their_display_range(classifier):
 
 
 def test_backbone_and_head_params_add_up(classifier):
-    p = explain.split_params(classifier)
+    p = explain.split_params(classifier, tiny_config())
     assert p["backbone"] > 0 and p["head"] > 0
     assert p["backbone"] + p["head"] == classifier.count_params()
 
@@ -123,7 +123,7 @@ def test_symmetric_weights_have_zero_point_zero_and_saturate():
 
 
 def test_pruning_schedule_ramps_from_zero_to_the_level_that_meets_the_target(classifier):
-    from pipeline.optimize import pruning_schedule
+    from pipeline.stages.optimize import pruning_schedule
 
     cfg = tiny_config("prune.target_sparsity=0.5", "prune.epochs=2", "prune.schedule_end=0.5")
     sched = pruning_schedule(classifier, cfg, n_train=160)  # batch 16 → 10 steps/epoch → ends at step 10

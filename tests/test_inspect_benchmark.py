@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import edgepipe_cmd, subprocess_env
 
-from pipeline.data.images import InputSpec
+from pipeline.core.images import InputSpec
 
 SPEC = InputSpec(size=32)
 CLASSES = ["cat", "dog", "bird"]
@@ -18,8 +18,8 @@ CLASSES = ["cat", "dog", "bird"]
 @pytest.fixture(scope="module")
 def int8_model(tmp_path_factory):
     from pipeline._keras import keras
-    from pipeline.export import convert, representative_dataset
-    from pipeline.metadata import add_metadata
+    from pipeline.core.metadata import add_metadata
+    from pipeline.stages.export import convert, representative_dataset
     from pipeline.tasks import get_task
 
     keras.utils.set_random_seed(0)
@@ -30,10 +30,9 @@ def int8_model(tmp_path_factory):
     rng = np.random.default_rng(0)
     rep = representative_dataset([rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(8)], SPEC)
     task = get_task("classification")
-    blob = convert(model, "int8", rep, serving=task.serving)
+    blob = convert(model, "int8", rep, serving=lambda y: task.serving(y, None))
     blob = add_metadata(
         blob,
-        task="classification",
         name="tiny int8",
         description="d",
         version="1",
@@ -105,7 +104,8 @@ def test_inspect_and_benchmark_reject_bad_files_and_arguments(tmp_path):
 
 
 def test_shared_timing_loop_rejects_zero_runs_and_summarizes_percentiles():
-    from pipeline.runtime.benchmark import summarize, time_invokes
+    from pipeline.runtime.benchmark import summarize
+    from pipeline.runtime.tflite_model import time_invokes
 
     with pytest.raises(ValueError, match="runs must be at least 1"):
         time_invokes(None, runs=0)

@@ -11,13 +11,21 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from pipeline.data.images import InputSpec
-from pipeline.metadata import MetadataError, add_metadata, associated_files, read_metadata, read_model_file
+from pipeline.core.images import InputSpec
+from pipeline.core.metadata import MetadataError, add_metadata, associated_files, read_metadata, read_model_file
 
 SPEC = InputSpec(size=32)
 CLASSES = ["cat", "dog", "bird"]
 SEG_CLASSES = ["background", "disc", "square"]
-SEG_SIG = [{"name": "scores", "shape": [1, 32, 32, 3], "meaning": "per-pixel softmax", "activation": "none"}]
+SEG_SIG = [
+    {
+        "name": "scores",
+        "kind": "per_class_scores",
+        "shape": [1, 32, 32, 3],
+        "meaning": "per-pixel softmax",
+        "activation": "none",
+    }
+]
 MP_VENV = ROOT / ".venv-mediapipe"
 
 
@@ -57,7 +65,7 @@ def _detector():
 def models(tmp_path_factory):
     """Tiny classifier, segmenter and detector, float32 and int8, with metadata."""
     from pipeline._keras import keras
-    from pipeline.export import convert, representative_dataset
+    from pipeline.stages.export import convert, representative_dataset
     from pipeline.tasks import get_task
 
     keras.utils.set_random_seed(0)
@@ -65,11 +73,11 @@ def models(tmp_path_factory):
     rep = representative_dataset(_images(), SPEC)
     cls = get_task("classification")
     det_sig = [
-        {"name": "boxes", "shape": [1, 6, 4], "meaning": "x1 y1 x2 y2 in input pixels"},
+        {"name": "boxes", "kind": "boxes", "shape": [1, 6, 4], "meaning": "x1 y1 x2 y2 in input pixels"},
         {"name": "scores", "shape": [1, 6, 3], "meaning": "per-class score per box"},
     ]
     jobs = {
-        "classification": (_classifier(), cls.serving, cls.output_signature(CLASSES), CLASSES),
+        "classification": (_classifier(), lambda y: cls.serving(y, None), cls.output_signature(CLASSES), CLASSES),
         "segmentation": (_segmenter(), None, SEG_SIG, SEG_CLASSES),
         "detection": (_detector(), lambda y: {"boxes": y[0], "scores": y[1]}, det_sig, CLASSES),
     }
@@ -79,7 +87,6 @@ def models(tmp_path_factory):
             blob = convert(model, preset, rep, serving=serving)
             blob = add_metadata(
                 blob,
-                task=task,
                 name=f"tiny {task}",
                 description=f"a tiny {task} model",
                 version="edgepipe test",
@@ -143,7 +150,6 @@ def test_metadata_leaves_the_model_runnable_and_rewrites_cleanly(models, tmp_pat
     before = TFLiteModel(path, SPEC, threads=1)(np.stack(_images(2)))[0]
     again = add_metadata(
         path.read_bytes(),
-        task="classification",
         name="renamed",
         description="d",
         version="2",
@@ -154,7 +160,6 @@ def test_metadata_leaves_the_model_runnable_and_rewrites_cleanly(models, tmp_pat
     with pytest.raises(ValueError, match="1 output tensors but the output signature lists 2"):
         add_metadata(
             path.read_bytes(),
-            task="classification",
             name="n",
             description="d",
             version="1",
@@ -258,9 +263,8 @@ def backbone_models(tmp_path_factory):
     from conftest import tiny_config
 
     from pipeline._keras import keras
-    from pipeline.export import convert, representative_dataset
+    from pipeline.stages.export import convert, representative_dataset
     from pipeline.tasks import get_task
-    from pipeline.train import input_spec
 
     keras.utils.set_random_seed(0)
     out = tmp_path_factory.mktemp("meta_backbones")
@@ -270,16 +274,15 @@ def backbone_models(tmp_path_factory):
         ("mobilenet_v3_small_minimalistic", "segmentation"),
     ):
         cfg = tiny_config(f"model.backbone={backbone}", "model.depth=1.0", "model.input_size=32", task=task_name)
-        spec = input_spec(cfg)
+        spec = cfg.input_spec()
         task = get_task(task_name)
         names = CLASSES if task_name == "classification" else SEG_CLASSES
         model = task.build_model(cfg, len(names))
         rep = representative_dataset(_images(), spec)
         for preset in ("float32", "int8"):
-            blob = convert(model, preset, rep, serving=task.serving)
+            blob = convert(model, preset, rep, serving=lambda y, t=task, c=cfg: t.serving(y, c))
             blob = add_metadata(
                 blob,
-                task=task_name,
                 name=backbone,
                 description=backbone,
                 version="edgepipe test",

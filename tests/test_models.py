@@ -10,7 +10,7 @@ from conftest import tiny_config
 
 from pipeline._keras import keras, layers, tf
 from pipeline.models import BACKBONES
-from pipeline.train import WarmupCosine, select_strategy, setup_hardware
+from pipeline.stages.fit import WarmupCosine, select_strategy, setup_hardware
 
 ALLOWED = (
     layers.InputLayer,
@@ -28,7 +28,7 @@ ALLOWED = (
 
 
 def _variants():
-    from pipeline.models.catalog import backbone_info
+    from pipeline.core.backbones import backbone_info
 
     for backbone in sorted(BACKBONES):
         # keras.applications backbones have a fixed stem: their gray variant keeps stride 2.
@@ -38,8 +38,8 @@ def _variants():
 
 @pytest.mark.parametrize("backbone, channels, stem", list(_variants()))
 def test_classifier_is_built_from_quantizable_layers_only(backbone, channels, stem):
-    from pipeline.models.catalog import backbone_info
-    from pipeline.optimize import quantize
+    from pipeline.core.backbones import backbone_info
+    from pipeline.stages.optimize import quantize
     from pipeline.tasks import get_task
 
     depth = "0.5" if backbone_info(backbone).configurable_depth else "1.0"
@@ -63,8 +63,8 @@ def test_classifier_is_built_from_quantizable_layers_only(backbone, channels, st
 def test_qat_range_calibration_makes_a_fresh_qat_model_match_float():
     """TFMOT starts activation ranges at ±6 (and the input range at 0): a fresh QAT
     model in inference mode is far off the float one until its ranges are calibrated."""
-    from pipeline.data.images import InputSpec
-    from pipeline.optimize import calibrate_ranges, quantize
+    from pipeline.core.images import InputSpec
+    from pipeline.stages.optimize import calibrate_ranges, quantize
 
     inp = keras.Input((32, 32, 3))
     y = layers.ReLU(6.0)(layers.BatchNormalization()(layers.Conv2D(8, 3, padding="same")(inp)))

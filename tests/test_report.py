@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.core.rundir import StageInputError
 from pipeline.report import DPI, FIGSIZE, compare, write_report
-from pipeline.rundir import StageInputError
 from pipeline.tasks import get_task
 
 
@@ -30,7 +30,7 @@ def assert_non_blank(path: Path) -> None:
 def _tflite(path: Path, zero_fraction: float) -> Path:
     """A tiny Dense model as a float32 .tflite, with a given fraction of zero weights."""
     from pipeline._keras import keras
-    from pipeline.export import convert
+    from pipeline.stages.export import convert
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 3))
@@ -97,7 +97,7 @@ def _logs(run_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_report_writes_every_figure_at_the_fixed_size_and_links_them(tmp_path):
-    from pipeline.export import layer_sparsity
+    from pipeline.core.tflite import layer_sparsity
     from pipeline.report import _short
 
     run_dir, exports = tmp_path / "run", tmp_path / "exports"
@@ -158,7 +158,7 @@ def test_evaluate_writes_the_report_figures_and_memory(chain):
 
 
 def test_classification_sample_grid_captions_every_image(tmp_path):
-    from pipeline.evaluate import _write_png
+    from pipeline.stages.evaluate import _write_png
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from conftest import TINY, edgepipe_cmd, subprocess_env
 
-from pipeline.data.images import InputSpec
-from pipeline.runtime.overlay import blend_mask, draw_boxes, palette
+from pipeline.core.images import InputSpec
+from pipeline.core.overlay import blend_mask, draw_boxes, palette
 from pipeline.runtime.sources import Capture, FrameSource, SourceError, VideoSource, open_source, redact
 
 CLASSES = ["circle", "square", "triangle"]  # the synthetic set's names for 3 classes
@@ -147,7 +147,7 @@ class ListSource(FrameSource):
 def test_odd_frames_are_converted_and_malformed_ones_skipped_not_fatal(pace):
     from functools import partial
 
-    from pipeline.data.images import prepare
+    from pipeline.core.images import prepare
 
     frames = [
         np.full((40, 60), 7, np.uint8),  # grayscale
@@ -256,9 +256,9 @@ OVERLAY_CASES = [
 
 @pytest.mark.parametrize("task_name, names, outputs, options, shown", OVERLAY_CASES, ids=[c[0] for c in OVERLAY_CASES])
 def test_each_task_draws_its_predictions(task_name, names, outputs, options, shown):
-    from pipeline.tasks import get_task
+    from pipeline.tasks import get_runtime
 
-    task = get_task(task_name)
+    task = get_runtime(task_name)
     frame = np.full((240, 320, 3), 90, np.uint8)
     preds = task.postprocess(outputs, names, spec=InputSpec(32), frame_shape=frame.shape[:2], **options)
     json.dumps(task.to_json(preds))  # JSONL-ready
@@ -277,10 +277,10 @@ def test_each_task_draws_its_predictions(task_name, names, outputs, options, sho
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
     """An untrained tiny int8 classifier, exported by the real export stage."""
-    from pipeline import config
-    from pipeline.export import export
-    from pipeline.rundir import RunDir
-    from pipeline.train import rebuild, save_weights
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir
+    from pipeline.stages.export import export
+    from pipeline.stages.weights import rebuild, save_weights
 
     base = tmp_path_factory.mktemp("runner_model")
     cfg = config.load(None, [*TINY, f"export.dir={base}", "export.representative_samples=16"])
@@ -295,8 +295,8 @@ def channel_model(tmp_path_factory) -> Path:
     """A float model whose class k is the mean of RGB channel k: it tells whether the
     runner hands the model RGB (as training does) rather than OpenCV's BGR."""
     from pipeline._keras import keras
-    from pipeline.export import _io_details, convert
-    from pipeline.rundir import write_bytes, write_json
+    from pipeline.core.rundir import write_bytes, write_json
+    from pipeline.stages.export import _io_details, convert
 
     x = keras.Input((16, 16, 3))
     y = keras.layers.Dense(3, activation="softmax", kernel_initializer=keras.initializers.Identity(20.0))(
@@ -391,7 +391,7 @@ def test_bad_sources_are_errors_before_any_frame(model, tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_models_are_errors_before_any_frame(model, tmp_path):
+def test_bad_models_are_errors_before_any_frame(model, channel_model, tmp_path):
     from pipeline.runtime.runner import RunError
     from pipeline.runtime.tflite_model import ModelFileError
 
@@ -402,9 +402,18 @@ def test_bad_models_are_errors_before_any_frame(model, tmp_path):
     bare = tmp_path / "bare" / "m.tflite"
     bare.parent.mkdir()
     shutil.copy(model, bare)
+    # Copied without its sidecar, our model still runs: its TFLite metadata says the task,
+    # the labels and the normalization.
+    s = _run(bare, video, jsonl=tmp_path / "p.jsonl")
+    first = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])["predictions"]
+    assert s["frames"] == 3 and first[0]["label"] in json.loads(model.with_suffix(".json").read_text())["class_names"]
+    # A model with neither sidecar nor metadata needs both options.
+    nometa = tmp_path / "nometa" / "m.tflite"
+    nometa.parent.mkdir()
+    shutil.copy(channel_model, nometa)
     with pytest.raises(RunError, match=r"m\.json: no sidecar.*--task and --labels"):
-        _run(bare, video)
-    s = _run(bare, video, task="classification", labels="a,b,c", jsonl=tmp_path / "p.jsonl")
+        _run(nometa, video)
+    s = _run(nometa, video, task="classification", labels="a,b,c", jsonl=tmp_path / "p.jsonl")
     assert s["frames"] == 3 and json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])["predictions"]
     side = json.loads(model.with_suffix(".json").read_text())
     bare.with_suffix(".json").write_text(json.dumps({**side, "task": "pose"}))
@@ -488,7 +497,7 @@ def test_run_is_a_subcommand_and_a_module():
 @pytest.mark.parametrize("mean, std", [(0.0, 255.0), (127.5, 127.5)])
 def test_quantize_table_gives_what_the_formula_gives(dtype, scale, zp, mean, std):
     """The runner's per-frame fast path (a 256-entry table) changes no input value."""
-    from pipeline.data.images import normalize
+    from pipeline.core.images import normalize
     from pipeline.runtime.tflite_model import quantize_input
 
     spec = InputSpec(8, mean=mean, std=std)

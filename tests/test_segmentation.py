@@ -11,10 +11,16 @@ import numpy as np
 import pytest
 from conftest import TINY, run_chain, tiny_config
 
-from pipeline.data.classification import DataError
-from pipeline.data.images import InputSpec
-from pipeline.data.segmentation import IGNORE, load, read_mask, segmentation_set
-from pipeline.runtime.overlay import palette as bgr_palette
+from pipeline.core.errors import DataError
+from pipeline.core.images import InputSpec
+from pipeline.core.overlay import palette as bgr_palette
+from pipeline.tasks.segmentation import readers
+from pipeline.tasks.segmentation.readers import IGNORE, read_mask, segmentation_set
+
+
+def load(cfg, spec):
+    """The segmentation readers take the data section of a config."""
+    return readers.load(cfg.data, spec)
 
 
 def palette(n: int) -> np.ndarray:
@@ -249,7 +255,7 @@ def test_degenerate_coco_polygons_are_dropped_and_counted(tmp_path, caplog):
         {"id": 2, "image_id": 1, "category_id": 7, "segmentation": [[1.0, 2.0]], "area": 1},
         {"id": 3, "image_id": 1, "category_id": 7, "segmentation": [], "area": 0},
     ]
-    from pipeline.data.segmentation import _coco_split
+    from pipeline.tasks.segmentation.readers import _coco_split
 
     _coco_doc(tmp_path, annotations=anns)
     with caplog.at_level("WARNING"):
@@ -291,7 +297,7 @@ def test_rgb_colour_mask_says_how_to_convert_it(tmp_path):
 
 
 def test_masks_format_needs_a_path_or_folders():
-    from pipeline.config import ConfigError
+    from pipeline.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="data.path: required"):
         seg_config("data.format=masks")
@@ -302,8 +308,8 @@ def test_masks_format_needs_a_path_or_folders():
 
 def test_joint_augmentation_keeps_masks_on_their_pixels_eagerly_and_in_tf_data():
     from pipeline._keras import tf
-    from pipeline.data.mask_pipeline import augment_pair, training_dataset
-    from pipeline.data.segmentation import SegSplit
+    from pipeline.tasks.segmentation.pipeline import augment_pair, training_dataset
+    from pipeline.tasks.segmentation.readers import SegSplit
 
     masks = np.stack([_blocks(64, 64, 4, i) for i in range(8)])
     # Encode the class in the red channel; bilinear blends it only at class borders.
@@ -342,9 +348,9 @@ def test_miou_ignores_ignored_pixels_and_absent_classes():
 
 
 def test_postprocess_undoes_the_letterbox_and_draw_colours_the_frame():
-    from pipeline.tasks import get_task
+    from pipeline.tasks import get_runtime
 
-    task = get_task("segmentation")
+    task = get_runtime("segmentation")
     spec = InputSpec(64, resize="letterbox")
     logits = np.zeros((1, 64, 64, 3), np.float32)
     logits[0, 16:48, :32, 1] = 5.0  # a 100x200 frame fills rows 16..47; left half class 1
@@ -389,19 +395,19 @@ def test_tiny_chain_reaches_a_non_trivial_miou_on_the_tflite_models(seg_chain):
 
 @pytest.mark.slow
 def test_float_tflite_agrees_with_keras_on_99_percent_of_pixels(seg_chain):
-    from pipeline.data.images import normalize
+    from pipeline.core.images import normalize
     from pipeline.runtime.tflite_model import TFLiteModel
+    from pipeline.stages.weights import rebuild
     from pipeline.tasks import get_task
-    from pipeline.train import input_spec, rebuild
 
     run, cfg, results = seg_chain
     task = get_task("segmentation")
     data = task.load_data(cfg)
-    x, _ = next(task.eval_batches(data, cfg, input_spec(cfg), 16))
+    x, _ = next(task.eval_batches(data, cfg, cfg.input_spec(), 16))
     keras_model = rebuild(cfg, len(data.class_names), run.weights("float"))
-    expected = keras_model.predict_on_batch(normalize(x, input_spec(cfg)))
+    expected = keras_model.predict_on_batch(normalize(x, cfg.input_spec()))
     for name in ("float32", "float16"):
-        got = TFLiteModel(results["export"][name], input_spec(cfg), threads=1)(x)[0]
+        got = TFLiteModel(results["export"][name], cfg.input_spec(), threads=1)(x)[0]
         assert got.shape == expected.shape == (16, 64, 64, 3)
         assert (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.99, name
     report = json.loads((run.path / "report.json").read_text())
@@ -410,7 +416,7 @@ def test_float_tflite_agrees_with_keras_on_99_percent_of_pixels(seg_chain):
 
 @pytest.mark.slow
 def test_sidecar_says_logits_and_int8_runs_on_xnnpack(seg_chain):
-    from pipeline.export import read_sidecar
+    from pipeline.core.sidecar import read_sidecar
 
     run, cfg, results = seg_chain
     side = read_sidecar(results["export"]["int8"])

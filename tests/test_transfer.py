@@ -101,7 +101,7 @@ def test_missing_weights_path_and_run_folder_without_a_model_are_clear_errors(tm
 
 
 def test_imagenet_without_a_network_fails_fast_with_the_file_and_the_alternative(tmp_path, monkeypatch):
-    from pipeline.models import catalog
+    from pipeline.core import backbones as catalog
     from pipeline.models.weights import WeightsError, resolve
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
@@ -131,7 +131,7 @@ def test_imagenet_without_a_network_fails_fast_with_the_file_and_the_alternative
 
 
 def test_imagenet_is_refused_where_no_weights_were_published():
-    from pipeline.config import ConfigError
+    from pipeline.core.config import ConfigError
 
     with pytest.raises(
         ConfigError,
@@ -148,7 +148,7 @@ def test_imagenet_is_refused_where_no_weights_were_published():
 
 
 def test_old_model_name_key_still_loads_as_model_backbone(tmp_path):
-    from pipeline import config
+    from pipeline.core import config
 
     f = tmp_path / "c.yaml"
     f.write_text("model:\n  name: mobilenet_v2_lite\n  width: 0.5\n")
@@ -158,7 +158,7 @@ def test_old_model_name_key_still_loads_as_model_backbone(tmp_path):
 def test_adamw_scales_the_backbone_learning_rate_per_variable():
     """Adam's first step moves each weight by about the learning rate, whatever the
     gradient's size: a 0.1 multiplier must show as a 10x smaller step."""
-    from pipeline.train import make_optimizer
+    from pipeline.stages.fit import make_optimizer
 
     a, b = tf.Variable(np.ones(4, np.float32)), tf.Variable(np.ones(4, np.float32))
     opt = make_optimizer(0.01, 1, 0, 1e-2)
@@ -173,8 +173,8 @@ def test_adamw_scales_the_backbone_learning_rate_per_variable():
 @pytest.fixture(scope="module")
 def classifier_run(tmp_path_factory):
     """A tiny trained classification run (mobilenet_v2_lite) to transfer from."""
-    from pipeline.cli import run_stage
-    from pipeline.rundir import RunDir
+    from pipeline.core.rundir import RunDir
+    from pipeline.stages.chain import run_stage
 
     run = RunDir(tmp_path_factory.mktemp("src") / "run")
     run_stage("train", run, tiny_config("train.epochs=1", "data.synthetic_samples=96"))
@@ -197,7 +197,7 @@ def test_a_classifier_run_seeds_a_detector_backbone(classifier_run, tmp_path):
     cfg = tiny_config("model.input_size=64", f"model.weights={classifier_run.path}", task="detection")
     model = get_task("detection").build_model(cfg, 3)
     summary = load_pretrained(model, cfg)
-    backbone = backbone_layer_names(cfg.model)
+    backbone = backbone_layer_names(cfg.model) & {layer.name for layer in model.layers}
     want = _weights(classifier_run.weights("float"), backbone)
     assert want and summary["loaded_layers"] == len(want)
     for name, values in want.items():
@@ -208,9 +208,9 @@ def test_a_classifier_run_seeds_a_detector_backbone(classifier_run, tmp_path):
 
 @pytest.mark.slow
 def test_frozen_epochs_keep_the_backbone_and_later_epochs_tune_it(classifier_run, tmp_path, monkeypatch):
-    from pipeline.cli import run_stage
+    from pipeline.core.rundir import RunDir, read_json
     from pipeline.models.backbones import backbone_layer_names
-    from pipeline.rundir import RunDir, read_json
+    from pipeline.stages.chain import run_stage
 
     sets = ["data.synthetic_samples=96", f"model.weights={classifier_run.path}", "train.freeze_backbone_epochs=1"]
     source = classifier_run.weights("float")
@@ -227,7 +227,7 @@ def test_frozen_epochs_keep_the_backbone_and_later_epochs_tune_it(classifier_run
 
     # Two epochs, one frozen: the weights after each phase (the saved model is the best
     # epoch's, which on this tiny set may well be the frozen one).
-    from pipeline import train as train_mod
+    from pipeline.stages import train as train_mod
 
     after_phase = {}
     fit_phase = train_mod._fit_phase

@@ -1,6 +1,6 @@
 """Model builders: backbones and task heads from built-in Keras layers only.
 
-Loaded lazily, so ``pipeline.models.catalog`` (what each backbone is) imports
+Loaded lazily, so ``pipeline.core.backbones`` (what each backbone is) imports
 without TensorFlow.
 """
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline._keras import keras, layers
-from pipeline.config import ModelConfig
+from pipeline.core.backbones import backbone_info
+from pipeline.core.config import ModelConfig
 from pipeline.models.blocks import conv_bn_act, inverted_residual, make_divisible
-from pipeline.models.catalog import backbone_info
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,15 @@ class Features:
     Attributes:
         maps: feature maps at strides 4, 8, 16 and 32 (2, 4, 8 and 16 with
             ``model.stem_stride=1``), finest first.
-        top: the backbone's own last, wide 1×1 conv before pooling (keras.applications'
-            ``Conv_1``), which the classifier pools when the backbone has one, so its
-            pretrained weights are used; None when the classifier adds its own.
+        top: the backbone's last, wide 1×1 conv at stride 32 (keras.applications'
+            ``Conv_1``, our ``head``), which the classifier pools. Part of the backbone,
+            so a classifier's run transfers it whole: a new head is then one Dense
+            layer, which few images can fit. Detection and segmentation heads read
+            ``maps`` and leave it out of their graphs.
     """
 
     maps: list
-    top: Any = None
+    top: Any
 
 
 BACKBONES: dict[str, Callable[[Any, ModelConfig], Features]] = {}
@@ -59,7 +61,7 @@ def backbone_layer_names(cfg: ModelConfig) -> frozenset[str]:
     and freezes), found by building the backbone alone; the layers a head adds differ."""
     inputs = keras.Input((cfg.input_size, cfg.input_size, cfg.channels))
     f = build_backbone(inputs, cfg)
-    outs = [*f.maps, *([f.top] if f.top is not None else [])]
+    outs = [*f.maps, f.top]
     return frozenset(
         layer.name for layer in keras.Model(inputs, outs).layers if not isinstance(layer, layers.InputLayer)
     )
@@ -92,7 +94,8 @@ def mobilenet_v2_lite(x, cfg: ModelConfig) -> Features:
         for i in range(repeats):
             x = inverted_residual(x, make_divisible(c * width), t, stride if i == 0 else 1, name=f"stage{s}_block{i}")
     maps.append(x)
-    return Features(maps)
+    top = conv_bn_act(x, make_divisible(max(256, 512 * width)), 1, name="head")
+    return Features(maps, top)
 
 
 # === keras.applications ===

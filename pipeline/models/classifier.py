@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pipeline._keras import keras, layers
-from pipeline.config import ModelConfig
+from pipeline.core.config import ModelConfig
 from pipeline.models.backbones import build_backbone
-from pipeline.models.blocks import conv_bn_act, make_divisible
 
 
 def build_classifier(cfg: ModelConfig, num_classes: int) -> keras.Model:
@@ -15,11 +14,7 @@ def build_classifier(cfg: ModelConfig, num_classes: int) -> keras.Model:
     """
     # === Layers ===
     inputs = keras.Input((cfg.input_size, cfg.input_size, cfg.channels), name="image")
-    features = build_backbone(inputs, cfg)
-    if features.top is not None:  # the backbone's own (pretrained) last 1×1 conv
-        x = features.top
-    else:
-        x = conv_bn_act(features.maps[-1], make_divisible(max(256, 512 * cfg.width)), 1, name="head")
+    x = build_backbone(inputs, cfg).top  # the backbone's last, wide 1×1 conv
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     if cfg.dropout:
         x = layers.Dropout(cfg.dropout, name="dropout")(x)

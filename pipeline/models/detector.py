@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from pipeline._keras import keras, layers
-from pipeline.config import ModelConfig
+from pipeline.core.config import ModelConfig
 from pipeline.models.backbones import build_backbone
 from pipeline.models.blocks import conv_bn_act, dw_bn_act, make_divisible
 
@@ -28,7 +28,7 @@ PRIOR = 0.01  # initial foreground probability (focal-loss prior) so early train
 def build_detector(cfg: ModelConfig, num_classes: int) -> keras.Model:
     """Outputs ``boxes`` (B, N, 4) distances in [0, 6] units and ``scores`` (B, N, C) logits.
 
-    N is the number of anchor points over all levels (:func:`pipeline.boxes.anchor_points`).
+    N is the number of anchor points over all levels (:func:`pipeline.tasks.detection.boxes.anchor_points`).
     Decoding and the sigmoid are added at export (``Detection.serving``) and in the loss.
     """
     # === Layers ===

@@ -9,7 +9,7 @@ hard-swish, no resize-nearest).
 from __future__ import annotations
 
 from pipeline._keras import keras, layers
-from pipeline.config import ModelConfig
+from pipeline.core.config import ModelConfig
 from pipeline.models.backbones import build_backbone
 from pipeline.models.blocks import conv_bn_act, dw_bn_act, make_divisible
 

@@ -17,17 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from pipeline._keras import keras
-from pipeline.config import Config, ConfigError
+from pipeline.core.backbones import backbone_info
+from pipeline.core.config import Config
+from pipeline.core.errors import WeightsError
 from pipeline.models.backbones import backbone_layer_names
-from pipeline.models.catalog import backbone_info
 
 log = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT_S = 15.0  # per socket operation: an absent network fails in seconds, not minutes
-
-
-class WeightsError(ConfigError):
-    """``model.weights`` names weights that cannot be had or do not fit the model."""
 
 
 # === Where the weights come from ===

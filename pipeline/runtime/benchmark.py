@@ -1,7 +1,7 @@
 """The one measuring code: latency percentiles, peak memory and per-op timing on LiteRT.
 
 ``edgepipe benchmark``, ``edgepipe evaluate`` and :class:`TFLiteModel` all time
-``invoke`` with :func:`time_invokes` and summarize with :func:`summarize`.
+``invoke`` with :func:`~pipeline.runtime.tflite_model.time_invokes` and summarize with :func:`summarize`.
 
 Per-op timing: ai_edge_litert 2.3.0 exposes no op profiler to Python (the
 ``Interpreter`` has no profiler hook, the ``CompiledModel`` wrapper has none, and the
@@ -21,7 +21,6 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,20 +30,6 @@ log = logging.getLogger(__name__)
 
 
 # === Latency ===
-
-
-def time_invokes(interpreter, runs: int = 50, warmup: int = 5) -> np.ndarray:
-    """Wall times in ms of ``runs`` invokes after ``warmup`` ones; the input must be set."""
-    if runs < 1:
-        raise ValueError(f"runs must be at least 1, got {runs}")
-    for _ in range(warmup):
-        interpreter.invoke()
-    times = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter()
-        interpreter.invoke()
-        times[i] = (time.perf_counter() - t0) * 1e3
-    return times
 
 
 def summarize(times_ms: np.ndarray) -> dict:
@@ -163,7 +148,7 @@ def profile_ops(path: str | Path, threads: int = 1, runs: int = 30, warmup: int 
     """
     from ai_edge_litert import schema_py_generated as schema
 
-    from pipeline.runtime.tflite_model import delegated_op_indices, open_interpreter
+    from pipeline.runtime.tflite_model import delegated_op_indices, open_interpreter, time_invokes
 
     full = open_interpreter(path, threads=threads)
     ops = [o for o in full._get_ops_details() if o["op_name"] != "DELEGATE"]
@@ -193,7 +178,7 @@ def benchmark(
     memory: bool = True,
 ) -> dict:
     """Latency per thread count, peak memory and (optionally) per-op times of one model."""
-    from pipeline.runtime.tflite_model import open_interpreter, undelegated_ops
+    from pipeline.runtime.tflite_model import open_interpreter, time_invokes, undelegated_ops
 
     path = Path(path)
     result: dict = {"model": str(path), "size_bytes": path.stat().st_size if path.is_file() else None, "latency": {}}

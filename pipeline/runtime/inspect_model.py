@@ -5,17 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
+from pipeline.core.tflite import describe_tensor
 
 
 def _tensor(d: dict) -> dict:
-    scale, zp = d["quantization"]
-    return {
-        "name": d["name"],
-        "shape": [int(s) for s in d["shape"]],
-        "dtype": np.dtype(d["dtype"]).name,
-        "quantization": {"scale": float(scale), "zero_point": int(zp)} if scale else None,
-    }
+    t = describe_tensor(d)
+    return {"name": t["name"], "shape": t["tensor_shape"], "dtype": t["dtype"], "quantization": t["quantization"]}
 
 
 def describe(path: str | Path, threads: int = 1) -> dict:
@@ -24,7 +19,7 @@ def describe(path: str | Path, threads: int = 1) -> dict:
     Raises:
         FileNotFoundError, MetadataError, ModelFileError: naming the file.
     """
-    from pipeline.metadata import MetadataError, read_metadata, read_model_file
+    from pipeline.core.metadata import MetadataError, read_metadata, read_model_file
     from pipeline.runtime.tflite_model import delegated_op_indices, open_interpreter, ordered_outputs
 
     path = Path(path)

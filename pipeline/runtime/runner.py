@@ -26,16 +26,19 @@ from functools import partial
 from pathlib import Path
 
 import cv2
+import numpy as np
 
-from pipeline.data.images import InputSpec, prepare
-from pipeline.export import read_sidecar
-from pipeline.rundir import atomic_path
-from pipeline.runtime.overlay import hud_panel, paste_hud
+from pipeline.core.errors import ConfigError, MetadataError, ModelFileError, ModelNotFoundError, RunError
+from pipeline.core.images import InputSpec, prepare
+from pipeline.core.overlay import hud_panel, paste_hud
+from pipeline.core.registry import get_runtime
+from pipeline.core.rundir import atomic_path
+from pipeline.core.sidecar import read_sidecar, sidecar_path
 from pipeline.runtime.sinks import Display, VideoSink, check_video_path
 from pipeline.runtime.sources import Capture, Frame, FrameSource, open_source, put_until_stopped
 from pipeline.runtime.stats import StageStats
 from pipeline.runtime.tflite_model import TFLiteModel
-from pipeline.tasks import get_task
+from pipeline.runtime.tracking import LineCounter, Tracking, TrackOptions, ZoneCounter
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +46,6 @@ STAGES = ("capture", "preprocess", "inference", "postprocess", "draw")
 # Also recorded: the age of a frame when its overlay is done (read → drawn), queue
 # waits included; latest-frame-only capture keeps it bounded on live sources.
 LATENCY = "latency"
-
-
-class RunError(ValueError):
-    """The model, its sidecar or an option cannot be used; raised before any frame is read."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,12 @@ class RunOptions:
         pace: play files at their frame rate, dropping frames the model cannot keep up with.
         loop: restart a video file at its end.
         max_frames: stop after this many frames (0: until the source ends).
+        track: track detections across frames (ids, trails, line and zone counts);
+            detection models only.
+        parallel: how ``threads`` are used: ``frames`` (that many single-thread
+            interpreters on successive frames, results in frame order: the most frames
+            per second) or ``ops`` (one interpreter with that many threads: the least
+            latency per frame).
     """
 
     model: Path
@@ -86,6 +91,8 @@ class RunOptions:
     hud: bool = True
     reconnect_attempts: int = 10
     reconnect_backoff_s: float = 0.5
+    track: TrackOptions | None = None
+    parallel: str = "frames"  # frames: `threads` single-thread interpreters on successive frames; ops: one
 
 
 @dataclass
@@ -97,48 +104,110 @@ class LoadedModel:
 
     @property
     def task(self):
-        return get_task(self.task_name)
+        return get_runtime(self.task_name)
 
 
-# === Model, sidecar and overrides ===
+# === Model, sidecar, metadata and overrides ===
 
 
 def load_model(opts: RunOptions) -> LoadedModel:
-    """The interpreter, input spec, task and labels for ``opts.model``, or a clear error."""
+    """The interpreter, input spec, task and labels for ``opts.model``, or a clear error.
+
+    They come from the sidecar beside the model, else from its TFLite metadata (a model
+    copied without its sidecar, or one exported elsewhere); options override both.
+    """
     path = Path(opts.model)
     for name in ("threads", "max_frames", "reconnect_attempts"):
         low = 1 if name == "threads" else 0
         if getattr(opts, name) < low:
             raise RunError(f"{name} must be at least {low}, got {getattr(opts, name)}")
     model = TFLiteModel(path, InputSpec(size=1), opts.threads)  # ModelFileError on a bad file
-    side_path = path.with_suffix(".json")
-    side = None
+    side, md = None, None
     try:
         side = read_sidecar(path)
-    except FileNotFoundError:
-        if opts.task is None or opts.labels is None:
-            raise RunError(
-                f"{side_path}: no sidecar beside {path.name}; a model without one needs --task and --labels"
-            ) from None
-    except ValueError as e:
+    except ModelNotFoundError:
+        md = _metadata(path)
+    except ModelFileError as e:
         raise RunError(str(e)) from None
-    task_name = opts.task or (side or {}).get("task")
+    where = sidecar_path(path) if side is not None else path
+    task_name = opts.task or (side.task if side else _task_from_metadata(md))
+    if not task_name and side is not None:
+        raise RunError(f"{where}: cannot tell the model's task (no 'task' in the sidecar); pass --task")
     if not task_name:
-        raise RunError(f"{side_path}: cannot tell the model's task (no 'task' in the sidecar); pass --task")
+        raise RunError(
+            f"{sidecar_path(path)}: no sidecar beside {path.name}, and no TFLite metadata that tells the task; "
+            f"a model without them needs --task and --labels"
+        )
     try:
-        get_task(task_name)
-    except ValueError as e:
+        get_runtime(task_name)
+    except ConfigError as e:
         raise RunError(f"{path.name}: cannot run task {task_name!r}: {e}") from None
-    spec = _input_spec(model, side, opts, path)
+    if opts.parallel not in ("frames", "ops"):
+        raise RunError(f"parallel {opts.parallel!r}: expected 'frames' or 'ops'")
+    if opts.track is not None and not get_runtime(task_name).trackable:
+        raise RunError(f"--track follows detected objects; {path.name} is a {task_name} model")
+    if opts.track is not None:
+        try:
+            opts.track.check()
+            for i, t in enumerate(opts.track.lines):
+                LineCounter.parse(t, i)
+            for i, t in enumerate(opts.track.zones):
+                ZoneCounter.parse(t, i)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+    spec = _input_spec(model, side.spec if side else _spec_from_metadata(model, md), opts, path)
     model.spec = spec
-    return LoadedModel(model, spec, task_name, _class_names(path, side, opts.labels))
+    names = _class_names(path, side, md, opts.labels, where)
+    return LoadedModel(model, spec, task_name, names)
 
 
-def _input_spec(model: TFLiteModel, side: dict | None, opts: RunOptions, path: Path) -> InputSpec:
+def _metadata(path: Path) -> dict | None:
+    from pipeline.core.metadata import read_metadata
+
+    try:
+        return read_metadata(path.read_bytes())
+    except MetadataError as e:
+        raise RunError(f"{path}: no sidecar and its TFLite metadata is unreadable ({e})") from None
+
+
+def _task_from_metadata(md: dict | None) -> str | None:
+    """The task a model's standard metadata describes: boxes are detection, a mask
+    per class is segmentation, one labelled score tensor is classification."""
+    if not md:
+        return None
+    outs = md.get("outputs", [])
+    if any("box" in o for o in outs):
+        return "detection"
+    if "SEGMENTER_METADATA" in md.get("custom", {}) or any(o.get("color_space") == "GRAYSCALE" for o in outs):
+        return "segmentation"
+    if len(outs) == 1 and outs[0].get("labels"):
+        return "classification"
+    return None
+
+
+def _spec_from_metadata(model: TFLiteModel, md: dict | None) -> InputSpec:
+    """The input spec a model without a sidecar implies.
+
+    A uint8 input takes raw pixels, as MediaPipe and the LiteRT support library feed
+    it, so the spec is its own quantization (scale and zero point); a float input
+    uses the metadata's NormalizationOptions. The resize mode is read from our
+    metadata's input description, else it is a stretch (what MediaPipe does).
+    """
+    shape = [int(s) for s in model.input["shape"]]
+    size, channels = shape[1], shape[3] if len(shape) == 4 else 3
+    inp = (md or {}).get("inputs", [{}])[0] if md else {}
+    resize = "letterbox" if "letterbox resize" in (inp.get("description") or "") else "stretch"
+    scale, zp = model.input["quantization"]
+    if np.dtype(model.input["dtype"]) == np.uint8 and scale:
+        return InputSpec(size, channels, resize, mean=float(zp), std=1.0 / float(scale))
+    norm = inp.get("normalization") or {"mean": [0.0], "std": [255.0]}
+    return InputSpec(size, channels, resize, mean=float(norm["mean"][0]), std=float(norm["std"][0]))
+
+
+def _input_spec(model: TFLiteModel, spec: InputSpec, opts: RunOptions, path: Path) -> InputSpec:
     shape = [int(s) for s in model.input["shape"]]
     if len(shape) != 4 or shape[1] != shape[2]:
         raise RunError(f"{path.name}: input tensor shape {shape} is not a square NHWC image")
-    spec = InputSpec.from_dict(side["input"]) if side and "input" in side else InputSpec(shape[1], shape[3])
     overrides = {k: getattr(opts, k) for k in ("resize", "mean", "std") if getattr(opts, k) is not None}
     if overrides.get("resize", "stretch") not in ("stretch", "letterbox"):
         raise RunError(f"resize {opts.resize!r}: expected 'stretch' or 'letterbox'")
@@ -151,16 +220,18 @@ def _input_spec(model: TFLiteModel, side: dict | None, opts: RunOptions, path: P
     return spec
 
 
-def _class_names(path: Path, side: dict | None, labels: str | None) -> list[str]:
+def _class_names(path: Path, side, md: dict | None, labels: str | None, where) -> list[str]:
     if labels:
         p = Path(labels)
         names = p.read_text().splitlines() if p.is_file() else labels.split(",")
-    elif side and side.get("class_names"):
-        names = side["class_names"]
-    elif side and side.get("labels_file") and (path.parent / side["labels_file"]).is_file():
-        names = (path.parent / side["labels_file"]).read_text().splitlines()
+    elif side is not None and side.class_names:
+        names = list(side.class_names)
+    elif side is not None and side.labels_file and (path.parent / side.labels_file).is_file():
+        names = (path.parent / side.labels_file).read_text().splitlines()
+    elif md and any(o.get("labels") for o in md.get("outputs", [])):
+        names = next(o["labels"] for o in md["outputs"] if o.get("labels"))
     else:
-        raise RunError(f"{path.name}: no labels (no class_names or labels file in the sidecar); pass --labels")
+        raise RunError(f"{where}: no labels (none in the sidecar or the TFLite metadata); pass --labels")
     names = [n.strip() for n in names if n.strip()]
     if not names:
         raise RunError(f"{labels or path.name}: the labels are empty")
@@ -199,6 +270,11 @@ class _Loop:
         self.m, self.task, self.opts = m, m.task, opts
         self.capture, self.sink, self.jsonl, self.display = capture, sink, jsonl, display
         self.stats = StageStats((*STAGES, LATENCY))
+        self.tracking = Tracking(opts.track, m.class_names) if opts.track is not None else None
+        # With tracking, the tracker sees low-score detections too (ByteTrack's second stage).
+        self.task_options = dict(opts.task_options)
+        if self.tracking is not None:
+            self.task_options.setdefault("score_threshold", self.tracking.tracker.low_threshold)
         self.frames = 0
         self.fps = 0.0
         self._last = self._dt = None
@@ -208,8 +284,11 @@ class _Loop:
         """Post-process, draw and emit one inferred frame; False when the user quit."""
         t1 = time.perf_counter()
         preds = self.task.postprocess(
-            outputs, self.m.class_names, spec=self.m.spec, frame_shape=f.image.shape[:2], **self.opts.task_options
+            outputs, self.m.class_names, spec=self.m.spec, frame_shape=f.image.shape[:2], **self.task_options
         )
+        events = []
+        if self.tracking is not None:
+            preds, events = self.tracking.step(preds, f.index, f.session)
         t2 = time.perf_counter()
         if self.sink is not None or self.display is not None:
             self._draw(f, preds, t1)  # headless without --output: nobody sees the frame, so skip it
@@ -236,6 +315,8 @@ class _Loop:
                 "predictions": self.task.to_json(preds),
                 "timings_ms": {k: round(v, 3) for k, v in ms.items()},
             }
+            if self.tracking is not None:
+                line["events"] = events
             self.jsonl.write(json.dumps(line) + "\n")
         if self.sink is not None:
             self.sink.write(f.image)
@@ -247,10 +328,13 @@ class _Loop:
             # Numbers that change 60 times a second are unreadable: re-render the
             # panel 4 times a second and paste it (a copy) on every frame.
             if self._hud is None or now - self._hud_t > 0.25 or self._hud_shape != f.image.shape:
-                self._hud = hud_panel(f.image.shape, self.fps, self.stats.recent())
+                extra = [f"{self.tracking.live} tracks"] if self.tracking is not None else []
+                self._hud = hud_panel(f.image.shape, self.fps, self.stats.recent(), extra)
                 self._hud_t, self._hud_shape = now, f.image.shape
             paste_hud(f.image, self._hud)
         self.task.draw(f.image, preds, self.m.class_names)
+        if self.tracking is not None:
+            self.tracking.draw(f.image, dict(zip(preds["track_ids"].tolist(), preds["classes"].tolist())))
 
 
 def run(opts: RunOptions) -> dict:
@@ -291,7 +375,7 @@ def run(opts: RunOptions) -> dict:
         log.info("running %s (%s, %d px input) on %s", Path(opts.model).name, m.task_name, m.spec.size, source.name)
         loop = _Loop(m, opts, capture, *_open_outputs(stack, opts, capture))
         t_start, cpu_start = time.perf_counter(), time.process_time()
-        inference = _Inference(m.model, capture).start()
+        inference = _Inference(_interpreters(m, opts), capture).start()
         stack.callback(inference.stop)  # before capture.stop: it may be waiting on a frame
         reason.append(_drive(loop, inference, stop, opts.max_frames))
         wall, cpu = time.perf_counter() - t_start, time.process_time() - cpu_start
@@ -317,6 +401,15 @@ def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Captur
     return sink, jsonl, display
 
 
+def _interpreters(m: LoadedModel, opts: RunOptions) -> list[TFLiteModel]:
+    """One interpreter with ``threads`` threads, or (frame-parallel) ``threads`` with one each."""
+    if opts.parallel == "ops" or opts.threads == 1:
+        return [m.model]
+    extra = [TFLiteModel(m.model.path, m.spec, threads=1) for _ in range(opts.threads - 1)]
+    m.model = TFLiteModel(m.model.path, m.spec, threads=1)
+    return [m.model, *extra]
+
+
 def _model_input(m: LoadedModel, image) -> object:
     """BGR frame → the input tensor's dtype: the shared :func:`prepare`, then the
     model's own quantization (both on the capture thread)."""
@@ -324,30 +417,46 @@ def _model_input(m: LoadedModel, image) -> object:
 
 
 class _Inference:
-    """The interpreter on its own thread, one frame ahead of the main thread.
+    """The interpreters, each on its own thread, between capture and the main thread.
 
-    It takes frames from the capture and hands ``(frame, outputs, ms)`` on through a
-    one-slot queue, so at most one inferred frame waits for drawing: a slow consumer
-    holds inference back (and a live capture drops frames) instead of building up
-    latency. An error in ``invoke`` is re-raised on the main thread.
+    With ``threads`` > 1 and ``parallel="frames"`` (the default) there are that many
+    single-thread interpreters working on successive frames at once, and results are
+    handed on in frame order; with ``parallel="ops"`` one interpreter spreads each
+    frame over its threads (lower latency per frame, lower throughput: XNNPACK's
+    threads wait for each other, and the capture and drawing threads take their cores).
+    A one-slot output queue keeps at most one inferred frame waiting for drawing, so a
+    slow consumer holds inference back (and a live capture drops frames) instead of
+    building up latency. An error in ``invoke`` is re-raised on the main thread.
     """
 
-    def __init__(self, model: TFLiteModel, capture: Capture) -> None:
-        self.model, self.capture = model, capture
+    def __init__(self, models: list[TFLiteModel], capture: Capture) -> None:
+        self.models, self.capture = models, capture
         self._out: queue.Queue = queue.Queue(maxsize=1)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._take = threading.Lock()  # frames are numbered in the order workers take them
+        self._cond = threading.Condition()
+        self._done: dict[int, object] = {}  # sequence number -> (frame, outputs, ms), an error, or None (end)
+        self._next_seq = self._next_out = 0
+        self._threads = [
+            threading.Thread(target=self._work, args=(m,), name=f"inference{k}", daemon=True)
+            for k, m in enumerate(models)
+        ]
+        self._flusher = threading.Thread(target=self._flush, name="inference-order", daemon=True)
 
     def start(self) -> _Inference:
-        self._thread.start()
+        for t in (*self._threads, self._flusher):
+            t.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        with self._cond:
+            self._cond.notify_all()
+        for t in (*self._threads, self._flusher):
+            t.join(timeout=5)
 
     def get(self, timeout: float = 0.25) -> tuple | None:
-        """The next ``(frame, outputs, inference ms)``; None once the source has ended."""
+        """The next ``(frame, outputs, inference ms)`` in frame order; None once the source has ended."""
         try:
             item = self._out.get(timeout=timeout)
         except queue.Empty:
@@ -358,21 +467,54 @@ class _Inference:
             self._out.put(None)  # stay ended for later calls
         return item
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
+    def _work(self, model: TFLiteModel) -> None:
+        ahead = len(self.models)  # results a worker may finish ahead of the main thread
+        while not self._stop.is_set():
+            with self._cond:  # back-pressure: at most `ahead` frames in flight or waiting
+                if not self._cond.wait_for(
+                    lambda: self._stop.is_set() or self._next_seq - self._next_out < ahead, 0.25
+                ):
+                    continue
+            with self._take:
                 try:
                     f = self.capture.get(timeout=0.25)
                 except TimeoutError:
                     continue
-                if f is None:
-                    break
+                seq = self._next_seq
+                self._next_seq += 1
+            if f is None:
+                self._finish(seq, None)
+                return
+            try:
                 t0 = time.perf_counter()
-                outputs = self.model.invoke(f.prepared[None], quantized=True)
-                put_until_stopped(self._out, (f, outputs, (time.perf_counter() - t0) * 1e3), self._stop)
-        except Exception as e:  # noqa: BLE001 - handed to the main thread, which raises it
-            put_until_stopped(self._out, e, self._stop)
-        put_until_stopped(self._out, None, self._stop)
+                outputs = model.invoke(f.prepared[None], quantized=True)
+                self._finish(seq, (f, outputs, (time.perf_counter() - t0) * 1e3))
+            except Exception as e:  # noqa: BLE001 - handed to the main thread, which raises it
+                self._finish(seq, e)
+                return
+
+    def _finish(self, seq: int, item) -> None:
+        with self._cond:
+            self._done[seq] = item
+            self._cond.notify_all()
+
+    def _flush(self) -> None:
+        """Hand results on in frame order; stop after the end marker or an error."""
+        while not self._stop.is_set():
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._stop.is_set() or self._next_out in self._done, 0.25):
+                    continue
+                if self._stop.is_set():
+                    return
+                item = self._done.pop(self._next_out)
+            put_until_stopped(self._out, item, self._stop)
+            with self._cond:
+                self._next_out += 1
+                self._cond.notify_all()
+            if item is None or isinstance(item, BaseException):
+                if isinstance(item, BaseException):
+                    put_until_stopped(self._out, None, self._stop)
+                return
 
 
 def _drive(loop: _Loop, inference: _Inference, stop: threading.Event, max_frames: int) -> str:
@@ -407,6 +549,7 @@ def _summary(loop: _Loop, opts: RunOptions, source: FrameSource, wall: float, re
         "fps": round(loop.frames / wall, 2) if wall > 0 else 0.0,
         "stages_ms": loop.stats.summary(),
         "stopped_by": reason,
+        **({"tracking": loop.tracking.summary()} if loop.tracking is not None else {}),
         "output": str(opts.output) if opts.output else None,
         "jsonl": str(opts.jsonl) if opts.jsonl else None,
     }
@@ -422,4 +565,11 @@ def format_summary(s: dict) -> str:
     ]
     for name, v in s["stages_ms"].items():
         lines.append(f"{name:<12}{v['mean']:>10.2f}{v['p50']:>10.2f}{v['p90']:>10.2f}")
+    t = s.get("tracking")
+    if t:
+        lines.append(f"tracks {t['tracks']}  (reset {t['resets']} times)")
+        for c in t["lines"]:
+            lines.append(f"line {c['line']}: in {c['in'] or 0}  out {c['out'] or 0}")
+        for z in t["zones"]:
+            lines.append(f"zone {len(z['zone'])} points: inside now {z['inside'] or 0}  entries {z['entries'] or 0}")
     return "\n".join(lines)

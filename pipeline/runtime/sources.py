@@ -24,15 +24,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import cv2
 import numpy as np
 
-from pipeline.data.images import IMAGE_SUFFIXES
+from pipeline.core.errors import SourceError
+from pipeline.core.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 _SECRET_KEYS = re.compile(r"pass|pwd|token|secret|key|auth|sig", re.I)
-
-
-class SourceError(ValueError):
-    """A source cannot be opened; the message names it (credentials redacted)."""
 
 
 def redact(source: str | int) -> str:
@@ -67,12 +64,14 @@ class FrameSource:
         live: a camera or stream, where only the newest frame matters.
         fps: the source's frame rate, or None when it has none (images).
         position: index of the next frame, so a reopened file resumes there.
+        restarts: how often a looped file started over.
     """
 
     name: str = ""
     live: bool = False
     fps: float | None = None
     position: int = 0
+    restarts: int = 0
 
     def open(self) -> None:
         raise NotImplementedError
@@ -124,6 +123,7 @@ class VideoSource(FrameSource):
         if not ok and self.loop and self.position:
             self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             self.position = 0
+            self.restarts += 1
             ok, frame = self.cap.read()
         if not ok:
             return None
@@ -195,6 +195,7 @@ class Frame:
     image: np.ndarray
     index: int
     timestamp: float
+    session: int = 0  # changes when the source starts over (a loop) or is reopened
     prepared: np.ndarray | None = None
     capture_ms: float = 0.0
     read_at: float = 0.0  # perf_counter when the source handed the frame over
@@ -205,7 +206,7 @@ def as_bgr(img: np.ndarray) -> np.ndarray:
     """Gray, BGRA, uint16 or float frames → 3-channel BGR uint8, for drawing and writing."""
     if img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3:
         return img
-    from pipeline.data.images import to_rgb
+    from pipeline.core.images import to_rgb
 
     return cv2.cvtColor(to_rgb(img, bgr=True), cv2.COLOR_RGB2BGR)
 
@@ -336,7 +337,8 @@ class Capture:
         read_at = time.perf_counter()
         img = as_bgr(img)
         t1 = time.perf_counter()
-        frame = Frame(img, self.source.position - 1, time.time(), capture_ms=(t1 - t0) * 1e3, read_at=read_at)
+        session = self.source.restarts + self.reconnects
+        frame = Frame(img, self.source.position - 1, time.time(), session, capture_ms=(t1 - t0) * 1e3, read_at=read_at)
         if not self.latest_only:
             self._prepare(frame)
         return frame

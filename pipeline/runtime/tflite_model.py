@@ -8,17 +8,16 @@ the input tensor's own dtype and quantization parameters.
 from __future__ import annotations
 
 import functools
+import time
 from collections import Counter
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from pipeline.data.images import InputSpec, normalize
-
-
-class ModelFileError(ValueError):
-    """A file is not a loadable TFLite model."""
+from pipeline.core.errors import ModelFileError
+from pipeline.core.images import InputSpec, normalize
+from pipeline.core.tflite import check_header, output_order
 
 
 def open_interpreter(model_path: str | Path | None = None, model_content: bytes | None = None, threads: int = 1):
@@ -30,9 +29,8 @@ def open_interpreter(model_path: str | Path | None = None, model_content: bytes 
         p = Path(model_path)
         if not p.is_file():
             raise ModelFileError(f"{p}: no such model file")
-        head = p.open("rb").read(8)
-        if len(head) < 8 or head[4:8] != b"TFL3":
-            raise ModelFileError(f"{p}: not a TFLite model (no TFL3 flatbuffer identifier)")
+        with p.open("rb") as f:
+            check_header(f.read(8), p)
     try:
         it = Interpreter(
             model_path=None if model_path is None else str(model_path), model_content=model_content, num_threads=threads
@@ -84,25 +82,11 @@ def dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def ordered_outputs(interpreter) -> list[dict]:
-    """Output details in the alphabetical order of the exported output names.
-
-    The exporter returns a dict of named tensors, which TFLite flattens in sorted key
-    order and names ``Identity``, ``Identity_1``, …; the tensor order in the file may
-    differ, so sort by that suffix. Models from elsewhere keep the file's order.
-    """
+    """Output details in our exporter's signature order (alphabetical by output name;
+    :func:`pipeline.core.tflite.output_order`); models from elsewhere keep the file's order."""
     details = interpreter.get_output_details()
-
-    def key(d: dict) -> int:
-        name = d["name"]
-        if name == "Identity":
-            return 0
-        head, _, k = name.rpartition("_")
-        return int(k) if head == "Identity" and k.isdigit() else -1
-
-    keys = [key(d) for d in details]
-    if -1 in keys:
-        return details
-    return [d for _, d in sorted(zip(keys, details), key=lambda kd: kd[0])]
+    order = output_order([d["name"] for d in details])
+    return [d for _, d in sorted(zip(order, details), key=lambda kd: kd[0])]
 
 
 class TFLiteModel:
@@ -158,8 +142,6 @@ class TFLiteModel:
 
     def latency_ms(self, image: np.ndarray, runs: int = 50, warmup: int = 5) -> np.ndarray:
         """Per-invoke wall times at batch 1, after warm-up (inference only)."""
-        from pipeline.runtime.benchmark import time_invokes
-
         self._resize(1)
         self.interpreter.set_tensor(self.input["index"], quantize_input(image[None], self.input, self.spec))
         return time_invokes(self.interpreter, runs, warmup)
@@ -192,3 +174,17 @@ def undelegated_ops(interpreter) -> dict[str, int]:
     ops = interpreter._get_ops_details()
     delegated = delegated_op_indices(interpreter)
     return dict(Counter(o["op_name"] for o in ops if o["op_name"] != "DELEGATE" and o["index"] not in delegated))
+
+
+def time_invokes(interpreter, runs: int = 50, warmup: int = 5) -> np.ndarray:
+    """Wall times in ms of ``runs`` invokes after ``warmup`` ones; the input must be set."""
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, got {runs}")
+    for _ in range(warmup):
+        interpreter.invoke()
+    times = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        interpreter.invoke()
+        times[i] = (time.perf_counter() - t0) * 1e3
+    return times

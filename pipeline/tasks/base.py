@@ -1,4 +1,18 @@
-"""The interface every task implements."""
+"""What a task is: a spec (data), a runtime half and a training half.
+
+A task is one folder, ``pipeline/tasks/<name>/``, plus its line in the registry
+(:mod:`pipeline.core.registry`):
+
+* ``__init__.py`` holds its :class:`~pipeline.core.registry.TaskSpec`: names, formats,
+  defaults, demo settings; plain data, importable anywhere.
+* ``runtime.py`` holds its :class:`TaskRuntime`: what a deployed model's outputs mean
+  (post-processing, JSON, drawing), with NumPy and OpenCV only, so ``edgepipe run``
+  works where TensorFlow is not installed.
+* ``task.py`` holds its :class:`Task`: data reading, model, loss, metric and the export
+  signature, which the shared stages call and nothing else does.
+
+Nothing outside a task's folder branches on its name.
+"""
 
 from __future__ import annotations
 
@@ -7,32 +21,58 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core.registry import TaskSpec
 
-class Task:
-    """One task's plug-in points; shared stages call nothing else task-specific.
 
-    Attributes:
-        name: the ``--task`` value.
-        metric: the report.json metric name (``accuracy``, ``map50_95``, ``miou``).
-        data_formats: the ``data.format`` values this task reads.
-        default_config: config values that differ from the global defaults.
-        monitor: the Keras log key that checkpointing and early stopping watch.
-    """
+class TaskRuntime:
+    """What a deployed model's outputs mean: NumPy and OpenCV only."""
 
     name: str = ""
-    metric: str = ""
-    data_formats: tuple[str, ...] = ()
-    default_config: dict = {}
-    monitor: str = "val_loss"
-    monitor_mode: str = "min"
+    # Whether postprocess gives boxes the runner can track (--track): then its
+    # predictions are a dict with "boxes" (K, 4) in frame pixels, "scores" and "classes".
+    trackable: bool = False
+
+    def postprocess(self, outputs: list[np.ndarray], class_names, **kw) -> Any:
+        """One frame's outputs (batch of 1) → predictions.
+
+        Keyword args the runner passes: ``spec`` (the model's InputSpec) and
+        ``frame_shape`` (``(h, w)`` of the original frame), so that boxes and masks
+        come back in frame coordinates; plus the task's ``run_options``.
+        """
+        raise NotImplementedError
+
+    def to_json(self, predictions: Any) -> Any:
+        """``postprocess`` predictions → plain JSON (e.g. a mask → per-class pixel fractions)."""
+        return predictions
+
+    def draw(self, frame: np.ndarray, predictions: Any, class_names) -> np.ndarray:
+        """Overlay ``postprocess`` predictions on a BGR frame (in place, returned)."""
+        raise NotImplementedError
+
+
+class Task:
+    """The training half: the four plug-in points of the shared stages (data, model,
+    loss and metric, export signature) plus the report's task figures."""
+
+    spec: TaskSpec
+    runtime: TaskRuntime
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def metric(self) -> str:
+        return self.spec.metric
 
     # === Data ===
     def load_data(self, cfg) -> Any:
-        """Read the dataset once; returns an object the methods below accept."""
+        """Read the dataset once; returns an object the methods below accept, with a
+        ``skipped`` counter of the unreadable files this stage met."""
         raise NotImplementedError
 
     def class_names(self, data) -> tuple[str, ...]:
-        raise NotImplementedError
+        return data.class_names
 
     def datasets(self, data, cfg, spec):
         """``(train_ds, val_ds)`` of batched, normalized tf.data for ``fit``."""
@@ -50,66 +90,45 @@ class Task:
     def build_model(self, cfg, num_classes: int):
         raise NotImplementedError
 
-    def compile_args(self, cfg) -> dict:
+    def compile_args(self, cfg, num_classes: int) -> dict:
         """``loss`` and ``metrics`` for ``model.compile``."""
         raise NotImplementedError
 
     def score(self, outputs: list[np.ndarray], targets: list, class_names) -> dict:
-        """Task metrics from stacked model outputs; must include ``self.metric``."""
+        """Task metrics from stacked model outputs; must include ``spec.metric``."""
         raise NotImplementedError
 
     def agreement(self, a: list[np.ndarray], b: list[np.ndarray]) -> float:
         """Fraction in [0, 1] of predictions where two models agree."""
         raise NotImplementedError
 
-    # === Export and post-processing ===
-    def serving(self, outputs) -> dict:
+    # === Export ===
+    def serving(self, outputs, cfg) -> dict:
         """The exported graph's outputs: Keras outputs → ``{name: tensor}``.
 
-        In-graph post-processing (box decoding, an argmax) goes here, in TF ops. The
-        TFLite file lists the outputs in alphabetical order of the names, and
-        :meth:`output_signature` must list them in that order too.
+        In-graph post-processing (box decoding) goes here, in TF ops. The TFLite file
+        lists the outputs in alphabetical order of the names, and
+        :meth:`output_signature` lists them in that order too.
         """
         return {"scores": outputs}
 
     def output_signature(self, class_names) -> list[dict]:
-        """What each output tensor means, for the sidecar; alphabetical by name."""
+        """What each output tensor means, for the sidecar and the TFLite metadata,
+        alphabetical by name. ``kind`` says how metadata describes it: ``class_scores``,
+        ``boxes`` or ``per_class_scores`` (a mask per class)."""
         raise NotImplementedError
 
     def sidecar_extras(self, cfg) -> dict:
         """Task-specific sidecar fields, e.g. how an app post-processes the outputs."""
         return {}
 
-    def postprocess(self, outputs: list[np.ndarray], class_names, **kw) -> Any:
-        """One frame's outputs (batch of 1) → JSON-ready predictions.
-
-        Keyword args the runner passes: ``spec`` (the model's InputSpec) and
-        ``frame_shape`` (``(h, w)`` of the original frame), so that boxes and masks
-        come back in frame coordinates; plus task options such as ``top_k`` or
-        ``score_threshold``.
-        """
-        raise NotImplementedError
-
-    def to_json(self, predictions: Any) -> Any:
-        """``postprocess`` predictions → plain JSON (e.g. a mask → per-class pixel counts)."""
-        return predictions
-
-    def draw(self, frame: np.ndarray, predictions: Any, class_names) -> np.ndarray:
-        """Overlay ``postprocess`` predictions on a BGR frame (in place, returned)."""
-        raise NotImplementedError
-
     # === Report figures ===
     def sample_grid(
         self, images: np.ndarray, outputs: list[np.ndarray], targets: list, class_names
     ) -> np.ndarray | None:
-        """An RGB uint8 grid of sample predictions (evaluate saves it as a PNG), or None.
-
-        ``images`` are prepared uint8 inputs, ``outputs`` the model's outputs for them
-        and ``targets`` their ground truth, in ``eval_batches`` form.
-        """
+        """An RGB uint8 grid of sample predictions (evaluate saves it as a PNG), or None."""
         return None
 
     def report_figures(self, report: dict, out_dir) -> list:
-        """Task-specific PNGs for the report (e.g. a confusion matrix), written into
-        ``out_dir`` from ``report.json`` data; returns their paths. Default: none."""
+        """Task-specific PNGs for the report, from ``report.json`` data; their paths."""
         return []

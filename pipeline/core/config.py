@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline.core.backbones import BACKBONE_INFO, backbone_info
+from pipeline.core.errors import ConfigError
+from pipeline.core.images import InputSpec
+from pipeline.core.registry import get_spec, task_names
+from pipeline.core.variants import check_variant_names
+
 log = logging.getLogger(__name__)
-
-TASKS = ("classification", "detection", "segmentation")
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and value."""
 
 
 def _range(lo: float | None = None, hi: float | None = None, **kw: Any) -> dict:
@@ -135,7 +135,7 @@ class EvaluateConfig:
 class Config:
     """The whole, resolved configuration of one run."""
 
-    task: Literal["classification", "detection", "segmentation"] = "classification"
+    task: str = "classification"  # a name in pipeline.core.registry.REGISTRY
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -147,6 +147,12 @@ class Config:
     def to_dict(self) -> dict:
         """Plain nested dict (tuples as lists) for YAML/JSON."""
         return _plain(dataclasses.asdict(self))
+
+    def input_spec(self) -> InputSpec:
+        """What the model takes: size, channels, resize mode, and the normalization its
+        backbone's weights expect."""
+        m, info = self.model, backbone_info(self.model.backbone)
+        return InputSpec(size=m.input_size, channels=m.channels, resize=m.resize, mean=info.mean, std=info.std)
 
 
 def _plain(obj: Any) -> Any:
@@ -310,13 +316,9 @@ def load(
     chosen = task or raw.get("task") or "classification"
     if raw.get("task") not in (None, chosen):
         raise ConfigError(f"task: the config says {raw['task']!r} but --task is {chosen!r}")
-    if chosen not in TASKS:
-        raise ConfigError(f"task: {chosen!r} is not one of {list(TASKS)}")
-    from pipeline.tasks import available_tasks, get_task
-
-    if chosen not in available_tasks():
-        raise ConfigError(f"task: {chosen!r} is not available in this version; available: {available_tasks()}")
-    spec = get_task(chosen)
+    if not isinstance(chosen, str) or chosen not in task_names():
+        raise ConfigError(f"task: {chosen!r} is not one of {list(task_names())}")
+    spec = get_spec(chosen)
     raw = _merge(_merge({}, spec.default_config), raw)
     raw["task"] = chosen
     cfg = _build(Config, raw, "")
@@ -328,8 +330,6 @@ def load(
     if d.format != "synthetic" and not (d.path or d.train_annotations or d.train_images):
         raise ConfigError(f"data.path: required when data.format is {cfg.data.format!r}")
     _check_model(cfg)
-    from pipeline.export import check_variant_names
-
     check_variant_names(cfg.export.variants)
     return cfg
 
@@ -353,8 +353,6 @@ def _migrate(raw: dict, where: str) -> dict:
 
 def _check_model(cfg: Config) -> None:
     """Backbone-dependent rules, checked before any work starts."""
-    from pipeline.models.catalog import BACKBONE_INFO
-
     m = cfg.model
     info = BACKBONE_INFO.get(m.backbone)
     if info is None:

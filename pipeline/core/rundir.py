@@ -27,16 +27,13 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline import config as config_mod
+from pipeline.core import config as config_mod
+from pipeline.core.errors import StageInputError
 
 log = logging.getLogger(__name__)
 
 # Which stage produces each model, for "run X first" messages.
 PRODUCER = {"float": "train", "pruned": "prune", "qat": "qat", "pqat": "qat"}
-
-
-class StageInputError(RuntimeError):
-    """A stage's inputs are missing from the run folder; says which stage to run."""
 
 
 # === Atomic writes ===

@@ -1,15 +1,16 @@
-"""Image classification: folder / IDX / synthetic data, softmax head, top-1 accuracy."""
+"""Classification's training half: readers, the classifier, cross-entropy and accuracy."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.data import classification as cls_data
-from pipeline.tasks import register_task
 from pipeline.tasks.base import Task
+from pipeline.tasks.classification import SPEC
+from pipeline.tasks.classification import readers as cls_data
+from pipeline.tasks.classification.runtime import RUNTIME
 
 
-def _augmenter(spec):
+def _augmenter():
     from pipeline._keras import keras, keras_cv
 
     # keras-cv layers on [0, 255] floats; flips and small shifts keep labels valid.
@@ -24,40 +25,33 @@ def _augmenter(spec):
 
 
 class Classification(Task):
-    name = "classification"
-    metric = "accuracy"
-    data_formats = ("synthetic", "folder", "idx")
-    default_config: dict = {}
-    monitor = "val_accuracy"
-    monitor_mode = "max"
+    spec = SPEC
+    runtime = RUNTIME
 
     def load_data(self, cfg):
         return cls_data.load(cfg)
 
-    def class_names(self, data):
-        return data.class_names
-
     def datasets(self, data, cfg, spec):
-        from pipeline.data.pipeline import training_dataset
+        from pipeline.tasks.classification.pipeline import training_dataset
 
         d = cfg.data
-        augment = _augmenter(spec) if d.augment else None
-        kw = dict(cache=d.cache, shuffle_buffer=d.shuffle_buffer, seed=d.seed)
+        augment = _augmenter() if d.augment else None
+        kw = dict(cache=d.cache, shuffle_buffer=d.shuffle_buffer, seed=d.seed, skipped=data.skipped)
         train = training_dataset(data.train, spec, cfg.train.batch_size, training=True, augment=augment, **kw)
         val = training_dataset(data.val, spec, cfg.train.batch_size, training=False, **kw)
         return train, val
 
     def eval_batches(self, data, cfg, spec, batch_size, limit=0):
-        from pipeline.data.pipeline import iterate_numpy
+        from pipeline.tasks.classification.pipeline import iterate_numpy
 
-        return iterate_numpy(data.val, spec, batch_size, limit)  # readers already shuffled val
+        return iterate_numpy(data.val, spec, batch_size, limit, data.skipped)  # readers already shuffled val
 
     def calibration_images(self, data, cfg, spec, n):
-        from pipeline.data.pipeline import iterate_numpy
+        from pipeline.tasks.classification.pipeline import iterate_numpy
 
         rng = np.random.default_rng(cfg.data.seed)
         idx = rng.permutation(len(data.train))[:n]
-        for x, _ in iterate_numpy(data.train.take(np.sort(idx)), spec, 1):
+        for x, _ in iterate_numpy(data.train.take(np.sort(idx)), spec, 1, skipped=data.skipped):
             yield x[0]
 
     def build_model(self, cfg, num_classes):
@@ -65,7 +59,7 @@ class Classification(Task):
 
         return build_classifier(cfg.model, num_classes)
 
-    def compile_args(self, cfg):
+    def compile_args(self, cfg, num_classes):
         from pipeline._keras import keras
 
         return {
@@ -97,26 +91,14 @@ class Classification(Task):
         return [
             {
                 "name": "scores",
+                "kind": "class_scores",
                 "shape": [1, len(class_names)],
                 "meaning": "softmax probability per class, in labels-file order",
             }
         ]
 
-    def postprocess(self, outputs, class_names, top_k: int = 5, **kw):
-        """Top-``top_k`` classes by score; ``spec``/``frame_shape`` are not needed here."""
-        scores = outputs[0].reshape(-1)
-        top = np.argsort(-scores)[:top_k]
-        return [{"class_id": int(i), "label": class_names[i], "score": float(scores[i])} for i in top]
-
-    def draw(self, frame, predictions, class_names):
-        from pipeline.runtime.overlay import draw_labels, palette
-
-        colors = palette(len(class_names))
-        lines = [f"{p['label']} {p['score']:.2f}" for p in predictions]
-        return draw_labels(frame, lines, colors=[colors[p["class_id"]] for p in predictions])
-
     def sample_grid(self, images, outputs, targets, class_names):
-        from pipeline.report import image_grid
+        from pipeline.core.overlay import image_grid
 
         scores = outputs[0]
         pred = scores.argmax(-1)
@@ -132,4 +114,4 @@ class Classification(Task):
         return [confusion_figure(report, out_dir)]
 
 
-register_task(Classification())
+TASK = Classification()

@@ -19,8 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.data.classification import DataError
-from pipeline.data.images import IMAGE_SUFFIXES, list_images
+from pipeline.core.errors import DataError
+from pipeline.core.images import IMAGE_SUFFIXES, SkipCounter, list_images
+from pipeline.data.splits import split_indices
 from pipeline.data.synthetic import SHAPES, class_colour, paint, shape_mask, textured_background
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class DetectionData:
     train: DetSplit
     val: DetSplit
     class_names: tuple[str, ...]
+    skipped: SkipCounter = field(default_factory=SkipCounter, compare=False)  # what this stage could not read
 
 
 # === Box hygiene ===
@@ -417,11 +419,8 @@ def _covered(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _ratio_split(split: DetSplit, val_split: float, seed: int) -> tuple[DetSplit, DetSplit]:
-    idx = np.random.default_rng(seed).permutation(len(split))
-    n_val = max(1, int(round(len(split) * val_split)))
-    if len(split) - n_val < 1:
-        raise DataError(f"only {len(split)} image(s): too few to split off a validation set")
-    return split.take(np.sort(idx[n_val:])), split.take(np.sort(idx[:n_val]))
+    train, val = split_indices(len(split), val_split, seed)
+    return split.take(train), split.take(val)
 
 
 def load(cfg) -> DetectionData:

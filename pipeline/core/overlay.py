@@ -78,9 +78,10 @@ def draw_boxes(
     class_ids: Sequence[int],
     scores: Sequence[float] | None,
     class_names: Sequence[str],
+    captions: Sequence[str] | None = None,
 ) -> np.ndarray:
     """Boxes in frame pixels (``x1 y1 x2 y2``), each outlined in its class's colour and
-    captioned ``"name 0.87"``; ``scores`` may be None."""
+    captioned ``"name 0.87"`` (or ``captions``); ``scores`` may be None."""
     colors = palette(len(class_names))
     scale, thick = _text_scale(frame)
     scale *= 0.8
@@ -91,7 +92,7 @@ def draw_boxes(
         x1, y1, x2, y2 = (int(round(v)) for v in np.clip(box, [0, 0, 0, 0], [w - 1, h - 1, w - 1, h - 1]))
         cv2.rectangle(frame, (x1, y1), (x2, y2), color, max(2, thick + 1))
         name = class_names[c] if 0 <= c < len(class_names) else str(c)
-        text = name if scores is None else f"{name} {float(scores[i]):.2f}"
+        text = captions[i] if captions is not None else name if scores is None else f"{name} {float(scores[i]):.2f}"
         (_, th), base = cv2.getTextSize(text, FONT, scale, thick)
         _text_box(frame, text, (x1, max(0, y1 - th - base - 4)), color, scale, thick)
     return frame
@@ -104,6 +105,7 @@ def blend_mask(
     alpha: float = 0.5,
     background: int | None = 0,
     legend: bool = True,
+    ignore: int | None = None,
 ) -> np.ndarray:
     """Blend a per-pixel class mask over the frame, with a legend of the classes present.
 
@@ -112,15 +114,21 @@ def blend_mask(
             ``cv2.INTER_NEAREST`` first when it is not).
         alpha: weight of the class colour, 0 (invisible) to 1 (opaque).
         background: a class id left untinted (None tints every class).
+        ignore: a mask value (e.g. 255, unlabelled) painted white and left out of the legend.
     """
     if mask.shape[:2] != frame.shape[:2]:
         raise ValueError(f"mask shape {mask.shape[:2]} differs from frame shape {frame.shape[:2]}")
     lut = np.array(palette(len(class_names)), np.uint8)
+    ignored = np.asarray(mask) == ignore if ignore is not None else None
     ids = np.asarray(mask).astype(np.intp, copy=False) % len(lut)
+    if ignored is not None:
+        ids = np.where(ignored, background if background is not None else 0, ids)
     colored = lut[ids]
     blended = cv2.addWeighted(frame, 1.0 - alpha, colored, alpha, 0.0)
     keep = ids != background if background is not None else np.ones(ids.shape, bool)
     np.copyto(frame, blended, where=keep[..., None])
+    if ignored is not None:
+        frame[ignored] = 255
     if legend:
         present = [int(c) for c in np.unique(ids) if background is None or c != background]
         names = [class_names[c] if c < len(class_names) else str(c) for c in present]
@@ -130,13 +138,15 @@ def blend_mask(
     return frame
 
 
-def hud_panel(frame_shape: tuple[int, ...], fps: float, stages_ms: dict[str, float]) -> np.ndarray:
+def hud_panel(
+    frame_shape: tuple[int, ...], fps: float, stages_ms: dict[str, float], extra: Sequence[str] = ()
+) -> np.ndarray:
     """An opaque BGR panel with FPS and per-stage latency, sized for a frame of ``frame_shape``.
 
     Opaque, so a runner can render it a few times a second and paste it on every
     frame (:func:`paste_hud`) instead of drawing text per frame.
     """
-    lines = [f"{fps:5.1f} FPS"] + [f"{k:<11} {v:6.1f} ms" for k, v in stages_ms.items()]
+    lines = [f"{fps:5.1f} FPS", *extra] + [f"{k:<11} {v:6.1f} ms" for k, v in stages_ms.items()]
     scale = max(0.4, min(frame_shape[:2]) / 720) * 0.7
     thick = max(1, round(scale * 1.5))
     (_, th), base = cv2.getTextSize("0", FONT, scale, thick)
@@ -164,7 +174,7 @@ def draw_hud(frame: np.ndarray, fps: float, stages_ms: dict[str, float]) -> np.n
 
 
 def grid(tiles: list[np.ndarray], cols: int = 4, pad: int = 2) -> np.ndarray:
-    """Same-size images tiled row by row on a white background (report sample grids)."""
+    """Same-size images tiled row by row on a white background (every report sample grid)."""
     h, w = tiles[0].shape[:2]
     rows = (len(tiles) + cols - 1) // cols
     out = np.full((rows * (h + pad) + pad, min(cols, len(tiles)) * (w + pad) + pad, 3), 255, np.uint8)
@@ -172,3 +182,31 @@ def grid(tiles: list[np.ndarray], cols: int = 4, pad: int = 2) -> np.ndarray:
         r, c = divmod(i, cols)
         out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = t
     return out
+
+
+def image_grid(
+    images: np.ndarray, captions: list[str], correct: list[bool], cell: int = 128, cols: int = 4, max_n: int = 16
+) -> np.ndarray:
+    """Prepared uint8 images (RGB or gray) as a :func:`grid` of ``cell``-px tiles, each
+    captioned green (right) or red (wrong) below it."""
+    bar = 18
+    tiles = []
+    for img, caption, ok in list(zip(images, captions, correct))[:max_n]:
+        tile = np.full((cell + bar, cell, 3), 255, np.uint8)
+        img = np.repeat(img, 3, -1) if img.shape[-1] == 1 else img
+        tile[:cell] = cv2.resize(img, (cell, cell), interpolation=cv2.INTER_NEAREST)
+        color = (0, 140, 0) if ok else (200, 0, 0)
+        cv2.putText(tile, caption[:24], (2, cell + 13), FONT, 0.35, color, 1, cv2.LINE_AA)
+        tiles.append(tile)
+    return grid(tiles, cols, pad=0)
+
+
+def draw_polyline(frame: np.ndarray, points: np.ndarray, color, closed: bool = False, label: str = "") -> np.ndarray:
+    """A line or polygon (frame pixels), e.g. a counting line or zone, with a caption at its first point."""
+    scale, thick = _text_scale(frame)
+    pts = np.round(np.asarray(points, np.float32)).astype(np.int32).reshape(-1, 1, 2)
+    cv2.polylines(frame, [pts], closed, tuple(int(c) for c in color), max(2, thick + 1), cv2.LINE_AA)
+    if label:
+        x, y = (int(v) for v in pts[0, 0])
+        _text_box(frame, label, (max(0, x), max(0, y - 20)), color, scale * 0.8, thick)
+    return frame

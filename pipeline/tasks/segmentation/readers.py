@@ -10,17 +10,19 @@ is an error naming its file before training starts, never a crash mid-epoch.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from pipeline.config import Config
-from pipeline.data.classification import DataError
-from pipeline.data.images import ImageError, InputSpec, geometry, list_images, prepare, read_image
+from pipeline.core.config import DataConfig
+from pipeline.core.errors import DataError
+from pipeline.core.images import ImageError, InputSpec, SkipCounter, geometry, list_images, prepare, read_image
+from pipeline.data.splits import split_indices
 from pipeline.data.synthetic import class_colour, paint, shape_mask, textured_background
+from pipeline.tasks.segmentation import IGNORE
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,6 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
 # Shapes with thin parts (cross, ring, star, bar) come early, so small class counts have them.
-# Prepared masks mark ignored pixels with 255 whatever data.ignore_index the files use,
-# so the loss, the metric and the evaluator need no configuration.
-IGNORE = 255
 SEG_SHAPES = ("circle", "cross", "triangle", "ring", "star", "bar", "square", "diamond")
 
 
@@ -58,6 +57,7 @@ class SegmentationData:
     val: SegSplit
     class_names: tuple[str, ...]
     ignore_index: int = 255
+    skipped: SkipCounter = field(default_factory=SkipCounter, compare=False)  # what this stage could not read
 
 
 # === Masks: reading, checking, preparing ===
@@ -131,16 +131,14 @@ def prepare_mask(mask: np.ndarray, spec: InputSpec, ignore: int) -> np.ndarray:
     return canvas
 
 
-def _load_pairs(pairs, spec: InputSpec, num_classes: int, ignore: int) -> SegSplit:
+def _load_pairs(pairs, spec: InputSpec, num_classes: int, ignore: int, skipped: SkipCounter) -> SegSplit:
     """Read, check and prepare ``(image_path, mask_array_or_path)`` pairs."""
-    from pipeline.data.pipeline import SKIPPED
-
     images, masks, names = [], [], []
     for img_path, mask in pairs:
         try:
             img = read_image(img_path)
         except ImageError as e:
-            SKIPPED.add(str(img_path), str(e))  # a corrupt photo is skipped and counted
+            skipped.add(str(img_path), str(e))  # a corrupt photo is skipped and counted
             continue
         mask_path = mask if isinstance(mask, (str, Path)) else img_path
         m = read_mask(mask) if isinstance(mask, (str, Path)) else mask
@@ -160,11 +158,8 @@ def _load_pairs(pairs, spec: InputSpec, num_classes: int, ignore: int) -> SegSpl
 
 def ratio_split(split: SegSplit, val_split: float, seed: int) -> tuple[SegSplit, SegSplit]:
     """A seeded random train/val split (at least one image on each side)."""
-    idx = np.random.default_rng(seed).permutation(len(split))
-    n_val = min(max(1, int(round(len(split) * val_split))), len(split) - 1)
-    if n_val < 1:
-        raise DataError(f"only {len(split)} image(s): too few to split into train and validation")
-    return split.take(np.sort(idx[n_val:])), split.take(np.sort(idx[:n_val]))
+    train, val = split_indices(len(split), val_split, seed)
+    return split.take(train), split.take(val)
 
 
 def _max_class(mask_paths, ignore: int) -> int:
@@ -196,8 +191,7 @@ def _mask_pairs(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _mask_folders(cfg: Config) -> tuple[list, list | None]:
-    d = cfg.data
+def _mask_folders(d: DataConfig) -> tuple[list, list | None]:
     if d.train_images or d.train_masks:
         if not (d.train_images and d.train_masks):
             raise DataError("data.train_images and data.train_masks: set both, or neither (then data.path)")
@@ -218,17 +212,17 @@ def _mask_folders(cfg: Config) -> tuple[list, list | None]:
     )
 
 
-def _finish(cfg: Config, spec: InputSpec, train_pairs, val_pairs, names: tuple[str, ...]) -> SegmentationData:
-    d = cfg.data
+def _finish(d: DataConfig, spec: InputSpec, train_pairs, val_pairs, names: tuple[str, ...]) -> SegmentationData:
     if d.ignore_index < len(names):
         raise DataError(f"data.ignore_index {d.ignore_index} is a class id (there are {len(names)} classes)")
-    train = _load_pairs(train_pairs, spec, len(names), d.ignore_index)
+    skipped = SkipCounter()
+    train = _load_pairs(train_pairs, spec, len(names), d.ignore_index, skipped)
     if val_pairs is not None:
-        val = _load_pairs(val_pairs, spec, len(names), d.ignore_index)
+        val = _load_pairs(val_pairs, spec, len(names), d.ignore_index, skipped)
     else:
         train, val = ratio_split(train, d.val_split, d.seed)
     _warn_about_labels(train, names, d.ignore_index)
-    return SegmentationData(train, val, names, d.ignore_index)
+    return SegmentationData(train, val, names, d.ignore_index, skipped)
 
 
 def _warn_about_labels(train: SegSplit, names: tuple[str, ...], ignore: int) -> None:
@@ -253,24 +247,24 @@ def _warn_about_labels(train: SegSplit, names: tuple[str, ...], ignore: int) -> 
     log.warning("segmentation: no training pixels of class(es) %s%s", empty, hint)
 
 
-def read_masks(cfg: Config, spec: InputSpec) -> SegmentationData:
+def read_masks(d: DataConfig, spec: InputSpec) -> SegmentationData:
     """Image and mask folders paired by file stem; class names from the config or
     ``class_<id>`` up to the largest id found."""
-    train, val = _mask_folders(cfg)
-    names = tuple(cfg.data.class_names)
+    train, val = _mask_folders(d)
+    names = tuple(d.class_names)
     if not names:
-        top = _max_class([m for _, m in train + (val or [])], cfg.data.ignore_index)
+        top = _max_class([m for _, m in train + (val or [])], d.ignore_index)
         names = tuple(f"class_{i}" for i in range(max(top + 1, 2)))
-    return _finish(cfg, spec, train, val, names)
+    return _finish(d, spec, train, val, names)
 
 
 # === Pascal VOC ===
 
 
-def read_voc(cfg: Config, spec: InputSpec) -> SegmentationData:
+def read_voc(d: DataConfig, spec: InputSpec) -> SegmentationData:
     """``JPEGImages/`` + palette PNGs in ``SegmentationClass/``; splits from
     ``ImageSets/Segmentation/<split>.txt`` when present, else by ratio."""
-    root = Path(cfg.data.path)
+    root = Path(d.path)
     seg = root / "SegmentationClass"
     if not seg.is_dir():
         raise DataError(f"{root}: no SegmentationClass folder; is this a VOC2007/VOC2012 folder?")
@@ -285,7 +279,7 @@ def read_voc(cfg: Config, spec: InputSpec) -> SegmentationData:
         return out
 
     lists = root / "ImageSets" / "Segmentation"
-    tr, va = cfg.data.splits
+    tr, va = d.splits
     if lists.is_dir():  # the split lists decide: a missing train list is a typo, not a ratio split
 
         def listed(name: str) -> list[str] | None:
@@ -307,7 +301,7 @@ def read_voc(cfg: Config, spec: InputSpec) -> SegmentationData:
         train, val = pairs(train_stems), (pairs(val_stems) if val_stems is not None else None)
     else:
         train, val = pairs(sorted(p.stem for p in seg.glob("*.png"))), None
-    return _finish(cfg, spec, train, val, tuple(cfg.data.class_names) or VOC_CLASSES)
+    return _finish(d, spec, train, val, tuple(d.class_names) or VOC_CLASSES)
 
 
 # === COCO instances ===
@@ -343,7 +337,7 @@ def coco_semantic(coco, image_id: int, cat_to_class: dict[int, int], ignore: int
 def _coco_split(ann_path: Path, image_root: Path, ignore: int, cats=None) -> tuple[list, list]:
     from pycocotools.coco import COCO
 
-    from pipeline.data.detection import read_coco_json
+    from pipeline.tasks.detection.readers import read_coco_json
 
     coco = COCO()  # pycocotools' index over the document we checked (not a second read of the file)
     coco.dataset = read_coco_json(ann_path, ("id", "file_name", "height", "width"))
@@ -366,9 +360,8 @@ def _coco_split(ann_path: Path, image_root: Path, ignore: int, cats=None) -> tup
     return pairs, cats
 
 
-def read_coco(cfg: Config, spec: InputSpec) -> SegmentationData:
+def read_coco(d: DataConfig, spec: InputSpec) -> SegmentationData:
     """COCO instances JSON per split; class 0 is background, then categories by id."""
-    d = cfg.data
     if not d.train_annotations:
         raise DataError("data.train_annotations: required for data.format 'coco' (a COCO instances JSON)")
     root = Path(d.path) if d.path else Path(d.train_annotations).parent
@@ -377,7 +370,7 @@ def read_coco(cfg: Config, spec: InputSpec) -> SegmentationData:
     if d.val_annotations:
         val, _ = _coco_split(Path(d.val_annotations), Path(d.val_images or root), d.ignore_index, cats)
     names = tuple(d.class_names) or ("background", *(c["name"] for c in cats))
-    return _finish(cfg, spec, train, val, names)
+    return _finish(d, spec, train, val, names)
 
 
 # === Synthetic ===
@@ -414,9 +407,8 @@ def segmentation_set(n: int, num_classes: int, size: int, seed: int = 0) -> tupl
 # === Entry point ===
 
 
-def load(cfg: Config, spec: InputSpec) -> SegmentationData:
-    """Read the configured segmentation dataset, prepared for ``spec``."""
-    d = cfg.data
+def load(d: DataConfig, spec: InputSpec) -> SegmentationData:
+    """Read the configured segmentation dataset (``cfg.data``), prepared for ``spec``."""
     if d.format == "synthetic":
         images, masks, names = segmentation_set(d.synthetic_samples, d.synthetic_classes, spec.size, d.seed)
         if spec.channels == 1:
@@ -427,6 +419,6 @@ def load(cfg: Config, spec: InputSpec) -> SegmentationData:
     readers = {"masks": read_masks, "voc": read_voc, "coco": read_coco}
     if d.format not in readers:
         raise DataError(f"data.format {d.format!r} is not a segmentation format; expected one of {sorted(readers)}")
-    data = readers[d.format](cfg, spec)
+    data = readers[d.format](d, spec)
     log.info("%s: %d train / %d val images, %d classes", d.path, len(data.train), len(data.val), len(data.class_names))
     return data

@@ -1,6 +1,6 @@
 """tf.data input pipelines: parallel decode, cache, shuffle, augment, prefetch.
 
-Images are decoded and prepared by :func:`pipeline.data.images.prepare` (the same
+Images are decoded and prepared by :func:`pipeline.core.images.prepare` (the same
 function the runner uses) inside ``tf.numpy_function``, which runs in parallel
 because OpenCV releases the GIL. A corrupt file is skipped, logged with its path
 and counted; it never stops an epoch.
@@ -9,38 +9,15 @@ and counted; it never stops an epoch.
 from __future__ import annotations
 
 import logging
-import threading
 
 import numpy as np
 
 from pipeline._keras import tf
-from pipeline.data.classification import Split
-from pipeline.data.images import ImageError, InputSpec, normalize, prepare, read_image
+from pipeline.core.images import ImageError, InputSpec, SkipCounter, normalize, prepare, read_image
+from pipeline.tasks.classification.readers import Split
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-class SkipCounter:
-    """Counts unreadable files across tf.data's worker threads; logs each path once."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.paths: set[str] = set()
-
-    def add(self, path: str, reason: str) -> None:
-        with self._lock:
-            if path in self.paths:
-                return
-            self.paths.add(path)
-            n = len(self.paths)
-        log.warning("skipped unreadable image %d: %s", n, reason)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-
-SKIPPED = SkipCounter()
 
 
 def prepare_array(images: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -50,7 +27,7 @@ def prepare_array(images: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.stack([prepare(im, spec) for im in images])
 
 
-def _decode_fn(spec: InputSpec):
+def _decode_fn(spec: InputSpec, skipped: SkipCounter):
     blank = np.zeros((spec.size, spec.size, spec.channels), np.uint8)
 
     def load(path: bytes) -> tuple[np.ndarray, bool]:
@@ -58,20 +35,20 @@ def _decode_fn(spec: InputSpec):
         try:
             return prepare(read_image(p), spec), True
         except ImageError as e:
-            SKIPPED.add(p, str(e))
+            skipped.add(p, str(e))
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, not a crash
-            SKIPPED.add(p, f"{p}: {e}")
+            skipped.add(p, f"{p}: {e}")
         return blank, False
 
     return load
 
 
-def raw_dataset(split: Split, spec: InputSpec) -> tf.data.Dataset:
+def raw_dataset(split: Split, spec: InputSpec, skipped: SkipCounter) -> tf.data.Dataset:
     """Unbatched ``(uint8 image, label)`` pairs, prepared for ``spec``; bad files dropped."""
     if split.images is not None:
         return tf.data.Dataset.from_tensor_slices((prepare_array(split.images, spec), split.labels))
     shape = (spec.size, spec.size, spec.channels)
-    load = _decode_fn(spec)
+    load = _decode_fn(spec, skipped)
 
     def decode(path, label):
         img, ok = tf.numpy_function(load, [path], (tf.uint8, tf.bool), stateful=False)
@@ -94,12 +71,13 @@ def training_dataset(
     cache: bool = True,
     shuffle_buffer: int = 2048,
     seed: int = 0,
+    skipped: SkipCounter,
 ) -> tf.data.Dataset:
     """Batched ``(normalized float image, label)`` for Keras ``fit``/``evaluate``.
 
     ``augment`` is a callable on a uint8-range float batch (keras-cv layers).
     """
-    ds = raw_dataset(split, spec)
+    ds = raw_dataset(split, spec, skipped)
     if cache:
         ds = ds.cache()
     if training:
@@ -110,13 +88,13 @@ def training_dataset(
     ds = ds.batch(batch_size, drop_remainder=training and len(split) >= batch_size)
     if training and augment is not None:
         ds = ds.map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y), num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda x, y: (normalize(x, spec), y), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda x, y: (normalize(tf.cast(x, tf.float32), spec), y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 
-def iterate_numpy(split: Split, spec: InputSpec, batch_size: int, limit: int = 0):
+def iterate_numpy(split: Split, spec: InputSpec, batch_size: int, limit: int = 0, skipped: SkipCounter | None = None):
     """Yield ``(uint8 images, labels)`` numpy batches: evaluation and calibration input."""
-    ds = raw_dataset(split, spec)
+    ds = raw_dataset(split, spec, skipped if skipped is not None else SkipCounter())
     if limit:
         ds = ds.take(limit)
     yield from ds.batch(batch_size).prefetch(AUTOTUNE).as_numpy_iterator()

@@ -10,22 +10,20 @@ from __future__ import annotations
 import gzip
 import logging
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import Config
-from pipeline.data.images import list_images
+from pipeline.core.config import Config
+from pipeline.core.errors import DataError
+from pipeline.core.images import SkipCounter, list_images
+from pipeline.data.splits import split_indices
 from pipeline.data.synthetic import classification_set
 
 log = logging.getLogger(__name__)
 
 VAL_SPLIT_NAMES = ("val", "validation", "valid", "test")
-
-
-class DataError(ValueError):
-    """The dataset on disk is unusable; the message names the file or folder."""
 
 
 @dataclass(frozen=True)
@@ -52,22 +50,13 @@ class ClassificationData:
     train: Split
     val: Split
     class_names: tuple[str, ...]
+    skipped: SkipCounter = field(default_factory=SkipCounter, compare=False)  # what this stage could not read
 
 
 def ratio_split(split: Split, val_split: float, seed: int) -> tuple[Split, Split]:
     """Stratified split by ratio and seed, so every class is in both halves."""
-    rng = np.random.default_rng(seed)
-    val_idx = []
-    for c in np.unique(split.labels):
-        idx = np.flatnonzero(split.labels == c)
-        rng.shuffle(idx)
-        n_val = int(round(len(idx) * val_split))
-        if val_split > 0:
-            n_val = min(max(n_val, 1), len(idx) - 1)
-        val_idx.extend(idx[:n_val])
-    val_mask = np.zeros(len(split), bool)
-    val_mask[val_idx] = True
-    return split.take(np.flatnonzero(~val_mask)), split.take(np.flatnonzero(val_mask))
+    train, val = split_indices(len(split), val_split, seed, labels=split.labels)
+    return split.take(train), split.take(val)
 
 
 # === Image folders ===

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline._keras import tf
-from pipeline.data.images import InputSpec, normalize
-from pipeline.data.segmentation import SegSplit
+from pipeline.core.images import InputSpec, normalize
+from pipeline.tasks.segmentation.readers import SegSplit
 
 AUTOTUNE = tf.data.AUTOTUNE
 

@@ -24,26 +24,17 @@ import numpy as np
 
 from pipeline._vendor import image_segmenter_metadata_schema_py_generated as seg_fb
 from pipeline._vendor import metadata_schema_py_generated as md_fb
+from pipeline.core.errors import MetadataError, ModelNotFoundError
+from pipeline.core.tflite import TFLITE_ID, check_header, output_order, schema
 
 METADATA_NAME = "TFLITE_METADATA"  # the Model.metadata entry every reader looks for
 SEGMENTER_METADATA = "SEGMENTER_METADATA"  # MediaPipe ImageSegmenter's custom metadata
-_MODEL_ID, _METADATA_ID, _SEGMENTER_ID = b"TFL3", b"M001", b"V001"
+_METADATA_ID, _SEGMENTER_ID = b"M001", b"V001"
 _ACTIVATIONS = {
     "none": seg_fb.Activation.NONE,
     "sigmoid": seg_fb.Activation.SIGMOID,
     "softmax": seg_fb.Activation.SOFTMAX,
 }
-
-
-class MetadataError(ValueError):
-    """A model's metadata is missing or does not parse."""
-
-
-def _schema():
-    # LiteRT ships the model schema as plain Python: no TensorFlow import for inspect.
-    from ai_edge_litert import schema_py_generated
-
-    return schema_py_generated
 
 
 # === Building the metadata tables ===
@@ -85,14 +76,16 @@ def _input_metadata(spec, dtype: str) -> md_fb.TensorMetadataT:
     return t
 
 
-def _output_metadata(task: str, sig: dict, num_classes: int, labels: str) -> md_fb.TensorMetadataT:
-    """One output's metadata, by task: scores with labels, a mask image, or boxes."""
+def _output_metadata(sig: dict, num_classes: int, labels: str) -> md_fb.TensorMetadataT:
+    """One output's metadata, by its ``kind``: class scores with labels, a mask per
+    class (``per_class_scores``), or ``boxes``."""
     t = md_fb.TensorMetadataT()
     t.name = sig["name"]
     t.description = sig.get("meaning", "")
     shape = list(sig.get("shape", []))
     content = md_fb.ContentT()
-    if task == "detection" and sig["name"] == "boxes":
+    kind = sig.get("kind", "class_scores")
+    if kind == "boxes":
         props = md_fb.BoundingBoxPropertiesT()
         props.index = [0, 1, 2, 3]  # x1 y1 x2 y2 = left top right bottom
         props.type = md_fb.BoundingBoxType.BOUNDARIES
@@ -100,7 +93,7 @@ def _output_metadata(task: str, sig: dict, num_classes: int, labels: str) -> md_
         content.contentPropertiesType = md_fb.ContentProperties.BoundingBoxProperties
         content.contentProperties = props
         content.range = _range(2, 2)  # the box coordinates lie along dimension 2
-    elif task == "segmentation" and len(shape) in (3, 4):
+    elif kind == "per_class_scores" and len(shape) in (3, 4):
         props = md_fb.ImagePropertiesT()
         props.colorSpace = md_fb.ColorSpaceType.GRAYSCALE  # one plane per class
         content.contentPropertiesType = md_fb.ContentProperties.ImageProperties
@@ -135,7 +128,6 @@ def _segmenter_options(activation: str) -> md_fb.CustomMetadataT:
 
 def build_metadata(
     *,
-    task: str,
     name: str,
     description: str,
     version: str,
@@ -156,9 +148,10 @@ def build_metadata(
     meta.name, meta.description, meta.version, meta.author = name, description, version, "edgepipe"
     sub = md_fb.SubGraphMetadataT()
     sub.inputTensorMetadata = [_input_metadata(spec, input_dtype)]
-    sub.outputTensorMetadata = [_output_metadata(task, s, num_classes, labels_file) for s in outputs]
-    if task == "segmentation":
-        act = str(outputs[0].get("activation", "none")).lower()
+    sub.outputTensorMetadata = [_output_metadata(s, num_classes, labels_file) for s in outputs]
+    masks = [s for s in outputs if s.get("kind") == "per_class_scores"]
+    if masks:  # MediaPipe's ImageSegmenter reads how to turn the masks into scores
+        act = str(masks[0].get("activation", "none")).lower()
         if act not in _ACTIVATIONS:
             raise ValueError(f"segmentation output activation {act!r}: expected one of {sorted(_ACTIVATIONS)}")
         sub.customMetadata = [_segmenter_options(act)]
@@ -180,16 +173,16 @@ def populate(model: bytes, metadata: bytes, files: dict[str, bytes]) -> bytes:
     Replaces earlier metadata, and earlier associated files of the same name, as
     MetadataPopulator does.
     """
-    schema = _schema()
+    sch = schema()
     files = {**associated_files(model), **files}
-    m = schema.ModelT.InitFromPackedBuf(bytearray(_flatbuffer_part(model)), 0)
-    buf = schema.BufferT()
+    m = sch.ModelT.InitFromPackedBuf(bytearray(_flatbuffer_part(model)), 0)
+    buf = sch.BufferT()
     buf.data = np.frombuffer(metadata, np.uint8)
     m.metadata = m.metadata or []
     m.buffers = m.buffers or []
     entry = next((e for e in m.metadata if _name(e.name) == METADATA_NAME), None)
     if entry is None:
-        entry = schema.MetadataT()
+        entry = sch.MetadataT()
         entry.name = METADATA_NAME
         m.metadata.append(entry)
         m.buffers.append(buf)
@@ -197,7 +190,7 @@ def populate(model: bytes, metadata: bytes, files: dict[str, bytes]) -> bytes:
     else:
         m.buffers[entry.buffer] = buf
     b = flatbuffers.Builder(1024)
-    b.Finish(m.Pack(b), _MODEL_ID)
+    b.Finish(m.Pack(b), TFLITE_ID)
     out = io.BytesIO(bytes(b.Output()))
     out.seek(0, io.SEEK_END)
     # Mode "a" on a non-zip appends a fresh archive; readers find it from the end.
@@ -224,8 +217,8 @@ def _name(n) -> str:
 
 def metadata_buffer(model: bytes) -> bytes | None:
     """The raw ``TFLITE_METADATA`` flatbuffer of a model, or None when it has none."""
-    schema = _schema()
-    m = schema.Model.GetRootAs(model, 0)
+    sch = schema()
+    m = sch.Model.GetRootAs(model, 0)
     for i in range(m.MetadataLength()):
         e = m.Metadata(i)
         if _name(e.Name()) == METADATA_NAME:
@@ -324,26 +317,17 @@ def _custom_dict(c: md_fb.CustomMetadataT) -> dict:
 
 
 def file_output_order(model: bytes) -> list[int]:
-    """For each output tensor in file order, its index in the alphabetical signature.
-
-    The exporter names outputs ``Identity``, ``Identity_1``, … in sorted-name order,
-    but the file may list them in another order; metadata must follow the file.
-    """
-    schema = _schema()
-    g = schema.Model.GetRootAs(model, 0).Subgraphs(0)
-    names = [_s(g.Tensors(g.Outputs(i)).Name()) for i in range(g.OutputsLength())]
-    keys = []
-    for n in names:
-        head, _, k = n.rpartition("_")
-        keys.append(0 if n == "Identity" else int(k) if head == "Identity" and k.isdigit() else -1)
-    return list(range(len(names))) if -1 in keys else keys
+    """For each output tensor in file order, its index in the alphabetical signature
+    (:func:`pipeline.core.tflite.output_order`): metadata must follow the file."""
+    g = schema().Model.GetRootAs(model, 0).Subgraphs(0)
+    return output_order([_s(g.Tensors(g.Outputs(i)).Name()) for i in range(g.OutputsLength())])
 
 
 def _input_dtype(model: bytes) -> str:
-    schema = _schema()
-    g = schema.Model.GetRootAs(model, 0).Subgraphs(0)
+    sch = schema()
+    g = sch.Model.GetRootAs(model, 0).Subgraphs(0)
     t = g.Tensors(g.Inputs(0)).Type()
-    return {schema.TensorType.FLOAT32: "float32", schema.TensorType.UINT8: "uint8", schema.TensorType.INT8: "int8"}.get(
+    return {sch.TensorType.FLOAT32: "float32", sch.TensorType.UINT8: "uint8", sch.TensorType.INT8: "int8"}.get(
         t, str(t)
     )
 
@@ -351,7 +335,6 @@ def _input_dtype(model: bytes) -> str:
 def add_metadata(
     model: bytes,
     *,
-    task: str,
     name: str,
     description: str,
     version: str,
@@ -373,7 +356,6 @@ def add_metadata(
         )
     ordered = [outputs[k] for k in order]
     meta = build_metadata(
-        task=task,
         name=name,
         description=description,
         version=version,
@@ -387,11 +369,11 @@ def add_metadata(
 
 
 def read_model_file(path: str | Path) -> bytes:
-    """A ``.tflite`` file's bytes, with a clear error for a missing or foreign file."""
+    """A ``.tflite`` file's bytes for reading its metadata, with a clear error for a
+    missing or foreign file."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such model file")
+        raise ModelNotFoundError(f"{p}: no such model file")
     data = p.read_bytes()
-    if len(data) < 8 or data[4:8] != _MODEL_ID:
-        raise MetadataError(f"{p}: not a TFLite model (no TFL3 flatbuffer identifier)")
+    check_header(data, p, MetadataError)
     return data

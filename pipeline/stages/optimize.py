@@ -17,19 +17,11 @@ import shutil
 import numpy as np
 
 from pipeline._keras import keras, layers, tfmot
-from pipeline.config import Config
-from pipeline.rundir import RunDir
+from pipeline.core.config import Config
+from pipeline.core.rundir import RunDir
+from pipeline.stages.fit import fit, make_optimizer, steps_per_epoch
+from pipeline.stages.weights import load_weights, rebuild, save_weights
 from pipeline.tasks import get_task
-from pipeline.train import (
-    explain_empty_epochs,
-    input_spec,
-    load_weights,
-    make_optimizer,
-    rebuild,
-    save_weights,
-    steps_per_epoch,
-    verbose,
-)
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +57,15 @@ def _can_prune_2_4(layer) -> bool:
 
 def _finetune(model, cfg: Config, run: RunDir, data, epochs: int, lr: float, name: str, callbacks=()) -> dict:
     task = get_task(cfg.task)
-    train_ds, val_ds = task.datasets(data, cfg, input_spec(cfg))
+    datasets = task.datasets(data, cfg, cfg.input_spec())
     steps = steps_per_epoch(cfg, len(data.train))
-    model.compile(optimizer=make_optimizer(lr, steps * epochs, 0, 0.0), **task.compile_args(cfg))
+    opt = make_optimizer(lr, steps * epochs, 0, 0.0)
+    model.compile(optimizer=opt, **task.compile_args(cfg, len(task.class_names(data))))
     backup = run.path / "checkpoints" / f"{name}_backup"
-    with explain_empty_epochs(cfg, len(data.train)):
-        model.fit(
-            train_ds.repeat() if cfg.train.steps_per_epoch else train_ds,
-            validation_data=val_ds,
-            epochs=epochs,
-            steps_per_epoch=cfg.train.steps_per_epoch or None,
-            callbacks=[
-                *callbacks,
-                # A killed fine-tune resumes too; the state goes once fit() returns.
-                keras.callbacks.BackupAndRestore(str(backup)),
-                keras.callbacks.CSVLogger(str(run.path / f"{name}_log.csv"), append=True),
-            ],
-            verbose=verbose(),
-        )
-    shutil.rmtree(backup, ignore_errors=True)
-    return {k: float(v) for k, v in model.evaluate(val_ds, return_dict=True, verbose=0).items()}
+    log_csv = keras.callbacks.CSVLogger(str(run.path / f"{name}_log.csv"), append=True)
+    fit(model, task, cfg, data, datasets, epochs=epochs, backup=backup, callbacks=[*callbacks, log_csv])
+    shutil.rmtree(backup, ignore_errors=True)  # the fine-tune is done: nothing to resume
+    return {k: float(v) for k, v in model.evaluate(datasets[1], return_dict=True, verbose=0).items()}
 
 
 def _prunable(layer, min_params: int) -> bool:
@@ -220,7 +201,7 @@ def calibrate_ranges(model: keras.Model, images, spec, batch: int = 16, passes: 
     they are. The second pass sees activations quantized with settled upstream ranges.
     """
     from pipeline._keras import tf
-    from pipeline.data.images import normalize, with_full_range
+    from pipeline.core.images import normalize, with_full_range
 
     images = with_full_range(list(images))
     if not images:
@@ -256,7 +237,7 @@ def qat(run: RunDir, cfg: Config) -> dict:
     elif "pruned" in cfg.qat.sources:
         log.info("no pruned model in %s: prune-preserving QAT skipped (run `edgepipe prune` to add it)", run.path)
     out = {}
-    spec = input_spec(cfg)
+    spec = cfg.input_spec()
     for name, src in jobs:
         keras.utils.set_random_seed(cfg.train.seed)
         with run.stage(f"qat:{name}", inputs=[src, run.config_path]) as entry:

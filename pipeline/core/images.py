@@ -8,12 +8,16 @@ prepared two different ways.
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import cv2
 import numpy as np
+
+from pipeline.core.errors import ImageError
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +28,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 # is what a phone camera hands over.
 MEAN = 0.0
 STD = 255.0
-
-
-class ImageError(ValueError):
-    """An image file cannot be read or decoded."""
 
 
 @dataclass(frozen=True)
@@ -182,12 +182,18 @@ def geometry(frame_hw: tuple[int, int], spec: InputSpec) -> Geometry:
 
 
 def normalize(x, spec: InputSpec):
-    """uint8 pixels → the float the model was trained on. Works on numpy and tf."""
+    """Pixels → the float the model was trained on: ``(x - mean) / std``.
+
+    NumPy arrays of any dtype; inside tf.data, a float tensor (the pipelines cast it):
+    this module stays free of TensorFlow, so the runtime imports it on a device that
+    has none.
+    """
     if isinstance(x, np.ndarray):
         x = x.astype(np.float32)
-    else:  # a tf.Tensor inside tf.data; tf is already imported by then.
-        import tensorflow as tf
-
+    elif not getattr(x.dtype, "is_floating", True):
+        # A tf.Tensor: TensorFlow is loaded already (it made the tensor), so take it
+        # from sys.modules instead of an import this module would carry everywhere.
+        tf = sys.modules["tensorflow"]
         x = tf.cast(x, tf.float32)
     return (x - spec.mean) / spec.std
 
@@ -207,6 +213,26 @@ def with_full_range(images: list[np.ndarray]) -> list[np.ndarray]:
     flat = first.reshape(-1, first.shape[-1])
     flat[0], flat[-1] = 0, 255
     return [first, *images[1:]]
+
+
+class SkipCounter:
+    """Counts the unreadable files one stage skipped (tf.data's worker threads add to it
+    concurrently) and logs each path once, with a running count."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.paths: set[str] = set()
+
+    def add(self, path: str, reason: str) -> None:
+        with self._lock:
+            if path in self.paths:
+                return
+            self.paths.add(path)
+            n = len(self.paths)
+        log.warning("skipped unreadable image %d: %s", n, reason)
+
+    def __len__(self) -> int:
+        return len(self.paths)
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -1,0 +1,62 @@
+"""The stages in order, and the demo: what ``edgepipe all`` and ``edgepipe demo`` run."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pipeline.core import config
+from pipeline.core.registry import get_spec, task_names
+from pipeline.core.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+CHAIN = ("train", "prune", "qat", "export", "evaluate")
+DEMO_RUN = "runs/demo"
+
+
+def run_stage(name: str, run: RunDir, cfg: config.Config, variants: list[str] | None = None, out_dir=None):
+    """Call one stage's library function (each imports TensorFlow only when called)."""
+    if name == "train":
+        from pipeline.stages.train import train
+
+        return train(run, cfg)
+    if name in ("prune", "qat"):
+        from pipeline.stages import optimize
+
+        return getattr(optimize, name)(run, cfg)
+    if name == "export":
+        from pipeline.stages.export import export
+
+        return export(run, cfg, variants, out_dir)
+    if name == "evaluate":
+        from pipeline.stages.evaluate import evaluate
+
+        return evaluate(run, cfg)
+    raise ValueError(f"Unknown stage {name!r}. Expected one of {list(CHAIN)}.")
+
+
+def run_chain(run: RunDir, cfg: config.Config, stages=CHAIN) -> dict:
+    """``stages`` in order on one run folder; each stage's result by name."""
+    results = {}
+    for name in stages:
+        log.info("=== %s ===", name)
+        results[name] = run_stage(name, run, cfg)
+    return results
+
+
+def demo(task: str = "all", run_dir: Path | None = None, overrides=()) -> list[RunDir]:
+    """The whole chain on the built-in synthetic set at each task's demo settings
+    (``TaskSpec.demo_settings``: minutes on 2 CPU cores); the run folders."""
+    tasks = list(task_names()) if task == "all" else [task]
+    for t in tasks:
+        if t not in task_names():
+            raise config.ConfigError(f"demo: unknown task {t!r}; expected one of {[*task_names(), 'all']}")
+    runs = []
+    for t in tasks:
+        run = RunDir(run_dir if run_dir and len(tasks) == 1 else Path(f"{DEMO_RUN}-{t}"))
+        cfg = config.load(None, [*get_spec(t).demo_settings, *overrides], task=t)
+        log.info("=== demo: %s ===", t)
+        run_chain(run, cfg)
+        runs.append(run)
+    return runs

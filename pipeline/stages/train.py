@@ -1,0 +1,210 @@
+"""Float training: the strategy from the hardware, transfer learning's phases, resumable ``fit``."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+
+from pipeline._keras import keras
+from pipeline.core.config import Config
+from pipeline.core.rundir import RunDir, write_text
+from pipeline.models.backbones import backbone_layer_names
+from pipeline.models.weights import load_pretrained
+from pipeline.stages.fit import fit, make_optimizer, setup_hardware, steps_per_epoch
+from pipeline.stages.weights import load_weights, save_weights
+from pipeline.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+FROZEN_DONE = "frozen_phase.h5"  # weights after the frozen phase: it finished, resume in the next
+
+
+def train(run: RunDir, cfg: Config) -> dict:
+    """Train the float model; a killed run resumes from ``RUN/checkpoints``.
+
+    Returns:
+        Validation results of the best weights, also saved as ``models/float.h5``.
+    """
+    run.path.mkdir(parents=True, exist_ok=True)
+    # A retrain that fails (bad data, no validation metric...) puts back the config
+    # the trained models were built with. A killed one keeps the new config, which
+    # is what its BackupAndRestore state was made with, so rerunning resumes it.
+    previous = run.config_path.read_text() if run.has("float") and run.config_path.is_file() else None
+    run.save_config(cfg)
+    try:
+        return _train(run, cfg)
+    except Exception:
+        if previous is not None:
+            write_text(run.config_path, previous)
+        raise
+
+
+# === Phases: transfer learning's frozen-backbone start, then the main fit ===
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One ``fit`` over epochs ``[first_epoch, end_epoch)`` with its own resume state."""
+
+    name: str
+    first_epoch: int
+    end_epoch: int
+    freeze_backbone: bool
+    backbone_lr_mult: float
+    backup: str  # its BackupAndRestore folder under RUN/checkpoints
+
+
+def plan_phases(cfg: Config) -> list[Phase]:
+    """``train.freeze_backbone_epochs`` with the backbone frozen (the head learns on
+    fixed features), then the rest with everything trainable and the backbone's learning
+    rate scaled by ``train.backbone_lr_mult``. The multiplier applies whenever the
+    backbone starts from weights (``model.weights`` is not ``none``) or was frozen first;
+    from scratch it does not."""
+    t = cfg.train
+    frozen = min(t.freeze_backbone_epochs, t.epochs)
+    mult = t.backbone_lr_mult if (frozen or cfg.model.weights != "none") else 1.0
+    phases = [Phase("frozen", 0, frozen, True, 1.0, "backup_frozen")] if frozen else []
+    if frozen < t.epochs:
+        phases.append(Phase("main", frozen, t.epochs, False, mult, "backup"))
+    return phases
+
+
+def _set_trainable(model: keras.Model, backbone: frozenset, phase: Phase, keep_bn_frozen: bool) -> None:
+    """Freeze or unfreeze the backbone. A frozen BatchNorm also runs in inference mode
+    (Keras 2), and after a frozen phase the backbone's BatchNorm stays so when the rest
+    thaws: the Keras transfer-learning rule, since small batches of new data would
+    overwrite statistics that the pretrained weights rely on."""
+    for layer in model.layers:
+        if layer.name in backbone:
+            bn = isinstance(layer, keras.layers.BatchNormalization)
+            layer.trainable = not phase.freeze_backbone and not (keep_bn_frozen and bn)
+
+
+# === Stage ===
+
+
+def _train(run: RunDir, cfg: Config) -> dict:
+    task = get_task(cfg.task)
+    keras.utils.set_random_seed(cfg.train.seed)
+    hw = setup_hardware(cfg)
+    spec = cfg.input_spec()
+    ckpt = run.path / "checkpoints"
+    phases = plan_phases(cfg)
+    with run.stage("train") as entry:
+        data = task.load_data(cfg)
+        datasets = task.datasets(data, cfg, spec)
+        num_classes = len(task.class_names(data))
+        resuming = (ckpt / FROZEN_DONE).is_file() or any((ckpt / p.backup).is_dir() for p in phases)
+        with hw.strategy.scope():
+            model = task.build_model(cfg, num_classes)
+        if resuming:
+            log.info("resuming a killed run from %s (delete it to start over)", ckpt)
+            transfer = None
+        else:
+            _forget_previous_attempt(run)
+            transfer = load_pretrained(model, cfg)
+        tuned = len(phases) > 1 or phases[-1].freeze_backbone or phases[-1].backbone_lr_mult != 1.0
+        backbone = backbone_layer_names(cfg.model) if tuned else frozenset()
+        for phase in phases:
+            if phase.name == "frozen" and (ckpt / FROZEN_DONE).is_file():
+                continue  # finished before the run was killed
+            if (ckpt / FROZEN_DONE).is_file() and not (ckpt / phase.backup).is_dir():
+                load_weights(model, ckpt / FROZEN_DONE)
+            _fit_phase(model, phase, backbone, run, cfg, task, hw, data, datasets, num_classes)
+            if phase.name == "frozen":
+                save_weights(model, ckpt / FROZEN_DONE)
+        # fit() returned: the run is complete, so the resume state is obsolete.
+        for p in phases:
+            shutil.rmtree(ckpt / p.backup, ignore_errors=True)
+        (ckpt / FROZEN_DONE).unlink(missing_ok=True)
+        if (ckpt / "best.h5").is_file():
+            load_weights(model, ckpt / "best.h5")
+        results = model.evaluate(datasets[1], return_dict=True, verbose=0)
+        save_weights(model, run.weights("float"))
+        entry["outputs"].append(run.weights("float"))
+        # Models and exports made from an earlier float model no longer match it.
+        for stale in [*(run.weights(m) for m in ("pruned", "qat", "pqat")), run.path / "exports.json"]:
+            stale.unlink(missing_ok=True)
+        entry["results"] = {k: float(v) for k, v in results.items()}
+        entry["results"]["skipped_images"] = len(data.skipped)
+        entry["results"]["hardware"] = {"gpus": hw.gpus, "mixed_precision": hw.mixed_precision, "xla": hw.xla}
+        if transfer is not None:
+            entry["results"]["pretrained"] = transfer
+    log.info("float model: %s", {k: v for k, v in entry["results"].items() if k != "pretrained"})
+    return entry["results"]
+
+
+def _forget_previous_attempt(run: RunDir) -> None:
+    """A fresh start in a used run folder: the old CSV log and best checkpoint belong to
+    another training, and would seed the new one's best value and curves."""
+    (run.path / "train_log.csv").unlink(missing_ok=True)
+    (run.path / "checkpoints" / "best.h5").unlink(missing_ok=True)
+
+
+def _fit_phase(model, phase: Phase, backbone, run: RunDir, cfg: Config, task, hw, data, datasets, num_classes: int):
+    _set_trainable(model, backbone, phase, keep_bn_frozen=cfg.train.freeze_backbone_epochs > 0)
+    t = cfg.train
+    steps = steps_per_epoch(cfg, len(data.train))
+    with hw.strategy.scope():
+        opt = make_optimizer(
+            t.learning_rate, steps * t.epochs, int(steps * t.warmup_epochs), t.weight_decay, phase.first_epoch * steps
+        )
+        if phase.backbone_lr_mult != 1.0:
+            chosen = [w for layer in model.layers if layer.name in backbone for w in layer.trainable_weights]
+            opt.set_lr_multiplier(chosen, phase.backbone_lr_mult)
+        model.compile(optimizer=opt, jit_compile=hw.xla, **task.compile_args(cfg, num_classes))
+    if phase.name == "frozen" or phase.backbone_lr_mult != 1.0:
+        what = "frozen" if phase.freeze_backbone else f"learning rate x{phase.backbone_lr_mult:g}"
+        log.info(
+            "training phase %r, epochs %d-%d: backbone %s", phase.name, phase.first_epoch + 1, phase.end_epoch, what
+        )
+    monitor, mode = task.spec.monitor, task.spec.monitor_mode
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(
+            str(run.path / "checkpoints" / "best.h5"),
+            monitor=monitor,
+            mode=mode,
+            save_best_only=True,
+            save_weights_only=True,
+            # A resumed run or a later phase never overwrites a better checkpoint with a worse one.
+            initial_value_threshold=best_so_far(run, monitor, mode),
+        ),
+        keras.callbacks.CSVLogger(str(run.path / "train_log.csv"), append=True),
+        keras.callbacks.TensorBoard(str(run.path / "logs" / "train"), profile_batch=0),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if t.early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor, patience=t.early_stopping_patience, mode=mode))
+    fit(
+        model,
+        task,
+        cfg,
+        data,
+        datasets,
+        epochs=phase.end_epoch,
+        initial_epoch=phase.first_epoch,
+        backup=run.path / "checkpoints" / phase.backup,
+        callbacks=callbacks,
+    )
+
+
+def best_so_far(run: RunDir, monitor: str, mode: str) -> float | None:
+    """The best monitored value the CSV log holds, so resuming never overwrites a
+    better checkpoint with a worse one."""
+    log_path = run.path / "train_log.csv"
+    if not log_path.is_file():
+        return None
+    values = []
+    for r in csv.DictReader(log_path.open()):
+        try:
+            v = float(r.get(monitor) or "")
+        except ValueError:  # empty, or "NA": an epoch the CSV logger saw without the metric
+            continue
+        if not math.isnan(v):
+            values.append(v)
+    if not values:
+        return None
+    return max(values) if mode == "max" else min(values)

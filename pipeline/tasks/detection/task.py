@@ -1,0 +1,277 @@
+"""Detection's training half: readers, the anchor-free detector, its losses, COCO mAP
+on the exported model, and the export signature (decoded boxes + sigmoid scores)."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from pipeline.core.images import ImageError, SkipCounter, geometry, prepare, read_image
+from pipeline.tasks.base import Task
+from pipeline.tasks.detection import SPEC
+from pipeline.tasks.detection import boxes as B
+from pipeline.tasks.detection import readers as det_data
+from pipeline.tasks.detection.runtime import RUN_SCORE, RUNTIME
+
+log = logging.getLogger(__name__)
+
+MAX_BOXES = 100  # objects per image kept for training (more are rare and cost memory)
+EVAL_SCORE = 0.01  # low threshold for mAP: the PR curve needs the low-confidence tail
+
+
+# === Data ===
+
+
+def _augmenter(size: int):
+    from pipeline._keras import keras, keras_cv
+
+    fmt = "xyxy"
+    return keras.Sequential(
+        [
+            keras_cv.layers.RandomFlip("horizontal", bounding_box_format=fmt),
+            keras_cv.layers.JitteredResize((size, size), scale_factor=(0.75, 1.3), bounding_box_format=fmt),
+            keras_cv.layers.RandomBrightness(0.15, value_range=(0, 255)),
+            keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2),
+        ],
+        name="augment",
+    )
+
+
+def load_sample(split: det_data.DetSplit, i: int, spec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image ``i`` prepared for the model, with its boxes mapped into input pixels."""
+    ref = split.images[i]
+    img = split.arrays[ref] if split.arrays is not None else read_image(ref)
+    g = geometry(img.shape[:2], spec)
+    return prepare(img, spec), g.to_input(split.boxes[i]), split.classes[i]
+
+
+def _sample_fn(split, spec, skipped: SkipCounter):
+    blank = np.zeros((spec.size, spec.size, spec.channels), np.uint8)
+
+    def load(i):
+        i = int(i)
+        try:
+            x, b, c = load_sample(split, i, spec)
+        except ImageError as e:
+            skipped.add(str(split.images[i]), str(e))
+            return blank, np.zeros((MAX_BOXES, 4), np.float32), np.full(MAX_BOXES, -1, np.float32), False
+        k = min(len(c), MAX_BOXES)
+        boxes = np.zeros((MAX_BOXES, 4), np.float32)
+        classes = np.full(MAX_BOXES, -1, np.float32)
+        boxes[:k], classes[:k] = b[:k], c[:k]
+        return x, boxes, classes, True
+
+    return load
+
+
+def box_batches(split, cfg, spec, training: bool, skipped: SkipCounter):
+    """Batches of ``(normalized images, boxes (B, MAX_BOXES, 4), classes (B, MAX_BOXES))``,
+    boxes in input pixels, padded with class -1; augmented when training. Shared by
+    training and by the benchmark's keras-cv peer, so both see the same data."""
+    from pipeline._keras import keras_cv, tf
+    from pipeline.core.images import normalize
+
+    d = cfg.data
+    load = _sample_fn(split, spec, skipped)
+    ds = tf.data.Dataset.range(len(split))
+    if training:  # shuffle indices, not pixels: cheap and a full shuffle
+        ds = ds.shuffle(len(split), seed=d.seed, reshuffle_each_iteration=True)
+    ds = ds.map(
+        lambda i: tf.numpy_function(load, [i], [tf.uint8, tf.float32, tf.float32, tf.bool]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=not training,
+    )
+    ds = ds.filter(lambda x, b, c, ok: ok)
+    size, ch = spec.size, spec.channels
+
+    def shape(x, b, c, ok):
+        x = tf.ensure_shape(x, (size, size, ch))
+        return tf.cast(x, tf.float32), tf.ensure_shape(b, (MAX_BOXES, 4)), tf.ensure_shape(c, (MAX_BOXES,))
+
+    ds = ds.map(shape).batch(cfg.train.batch_size, drop_remainder=training)
+    augment = _augmenter(size) if training and d.augment else None
+
+    def augmented(x, b, c):
+        if augment is not None:
+            out = augment({"images": x, "bounding_boxes": {"boxes": b, "classes": c}}, training=True)
+            x = out["images"]
+            dense = keras_cv.bounding_box.to_dense(out["bounding_boxes"], max_boxes=MAX_BOXES)
+            b, c = dense["boxes"], dense["classes"]
+        return normalize(x, spec), b, c
+
+    return ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class Detection(Task):
+    spec = SPEC
+    runtime = RUNTIME
+
+    # === Data ===
+    def load_data(self, cfg):
+        return det_data.load(cfg)
+
+    def box_batches(self, split, cfg, spec, training: bool, skipped: SkipCounter | None = None):
+        return box_batches(split, cfg, spec, training, skipped if skipped is not None else SkipCounter())
+
+    def _dataset(self, data, split, cfg, spec, training: bool):
+        from pipeline._keras import tf
+        from pipeline.tasks.detection.targets import assign_targets
+
+        points = B.anchor_points(spec.size)
+        k = len(data.class_names)
+
+        def encode(x, b, c):
+            return x, assign_targets(points, b, c, k)
+
+        ds = box_batches(split, cfg, spec, training, data.skipped)
+        return ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def datasets(self, data, cfg, spec):
+        return self._dataset(data, data.train, cfg, spec, True), self._dataset(data, data.val, cfg, spec, False)
+
+    def eval_batches(self, data, cfg, spec, batch_size, limit=0):
+        n = len(data.val) if not limit else min(limit, len(data.val))
+        xs, ts = [], []
+        for i in range(n):
+            try:
+                x, b, c = load_sample(data.val, i, spec)
+            except ImageError as e:
+                data.skipped.add(str(data.val.images[i]), str(e))
+                continue
+            xs.append(x)
+            ts.append({"boxes": b, "classes": c})
+            if len(xs) == batch_size:
+                yield np.stack(xs), ts
+                xs, ts = [], []
+        if xs:
+            yield np.stack(xs), ts
+
+    def calibration_images(self, data, cfg, spec, n):
+        rng = np.random.default_rng(cfg.data.seed)
+        for i in np.sort(rng.permutation(len(data.train))[:n]):
+            try:
+                yield load_sample(data.train, int(i), spec)[0]
+            except ImageError:
+                continue
+
+    # === Model, loss, metric ===
+    def build_model(self, cfg, num_classes):
+        from pipeline.models.detector import build_detector
+
+        model = build_detector(cfg.model, num_classes)
+        points = B.anchor_points(cfg.model.input_size)
+        if model.outputs[0].shape[1] != len(points):
+            raise ValueError(f"detector has {model.outputs[0].shape[1]} outputs per image, expected {len(points)}")
+        return model
+
+    def compile_args(self, cfg, num_classes):
+        from pipeline.tasks.detection.targets import losses
+
+        return {"loss": list(losses(B.anchor_points(cfg.model.input_size)))}
+
+    def score(self, outputs, targets, class_names):
+        from pipeline.tasks.detection.metrics import coco_map
+
+        truths = [t for batch in targets for t in batch]
+        dets = [B.nms(b, s, EVAL_SCORE, 0.6, 100) for b, s in zip(outputs[0], outputs[1])]
+        return coco_map(dets, truths, class_names)
+
+    def agreement(self, a, b):
+        """Mean over images of matched detections (same class, IoU ≥ 0.5) / the larger count."""
+        fractions = []
+        for ba, sa, bb, sb in zip(a[0], a[1], b[0], b[1]):
+            da, db = B.nms(ba, sa, RUN_SCORE), B.nms(bb, sb, RUN_SCORE)
+            na, nb = int(da["count"]), int(db["count"])
+            if not na and not nb:
+                fractions.append(1.0)
+                continue
+            iou = B.box_iou(da["boxes"], db["boxes"]) * (da["classes"][:, None] == db["classes"][None])
+            matched = 0
+            while iou.size and iou.max() >= 0.5:
+                i, j = np.unravel_index(iou.argmax(), iou.shape)
+                iou[i, :], iou[:, j] = 0, 0
+                matched += 1
+            fractions.append(matched / max(na, nb))
+        return float(np.mean(fractions)) if fractions else 1.0
+
+    # === Export ===
+    def serving(self, outputs, cfg):
+        from pipeline._keras import tf
+
+        raw, logits = outputs  # raw distances are ReLU6'd in the model
+        return {"boxes": B.decode(raw, B.anchor_points(cfg.model.input_size)), "scores": tf.sigmoid(logits)}
+
+    def output_signature(self, class_names):
+        return [
+            {
+                "name": "boxes",
+                "kind": "boxes",
+                "meaning": "decoded boxes, one per anchor point: x1, y1, x2, y2 in model-input pixels "
+                "(letterboxed or stretched as 'input.resize' says); run NMS on them",
+            },
+            {
+                "name": "scores",
+                "kind": "class_scores",
+                "meaning": "sigmoid score per anchor point and class, in labels-file order",
+            },
+        ]
+
+    def sidecar_extras(self, cfg):
+        return {
+            "postprocess": {
+                "steps": [
+                    "for each anchor point take its best class and score",
+                    "drop points below score_threshold",
+                    "non-max suppression per class (IoU above iou_threshold suppresses the lower score)",
+                    "keep the max_detections best",
+                    "map boxes from model-input pixels to the frame: x = (x - input_left) / scale_x, "
+                    "y = (y - input_top) / scale_y (letterbox: the frame is scaled by "
+                    "size / max(h, w) and centred; stretch: scale_x = size / w, scale_y = size / h)",
+                ],
+                "score_threshold": RUN_SCORE,
+                "iou_threshold": 0.5,
+                "max_detections": 100,
+                "result": {
+                    "boxes": "[K, 4] x1, y1, x2, y2 in frame pixels",
+                    "scores": "[K] in [0, 1]",
+                    "classes": "[K] index into the labels file",
+                    "count": "K",
+                },
+                "implementation": "pipeline.tasks.detection.boxes.nms (OpenCV NMSBoxesBatched), used by evaluate "
+                "and edgepipe run",
+            },
+            "anchor_points": len(B.anchor_points(cfg.model.input_size)),
+        }
+
+    # === Report figures ===
+    def report_figures(self, report, out_dir):
+        """Precision–recall curves at IoU 0.5 of the int8 variant (or Keras float)."""
+        from pipeline.core.variants import preferred_int8
+        from pipeline.report import pr_curves_figure
+
+        name = preferred_int8(report["variants"])
+        details = report["variants"][name]["details"] if name else report["keras_float_details"]
+        recall = np.linspace(0, 1, 101)
+        curves = {c: (recall, np.asarray(p), float(np.mean(p))) for c, p in details.get("pr50", {}).items()}
+        return [pr_curves_figure(curves, out_dir)] if curves else []
+
+    def sample_grid(self, images, outputs, targets, class_names):
+        import cv2
+
+        from pipeline.core.overlay import draw_boxes, grid
+
+        tiles = []
+        for k in range(min(8, len(images))):
+            img = images[k] if images[k].shape[-1] == 3 else np.repeat(images[k][..., :1], 3, -1)
+            tile = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR)
+            for b in targets[k]["boxes"]:
+                cv2.rectangle(tile, tuple(int(v) for v in b[:2]), tuple(int(v) for v in b[2:]), (255, 255, 255), 1)
+            p = self.runtime.postprocess([o[k : k + 1] for o in outputs], class_names)
+            tiles.append(
+                cv2.cvtColor(draw_boxes(tile, p["boxes"], p["classes"], p["scores"], class_names), cv2.COLOR_BGR2RGB)
+            )
+        return grid(tiles)
+
+
+TASK = Detection()

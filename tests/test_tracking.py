@@ -1,0 +1,173 @@
+"""Tracking and counting on synthetic detections: ids, gaps, occlusions, crossings, zones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.runtime.tracking import ByteTracker, LineCounter, Tracking, TrackOptions, ZoneCounter, parse_points
+
+
+def box(cx: float, cy: float, w: float = 20, h: float = 40) -> list[float]:
+    return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+
+
+def run(tracker: ByteTracker, frames: list[list[tuple]], start: int = 0, step: int = 1):
+    """frames: per frame, a list of (cx, cy, score, class). Returns per frame {id: (cx, cy)}."""
+    out = []
+    for k, dets in enumerate(frames):
+        b = np.array([box(cx, cy) for cx, cy, *_ in dets]).reshape(-1, 4)
+        s = np.array([d[2] for d in dets])
+        c = np.array([d[3] for d in dets], int)
+        t = tracker.update(b, s, c, frame=start + k * step)
+        out.append({int(i): tuple((bb[:2] + bb[2:]) / 2) for i, bb in zip(t.ids, t.boxes)})
+    return out
+
+
+def test_two_moving_objects_keep_their_ids():
+    frames = [[(10 + 5 * k, 50, 0.9, 0), (200 - 5 * k, 150, 0.8, 1)] for k in range(20)]
+    out = run(ByteTracker(), frames)
+    assert all(len(f) == 2 for f in out)
+    ids = set(out[0])
+    assert all(set(f) == ids for f in out)
+    left = min(ids, key=lambda i: out[0][i][0])
+    assert out[-1][left][0] == pytest.approx(10 + 5 * 19, abs=3)
+
+
+def test_an_occlusion_shorter_than_the_buffer_keeps_the_id_a_longer_one_does_not():
+    t = ByteTracker(track_buffer=10)
+    seen = run(t, [[(10 + 4 * k, 50, 0.9, 0)] for k in range(10)])
+    first = next(iter(seen[0]))
+    run(t, [[] for _ in range(6)], start=10)  # hidden for 6 frames, still moving
+    back = run(t, [[(10 + 4 * k, 50, 0.9, 0)] for k in range(16, 20)], start=16)
+    assert set(back[-1]) == {first}
+    run(t, [[] for _ in range(15)], start=20)  # gone longer than the buffer
+    again = run(t, [[(10 + 4 * k, 50, 0.9, 0)] for k in range(35, 38)], start=35)
+    assert set(again[-1]) and first not in again[-1] and min(again[-1]) > first  # a new id, never a reused one
+
+
+def test_dropped_frames_do_not_break_tracks():
+    """The runner hands over frame indices with gaps when it drops frames."""
+    t = ByteTracker()
+    a = run(t, [[(10 + 6 * k, 50, 0.9, 0)] for k in range(10)])
+    # frames 10..15 were dropped; the object moved 6 px per frame meanwhile (36 px: past its box)
+    b = run(t, [[(10 + 6 * k, 50, 0.9, 0)] for k in (16, 17)], start=16)
+    assert set(b[-1]) == set(a[0])
+    # counted as one step instead, the same gap loses the track
+    c = ByteTracker()
+    run(c, [[(10 + 6 * k, 50, 0.9, 0)] for k in range(10)])
+    d = run(c, [[(10 + 6 * k, 50, 0.9, 0)] for k in (16, 17)], start=10)
+    assert set(d[-1]) != set(a[0])
+
+
+def test_a_low_score_detection_continues_a_track_but_does_not_start_one():
+    t = ByteTracker(track_threshold=0.5)
+    a = run(t, [[(50, 50, 0.9, 0)], [(52, 50, 0.9, 0)]])
+    b = run(t, [[(54, 50, 0.2, 0), (300, 300, 0.2, 1)]], start=2)  # dips while occluded; a weak new one
+    assert set(b[0]) == set(a[0])
+
+
+def test_ids_are_never_reused_and_reset_keeps_counting_up():
+    t = ByteTracker()
+    a = run(t, [[(50, 50, 0.9, 0)]] * 3)
+    t.reset()
+    b = run(t, [[(50, 50, 0.9, 0)]] * 3)
+    assert min(b[0]) > max(a[0])
+
+
+def test_a_track_takes_its_detections_majority_class():
+    t = ByteTracker()
+    classes = [1, 1, 2, 1, 1]
+    for k, c in enumerate(classes):
+        out = t.update(np.array([box(50, 50)]), np.array([0.9]), np.array([c]), frame=k)
+    assert out.classes.tolist() == [1]
+
+
+def _track(xs, y=50.0, ids=(7,), cls=0):
+    """A one-object Tracks-like sequence along x."""
+    from pipeline.runtime.tracking import Tracks
+
+    return [Tracks(np.array(ids), np.array([box(x, y)]), np.array([0.9]), np.array([cls])) for x in xs]
+
+
+def test_a_crossing_counts_once_per_direction():
+    line = LineCounter.parse("100,0,100,200")  # vertical, drawn downwards
+    events = [e for t in _track([60, 80, 95, 105, 120, 140]) for e in line.update(t, ["person"])]
+    assert len(events) == 1 and events[0]["track_id"] == 7
+    direction = events[0]["direction"]
+    # back across, and across again: the way back counts once, the repeat not at all
+    more = [e for t in _track([120, 90, 80, 110, 130]) for e in line.update(t, ["person"])]
+    assert [e["direction"] for e in more] == ["out" if direction == "in" else "in"]
+    assert line.counts[direction] == {"person": 1} and sum(line.counts["in"].values()) == 1
+
+
+def test_left_of_the_line_is_in():
+    from pipeline.runtime.tracking import Tracks
+
+    line = LineCounter.parse("0,100,200,100")  # drawn left to right: moving up is "in"
+    up = [Tracks(np.array([1]), np.array([box(50, y)]), np.array([0.9]), np.array([0])) for y in (140, 120, 90, 60)]
+    events = [e for t in up for e in line.update(t, ["car"])]
+    assert [e["direction"] for e in events] == ["in"]
+
+
+def test_touching_the_line_and_turning_back_is_not_a_crossing():
+    line = LineCounter.parse("100,0,100,200")
+    assert not [e for t in _track([60, 80, 100, 100, 80, 60]) for e in line.update(t, ["x"])]
+
+
+def test_a_crossing_beside_the_segment_is_not_counted():
+    line = LineCounter.parse("100,0,100,40")  # a short segment well above the object's path
+    assert not [e for t in _track([60, 80, 120, 140], y=120) for e in line.update(t, ["x"])]
+
+
+def test_zone_counts_occupancy_and_entries():
+    from pipeline.runtime.tracking import Tracks
+
+    zone = ZoneCounter.parse("100,0,200,0,200,200,100,200")
+    frames = [
+        Tracks(np.array([1, 2]), np.array([box(50, 50), box(150, 100)]), np.array([0.9, 0.9]), np.array([0, 1])),
+        Tracks(np.array([1, 2]), np.array([box(150, 50), box(150, 110)]), np.array([0.9, 0.9]), np.array([0, 1])),
+        Tracks(np.array([1, 2]), np.array([box(250, 50), box(150, 120)]), np.array([0.9, 0.9]), np.array([0, 1])),
+    ]
+    events = [zone.update(t, ["a", "b"]) for t in frames]
+    assert events[1] == [{"type": "zone", "zone": 0, "track_id": 1, "label": "a", "direction": "in"}]
+    assert zone.inside == {"b": 1} and zone.entries == {"a": 1}  # 2 started inside: not an entry
+
+
+def test_bad_lines_and_zones_are_errors_naming_the_flag():
+    with pytest.raises(ValueError, match="--count-line '1,2,3': expected 2 points"):
+        LineCounter.parse("1,2,3")
+    with pytest.raises(ValueError, match="--zone '1,2,3,4': expected at least 3 points"):
+        parse_points("1,2,3,4", "--zone")
+    with pytest.raises(ValueError, match="the two points are the same"):
+        LineCounter.parse("5,5,5,5")
+    with pytest.raises(ValueError, match="--match-iou must be between 0 and 1"):
+        TrackOptions(match_iou=1.5).check()
+
+
+def test_the_runner_side_resets_tracks_on_a_new_session_and_keeps_counts():
+    tr = Tracking(TrackOptions(lines=("100,0,100,200",)), ["p"])
+
+    def preds(x):
+        return {"boxes": np.array([box(x, 50)]), "scores": np.array([0.9]), "classes": np.array([0])}
+
+    ids = []
+    for k, x in enumerate([60, 80, 110, 130]):
+        p, _ = tr.step(preds(x), k, session=0)
+        ids.append(p["track_ids"].tolist())
+    counted = tr.summary()["lines"][0]
+    p, _ = tr.step(preds(60), 0, session=1)  # the video looped
+    assert p["track_ids"].tolist() != ids[-1] and tr.summary()["resets"] == 1
+    assert tr.summary()["lines"][0] == counted
+
+
+def test_tracking_50_objects_is_cheap():
+    """Not a timing assertion: the per-frame work must stay vectorised (one Kalman step for all)."""
+    rng = np.random.default_rng(0)
+    t = ByteTracker()
+    pos = rng.uniform(0, 1000, (50, 2))
+    vel = rng.uniform(-3, 3, (50, 2))
+    for k in range(30):
+        p = pos + k * vel
+        out = t.update(np.concatenate([p - 10, p + 10], 1), np.full(50, 0.9), np.zeros(50, int), frame=k)
+    assert len(out) == 50 and len(set(out.ids.tolist())) == 50 and out.ids.max() <= 50
