@@ -238,3 +238,22 @@ def test_structured_2_4_pruning_leaves_two_zeros_in_every_group_of_four(chain, t
                 assert ((groups == 0).sum(-1) >= 2).all(), v.name
                 checked += 1
     assert checked >= 5 and 0.3 < out["sparsity"] <= 0.5
+
+
+@pytest.mark.slow
+def test_a_qat_fine_tune_that_hurts_keeps_the_calibrated_start(chain, tmp_path):
+    """On little data QAT can lose what calibration gave: the best validation epoch,
+    epoch 0 included, is what the stage keeps."""
+    import shutil
+
+    from pipeline.core.rundir import RunDir
+    from pipeline.stages.chain import run_stage
+
+    run, cfg, results = chain
+    copy = RunDir(tmp_path / "run")
+    shutil.copytree(run.path / "models", copy.path / "models")
+    copy.save_config(cfg)
+    # A learning rate this large wrecks the weights in one epoch.
+    out = run_stage("qat", copy, copy.load_config(["qat.learning_rate=5.0", "qat.sources=[float]"]))
+    assert out["qat"]["accuracy"] >= results["train"]["accuracy"] - 0.1, (out, results["train"])
+    assert not (copy.path / "checkpoints" / "qat_best.h5").exists()

@@ -190,10 +190,10 @@ def test_train_rerun_overrides_wait_for_train_to_save_them(tmp_path):
 
 def test_resume_ignores_epochs_logged_without_the_metric(tmp_path):
     from pipeline.core.rundir import RunDir
-    from pipeline.stages.train import best_so_far
+    from pipeline.stages.fit import best_so_far
     from pipeline.tasks import get_task
 
     run = RunDir(tmp_path)
     (tmp_path / "train_log.csv").write_text("epoch,loss,val_accuracy\n0,1.0,NA\n1,0.8,0.6\n2,0.7,0.55\n")
     spec = get_task("classification").spec
-    assert best_so_far(run, spec.monitor, spec.monitor_mode) == 0.6
+    assert best_so_far(run.path / "train_log.csv", spec.monitor, spec.monitor_mode) == 0.6

@@ -4,6 +4,7 @@ training shares (float training's phases, pruning's and QAT's fine-tuning)."""
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import logging
 import math
@@ -213,3 +214,21 @@ def fit(
             ],
             verbose=verbose(),
         )
+
+
+def best_so_far(log_path: Path, monitor: str, mode: str) -> float | None:
+    """The best monitored value a CSV log holds, so resuming never overwrites a
+    better checkpoint with a worse one."""
+    if not log_path.is_file():
+        return None
+    values = []
+    for r in csv.DictReader(log_path.open()):
+        try:
+            v = float(r.get(monitor) or "")
+        except ValueError:  # empty, or "NA": an epoch the CSV logger saw without the metric
+            continue
+        if not math.isnan(v):
+            values.append(v)
+    if not values:
+        return None
+    return max(values) if mode == "max" else min(values)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 
 from pipeline._keras import keras, layers, tfmot
 from pipeline.core.config import Config
-from pipeline.core.rundir import RunDir
-from pipeline.stages.fit import fit, make_optimizer, steps_per_epoch
+from pipeline.core.rundir import RunDir, read_json, write_json
+from pipeline.stages.fit import best_so_far, fit, make_optimizer, steps_per_epoch
 from pipeline.stages.weights import load_weights, rebuild, save_weights
 from pipeline.tasks import get_task
 
@@ -55,17 +56,51 @@ def _can_prune_2_4(layer) -> bool:
     )
 
 
-def _finetune(model, cfg: Config, run: RunDir, data, epochs: int, lr: float, name: str, callbacks=()) -> dict:
+def _finetune(
+    model, cfg: Config, run: RunDir, data, epochs: int, lr: float, name: str, callbacks=(), keep_best: bool = False
+) -> dict:
+    """Fine-tune ``model``; with ``keep_best`` the weights it ends with are those of its
+    best validation, the starting weights included (epoch 0), so a fine-tune on little
+    data can only keep or improve what it started from."""
     task = get_task(cfg.task)
     datasets = task.datasets(data, cfg, cfg.input_spec())
     steps = steps_per_epoch(cfg, len(data.train))
     opt = make_optimizer(lr, steps * epochs, 0, 0.0)
     model.compile(optimizer=opt, **task.compile_args(cfg, len(task.class_names(data))))
-    backup = run.path / "checkpoints" / f"{name}_backup"
-    log_csv = keras.callbacks.CSVLogger(str(run.path / f"{name}_log.csv"), append=True)
-    fit(model, task, cfg, data, datasets, epochs=epochs, backup=backup, callbacks=[*callbacks, log_csv])
+    ckpt = run.path / "checkpoints"
+    backup, best = ckpt / f"{name}_backup", ckpt / f"{name}_best.h5"
+    log_csv = run.path / f"{name}_log.csv"
+    callbacks = [*callbacks, keras.callbacks.CSVLogger(str(log_csv), append=True)]
+    if keep_best:
+        callbacks.append(_keep_best(model, task, cfg, datasets[1], best, backup.is_dir(), log_csv))
+    fit(model, task, cfg, data, datasets, epochs=epochs, backup=backup, callbacks=callbacks)
     shutil.rmtree(backup, ignore_errors=True)  # the fine-tune is done: nothing to resume
+    if keep_best and best.is_file():
+        load_weights(model, best)
+        best.unlink()
+        best.with_suffix(".json").unlink(missing_ok=True)
     return {k: float(v) for k, v in model.evaluate(datasets[1], return_dict=True, verbose=0).items()}
+
+
+def _keep_best(model, task, cfg: Config, val_ds, best: Path, resuming: bool, log_csv: Path):
+    """A checkpoint of the best epoch that starts from the model as it is (its value
+    measured now, or kept from before a killed run)."""
+    monitor, mode = task.spec.monitor, task.spec.monitor_mode
+    record = best.with_suffix(".json")
+    if not resuming or not record.is_file():
+        logs = model.evaluate(val_ds, return_dict=True, verbose=0)
+        start = float(logs[monitor.removeprefix("val_")])
+        save_weights(model, best)
+        write_json(record, {"monitor": monitor, "start": start})
+        log.info("before fine-tuning: %s %.4f", monitor, start)
+    values = [
+        v for v in (read_json(record, "delete it").get("start"), best_so_far(log_csv, monitor, mode)) if v is not None
+    ]
+    threshold = (max if mode == "max" else min)(values)
+    return keras.callbacks.ModelCheckpoint(
+        str(best), monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True,
+        initial_value_threshold=threshold,
+    )  # fmt: skip
 
 
 def _prunable(layer, min_params: int) -> bool:
@@ -253,7 +288,7 @@ def qat(run: RunDir, cfg: Config) -> dict:
                     layer.trainable = False
             model = quantize(base, prune_preserving=name == "pqat")
             calibrate_ranges(model, task.calibration_images(data, cfg, spec, cfg.export.representative_samples), spec)
-            results = _finetune(model, cfg, run, data, cfg.qat.epochs, cfg.qat.learning_rate, name)
+            results = _finetune(model, cfg, run, data, cfg.qat.epochs, cfg.qat.learning_rate, name, keep_best=True)
             save_weights(model, run.weights(name))
             entry["outputs"].append(run.weights(name))
             results["sparsity"] = overall_sparsity(model)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import logging
-import math
 import shutil
 from dataclasses import dataclass
 
@@ -13,7 +11,7 @@ from pipeline.core.config import Config
 from pipeline.core.rundir import RunDir, write_text
 from pipeline.models.backbones import backbone_layer_names
 from pipeline.models.weights import load_pretrained
-from pipeline.stages.fit import fit, make_optimizer, setup_hardware, steps_per_epoch
+from pipeline.stages.fit import best_so_far, fit, make_optimizer, setup_hardware, steps_per_epoch
 from pipeline.stages.weights import load_weights, save_weights
 from pipeline.tasks import get_task
 
@@ -170,7 +168,7 @@ def _fit_phase(model, phase: Phase, backbone, run: RunDir, cfg: Config, task, hw
             save_best_only=True,
             save_weights_only=True,
             # A resumed run or a later phase never overwrites a better checkpoint with a worse one.
-            initial_value_threshold=best_so_far(run, monitor, mode),
+            initial_value_threshold=best_so_far(run.path / "train_log.csv", monitor, mode),
         ),
         keras.callbacks.CSVLogger(str(run.path / "train_log.csv"), append=True),
         keras.callbacks.TensorBoard(str(run.path / "logs" / "train"), profile_batch=0),
@@ -189,22 +187,3 @@ def _fit_phase(model, phase: Phase, backbone, run: RunDir, cfg: Config, task, hw
         backup=run.path / "checkpoints" / phase.backup,
         callbacks=callbacks,
     )
-
-
-def best_so_far(run: RunDir, monitor: str, mode: str) -> float | None:
-    """The best monitored value the CSV log holds, so resuming never overwrites a
-    better checkpoint with a worse one."""
-    log_path = run.path / "train_log.csv"
-    if not log_path.is_file():
-        return None
-    values = []
-    for r in csv.DictReader(log_path.open()):
-        try:
-            v = float(r.get(monitor) or "")
-        except ValueError:  # empty, or "NA": an epoch the CSV logger saw without the metric
-            continue
-        if not math.isnan(v):
-            values.append(v)
-    if not values:
-        return None
-    return max(values) if mode == "max" else min(values)
