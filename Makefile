@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 MP_VENV ?= .venv-mediapipe
 MP_STAMP := $(MP_VENV)/.installed
 
-.PHONY: install demo test test-fast lint format benchmark benchmark-runner clean mediapipe-venv
+.PHONY: install demo test test-fast lint format reference benchmark benchmark-runner clean mediapipe-venv
 
 install: $(STAMP)
 
@@ -37,6 +37,9 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+reference: install  # regenerate docs/config.md's key table (a test checks it)
+	$(BIN)/python -c "from pipeline.core.config import write_reference; write_reference('docs/config.md')"
 
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
