@@ -5,9 +5,10 @@ tests/test_metadata.py runs this file in its own virtual environment:
 
     python tests/mediapipe_client.py JOB.json OUT.json
 
-JOB.json: ``[{"model": PATH, "kind": "classifier" | "segmenter", "image": NPY_PATH}]``
+JOB.json: ``[{"model": PATH, "kind": "classifier" | "segmenter" | "detector", "image": NPY_PATH}]``
 (RGB uint8 images). OUT.json gets one result per job: categories with index, label
-and score; or the category mask and the confidence masks.
+and score; the category mask and the confidence masks; or detections (box in image
+pixels, category name, score).
 """
 
 import json
@@ -40,11 +41,24 @@ def segment(model: str, image: np.ndarray) -> dict:
     }
 
 
+def detect(model: str, image: np.ndarray) -> dict:
+    opts = vision.ObjectDetectorOptions(
+        base_options=BaseOptions(model_asset_path=model), max_results=-1, score_threshold=0.0
+    )
+    with vision.ObjectDetector.create_from_options(opts) as d:
+        r = d.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=image))
+    out = []
+    for det in r.detections:
+        b, c = det.bounding_box, det.categories[0]
+        out.append({"box": [b.origin_x, b.origin_y, b.width, b.height], "label": c.category_name, "score": c.score})
+    return {"detections": out}
+
+
 def main(job_path: str, out_path: str) -> None:
     results = []
     for job in json.load(open(job_path)):
         image = np.ascontiguousarray(np.load(job["image"]))
-        fn = {"classifier": classify, "segmenter": segment}[job["kind"]]
+        fn = {"classifier": classify, "segmenter": segment, "detector": detect}[job["kind"]]
         results.append(fn(job["model"], image))
     with open(out_path, "w") as f:
         json.dump(results, f)

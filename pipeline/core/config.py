@@ -117,6 +117,10 @@ class ExportConfig:
     dir: str = "exports"
     representative_samples: int = field(default=200, metadata=_range(1, 100_000))
     int8_io: Literal["uint8", "int8"] = "uint8"
+    # Detection only: the forms of each variant, "none" (decoded boxes and scores, NMS
+    # after the model) and "mobile" (the SSD post-processing op in the graph, for
+    # MediaPipe's ObjectDetector and the Task Library), written as <variant>_mobile.tflite.
+    detection_postprocess: tuple[Literal["none", "mobile"], ...] = ("none", "mobile")
 
 
 @dataclass(frozen=True)
@@ -396,6 +400,15 @@ def reference() -> str:
             )
             rows.append(f"| `{section.name}.{f.name}` | {_type_name(hints[f.name])} | `{_plain(f.default)}` | {rng} |")
     return "\n".join(rows)
+
+
+def write_reference(path: str | Path) -> None:
+    """Rewrite the generated block of a Markdown file (``docs/config.md``) with :func:`reference`."""
+    p = Path(path)
+    text = p.read_text()
+    start, end = "<!-- config-reference:start -->\n", "<!-- config-reference:end -->"
+    i, j = text.index(start) + len(start), text.index(end)
+    p.write_text(text[:i] + reference() + "\n" + text[j:])
 
 
 def _type_name(tp: Any) -> str:

@@ -40,12 +40,26 @@ _ACTIVATIONS = {
 # === Building the metadata tables ===
 
 
-def _labels_file(name: str) -> md_fb.AssociatedFileT:
+def _labels_file(name: str, values: bool = False) -> md_fb.AssociatedFileT:
+    """The labels file, for a tensor indexed by class (axis labels) or holding class ids
+    as values (``values``: the SSD post-processing op's ``category`` output)."""
     f = md_fb.AssociatedFileT()
     f.name = name
-    f.description = "Class names, one per line, in score-index order."
-    f.type = md_fb.AssociatedFileType.TENSOR_AXIS_LABELS
+    f.description = "Class names, one per line, in class-id order."
+    f.type = md_fb.AssociatedFileType.TENSOR_VALUE_LABELS if values else md_fb.AssociatedFileType.TENSOR_AXIS_LABELS
     return f
+
+
+# The TFLite_Detection_PostProcess op's outputs, as MediaPipe's ObjectDetector and the
+# Task Library find them: by these metadata names, with boxes as (ymin, xmin, ymax,
+# xmax) ratios of the input (BoundingBoxProperties index [1, 0, 3, 2], RATIO).
+SSD_OUTPUT_NAMES = {
+    "ssd_location": "location",
+    "ssd_category": "category",
+    "ssd_score": "score",
+    "ssd_count": "number of detections",
+}
+DETECTION_GROUP = "detection_result"
 
 
 def _input_metadata(spec, dtype: str) -> md_fb.TensorMetadataT:
@@ -85,6 +99,8 @@ def _output_metadata(sig: dict, num_classes: int, labels: str) -> md_fb.TensorMe
     shape = list(sig.get("shape", []))
     content = md_fb.ContentT()
     kind = sig.get("kind", "class_scores")
+    if kind in SSD_OUTPUT_NAMES:
+        return _ssd_output_metadata(kind, sig, labels)
     if kind == "boxes":
         props = md_fb.BoundingBoxPropertiesT()
         props.index = [0, 1, 2, 3]  # x1 y1 x2 y2 = left top right bottom
@@ -106,6 +122,30 @@ def _output_metadata(sig: dict, num_classes: int, labels: str) -> md_fb.TensorMe
         if shape and shape[-1] == num_classes:
             t.associatedFiles = [_labels_file(labels)]
     t.content = content
+    return t
+
+
+def _ssd_output_metadata(kind: str, sig: dict, labels: str) -> md_fb.TensorMetadataT:
+    t = md_fb.TensorMetadataT()
+    t.name = SSD_OUTPUT_NAMES[kind]
+    t.description = sig.get("meaning", "")
+    if kind == "ssd_count":
+        return t
+    content = md_fb.ContentT()
+    if kind == "ssd_location":
+        props = md_fb.BoundingBoxPropertiesT()
+        props.index = [1, 0, 3, 2]  # the op writes ymin xmin ymax xmax
+        props.type = md_fb.BoundingBoxType.BOUNDARIES
+        props.coordinateType = md_fb.CoordinateType.RATIO
+        content.contentPropertiesType = md_fb.ContentProperties.BoundingBoxProperties
+        content.contentProperties = props
+    else:
+        content.contentPropertiesType = md_fb.ContentProperties.FeatureProperties
+        content.contentProperties = md_fb.FeaturePropertiesT()
+    content.range = _range(2, 2)  # one value (or box) per detection, along dimension 2
+    t.content = content
+    if kind == "ssd_category":
+        t.associatedFiles = [_labels_file(labels, values=True)]
     return t
 
 
@@ -155,10 +195,16 @@ def build_metadata(
         if act not in _ACTIVATIONS:
             raise ValueError(f"segmentation output activation {act!r}: expected one of {sorted(_ACTIVATIONS)}")
         sub.customMetadata = [_segmenter_options(act)]
+    if any(s.get("kind") == "ssd_location" for s in outputs):  # MediaPipe groups the detection outputs
+        group = md_fb.TensorGroupT()
+        group.name = DETECTION_GROUP
+        group.tensorNames = [SSD_OUTPUT_NAMES[k] for k in ("ssd_location", "ssd_category", "ssd_score")]
+        sub.outputTensorGroups = [group]
     meta.subgraphMetadata = [sub]
     meta.associatedFiles = []
-    # The parser version a reader needs: custom metadata arrived in schema 1.5.0.
-    meta.minParserVersion = "1.5.0" if sub.customMetadata else "1.0.0"
+    # The parser version a reader needs: output tensor groups arrived in schema 1.2.0,
+    # custom metadata in 1.5.0.
+    meta.minParserVersion = "1.5.0" if sub.customMetadata else "1.2.0" if sub.outputTensorGroups else "1.0.0"
     b = flatbuffers.Builder(0)
     b.Finish(meta.Pack(b), _METADATA_ID)
     return bytes(b.Output())
@@ -300,7 +346,8 @@ def _tensor_dict(t: md_fb.TensorMetadataT, files: dict[str, bytes]) -> dict:
     for f in t.associatedFiles or []:
         entry = {"name": _s(f.name), "type": _FILE_TYPE.get(f.type)}
         d.setdefault("associated_files", []).append(entry)
-        if f.type == md_fb.AssociatedFileType.TENSOR_AXIS_LABELS and _s(f.name) in files:
+        labelled = (md_fb.AssociatedFileType.TENSOR_AXIS_LABELS, md_fb.AssociatedFileType.TENSOR_VALUE_LABELS)
+        if f.type in labelled and _s(f.name) in files:
             d["labels"] = files[_s(f.name)].decode().splitlines()
     return d
 
@@ -320,7 +367,8 @@ def file_output_order(model: bytes) -> list[int]:
     """For each output tensor in file order, its index in the alphabetical signature
     (:func:`pipeline.core.tflite.output_order`): metadata must follow the file."""
     g = schema().Model.GetRootAs(model, 0).Subgraphs(0)
-    return output_order([_s(g.Tensors(g.Outputs(i)).Name()) for i in range(g.OutputsLength())])
+    ids = [int(g.Outputs(i)) for i in range(g.OutputsLength())]
+    return output_order([_s(g.Tensors(t).Name()) for t in ids], ids)
 
 
 def _input_dtype(model: bytes) -> str:
@@ -377,3 +425,18 @@ def read_model_file(path: str | Path) -> bytes:
     data = p.read_bytes()
     check_header(data, p, MetadataError)
     return data
+
+
+def ssd_output_order(model: bytes) -> list[int] | None:
+    """Where (in file order) the SSD op's outputs are, by their metadata names: the
+    positions of location, category, score and number of detections; None when the
+    metadata does not name them (MediaPipe pairs them the same way)."""
+    try:
+        md = read_metadata(model)
+    except MetadataError:
+        return None
+    names = [o["name"] for o in (md or {}).get("outputs", [])]
+    wanted = list(SSD_OUTPUT_NAMES.values())
+    if not set(wanted) <= set(names):
+        return None
+    return [names.index(n) for n in wanted]

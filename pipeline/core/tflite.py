@@ -39,19 +39,26 @@ def read_model_file(path: str | Path) -> bytes:
     return data
 
 
-def output_order(names: list[str]) -> list[int]:
-    """For output tensors named as the file lists them, their positions in our
-    exporter's signature order, which is alphabetical by output name.
+def output_order(names: list[str], tensor_ids: list[int] | None = None) -> list[int]:
+    """For output tensors as the file lists them, their positions in the order our
+    exporter's signature has them.
 
     TFLite names the outputs of a converted signature ``Identity``, ``Identity_1``, …
-    in sorted-key order, but may list them in another order in the file. Models from
-    elsewhere keep the file's order.
+    in sorted-key order (our signatures are alphabetical by output name), but may list
+    them in another order in the file. Outputs of a post-processing op such as
+    ``TFLite_Detection_PostProcess`` are named otherwise; their tensor ids follow the
+    op's output ports (boxes, classes, scores, count), so with ``tensor_ids`` they are
+    ordered by id. Without either, the file's order stands.
     """
     keys = []
     for n in names:
         head, _, k = n.rpartition("_")
         keys.append(0 if n == "Identity" else int(k) if head == "Identity" and k.isdigit() else -1)
-    return list(range(len(names))) if -1 in keys or len(set(keys)) != len(keys) else keys
+    if -1 not in keys and len(set(keys)) == len(keys):
+        return keys
+    if tensor_ids is not None and len(set(tensor_ids)) == len(tensor_ids):
+        return [sorted(tensor_ids).index(t) for t in tensor_ids]
+    return list(range(len(names)))
 
 
 def describe_tensor(detail: dict) -> dict:

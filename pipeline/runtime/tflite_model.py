@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.core.errors import ModelFileError
 from pipeline.core.images import InputSpec, normalize
+from pipeline.core.metadata import ssd_output_order
 from pipeline.core.tflite import check_header, output_order
 
 
@@ -85,7 +86,7 @@ def ordered_outputs(interpreter) -> list[dict]:
     """Output details in our exporter's signature order (alphabetical by output name;
     :func:`pipeline.core.tflite.output_order`); models from elsewhere keep the file's order."""
     details = interpreter.get_output_details()
-    order = output_order([d["name"] for d in details])
+    order = output_order([d["name"] for d in details], [int(d["index"]) for d in details])
     return [d for _, d in sorted(zip(order, details), key=lambda kd: kd[0])]
 
 
@@ -98,7 +99,8 @@ class TFLiteModel:
         self.threads = threads
         self.interpreter = open_interpreter(self.path, threads=threads)
         self.input = self.interpreter.get_input_details()[0]
-        self.outputs = ordered_outputs(self.interpreter)
+        self._ssd_order = ssd_output_order(self.path.read_bytes())
+        self.outputs = self._ordered()
         self._batch = int(self.input["shape"][0])
         self._fixed_batch = False
 
@@ -117,9 +119,17 @@ class TFLiteModel:
             self._fixed_batch = True
             self.interpreter = open_interpreter(self.path, threads=self.threads)
         self.input = self.interpreter.get_input_details()[0]
-        self.outputs = ordered_outputs(self.interpreter)
+        self.outputs = self._ordered()
         self._batch = int(self.input["shape"][0])
         return self._batch == batch
+
+    def _ordered(self) -> list[dict]:
+        """Output details in signature order; an SSD post-processing op's four outputs in
+        port order (boxes, classes, scores, count), found by their metadata names."""
+        if self._ssd_order is not None:
+            details = self.interpreter.get_output_details()
+            return [details[k] for k in self._ssd_order]
+        return ordered_outputs(self.interpreter)
 
     def quantize(self, images: np.ndarray) -> np.ndarray:
         """Prepared uint8 images → the input tensor's dtype (what :meth:`invoke` feeds)."""

@@ -72,7 +72,7 @@ def evaluate(run: RunDir, cfg: Config) -> dict:
         keras_model = rebuild(cfg, len(class_names), run.require("float"))
         serve = served_outputs(keras_model, task, cfg)
         ref = _stack([serve(normalize(x, spec)) for x in images])
-        keras_scores = task.score(ref, targets, class_names)
+        keras_scores = task.score(ref, targets, class_names, spec)
         report = {
             "task": cfg.task,
             "metric": task.metric,
@@ -132,7 +132,7 @@ def _measure(path: Path, spec, task, images, targets, class_names, ref, ev) -> d
         raise StageInputError(f"{path} is missing: run `edgepipe export` again")
     model = TFLiteModel(path, spec, threads=ev.threads)
     outputs = _stack([model(x) for x in images])
-    scores = task.score(outputs, targets, class_names)
+    scores = task.score(outputs, targets, class_names, spec)
     blob = path.read_bytes()
     lat = {}
     for t in sorted({ev.threads, *ev.latency_threads}):
@@ -146,7 +146,7 @@ def _measure(path: Path, spec, task, images, targets, class_names, ref, ev) -> d
         "metric": float(scores[task.metric]),
         "latency_ms_p50": lat[str(ev.threads)]["p50"],
         "latency_ms_p90": lat[str(ev.threads)]["p90"],
-        "agreement": task.agreement(outputs, ref),
+        "agreement": task.agreement(outputs, ref, spec),
         "latency_by_threads": lat,
         "input_dtype": str(np.dtype(model.input["dtype"])),
         "undelegated_ops": undelegated_ops(model.interpreter),

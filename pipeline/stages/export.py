@@ -25,6 +25,7 @@ from pipeline.core.variants import VARIANTS, check_variant_names
 from pipeline.stages.optimize import build_qat, overall_sparsity
 from pipeline.stages.weights import rebuild
 from pipeline.tasks import get_task
+from pipeline.tasks.base import ExportGraph
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,16 @@ def _dynamic(conv, rep, io) -> None:
 
 
 def _int8(conv, rep, io) -> None:
+    """Full integer; ``io`` is the input and output type, or ``uint8+float`` for a graph
+    that ends in a float op (uint8 input, float32 outputs, the float op allowed)."""
     from pipeline._keras import tf
 
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.representative_dataset = rep
+    if io == "uint8+float":
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        conv.inference_input_type = tf.uint8
+        return
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     conv.inference_input_type = tf.uint8 if io == "uint8" else tf.int8
     conv.inference_output_type = tf.uint8 if io == "uint8" else tf.int8
@@ -63,7 +70,12 @@ PRESETS: dict[str, Callable] = {"float32": _float32, "float16": _float16, "dynam
 
 
 def convert(
-    model, preset: str, representative: Callable | None = None, int8_io: str = "uint8", serving: Callable | None = None
+    model,
+    preset: str,
+    representative: Callable | None = None,
+    int8_io: str = "uint8",
+    serving: Callable | None = None,
+    graph: ExportGraph | None = None,
 ) -> bytes:
     """Convert a Keras model with batch size 1 under the named preset.
 
@@ -72,23 +84,34 @@ def convert(
             (e.g. box decoding) and the output names. The TFLite outputs come in
             alphabetical order of those names (TFLite names them ``Identity_<k>`` in
             the sorted order of the dict's keys), and :class:`TFLiteModel` relies on it.
+        graph: a task's own graph instead (``ExportGraph``: a module whose ``serve`` runs
+            the model and, e.g., a post-processing op), converted with its module so
+            the model's variables come along.
     """
     from pipeline._keras import tf
 
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}. Expected one of {sorted(PRESETS)}.")
-    shape = [1, *model.input_shape[1:]]
-
-    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="image")])
-    def serve(x):
-        y = model(x, training=False)
-        return serving(y) if serving is not None else {"scores": y}
-
-    # Without ``trackable_obj`` the converter freezes the graph directly instead of
-    # writing a SavedModel first: 2 s instead of 20-30 s per variant on 2 cores, and
-    # the round-trip tests check that the files are the same model.
     with _quiet_absl():
-        conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()])
+        if graph is not None:
+            conv = tf.lite.TFLiteConverter.from_concrete_functions(
+                [graph.module.serve.get_concrete_function()], graph.module
+            )
+            conv.allow_custom_ops = True
+            if graph.float_outputs:
+                int8_io = "uint8+float"
+        else:
+            shape = [1, *model.input_shape[1:]]
+
+            @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="image")])
+            def serve(x):
+                y = model(x, training=False)
+                return serving(y) if serving is not None else {"scores": y}
+
+            # Without ``trackable_obj`` the converter freezes the graph directly instead
+            # of writing a SavedModel first: 2 s instead of 20-30 s per variant on 2
+            # cores, and the round-trip tests check that the files are the same model.
+            conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()])
     PRESETS[preset](conv, representative, int8_io)
     return conv.convert()
 
@@ -163,45 +186,64 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
                     if v.source in ("qat", "pqat")
                     else rebuild(cfg, len(class_names), w)
                 )
-            log.info("converting %s (%s model, %s preset)", name, v.source, v.preset)
-            serving = functools.partial(task.serving, cfg=cfg)
-            blob = convert(models[v.source], v.preset, rep, cfg.export.int8_io, serving=serving)
-            blob = add_metadata(
-                blob,
-                name=f"{run.name} {name}",
-                description=f"{cfg.task} model from edgepipe: {v.source} weights, {v.preset} preset",
-                version=f"edgepipe {__version__}",
-                spec=spec,
-                outputs=task.output_signature(class_names),
-                class_names=class_names,
-            )
-            path = out / f"{name}.tflite"
-            write_bytes(path, blob)
-            io = _io_details(blob)
-            sidecar = Sidecar(
-                task=cfg.task,
-                variant=name,
-                source_model=v.source,
-                preset=v.preset,
-                model_file=path.name,
-                class_names=tuple(class_names),
-                input={**spec.to_dict(), **io["input"]},
-                outputs=tuple({**sig, **o} for sig, o in zip(task.output_signature(class_names), io["outputs"])),
-                extras=task.sidecar_extras(cfg),
-                sparsity=round(weight_sparsity(blob), 4),
-                keras_sparsity=round(overall_sparsity(models[v.source]), 4),
-                sources={
-                    str(run.weights(v.source)): sha256(run.weights(v.source)),
-                    str(run.config_path): sha256(run.config_path),
-                },
-                model_sha256=sha256(path),
-                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            )
-            entry["outputs"] += [path, write_sidecar(path, sidecar)]
-            written[name] = str(path.resolve())  # evaluate may run from another directory
+            for form in task.export_forms(cfg):
+                file_name = f"{name}_{form}" if form else name
+                log.info("converting %s (%s model, %s preset)", file_name, v.source, v.preset)
+                blob = _convert_form(task, cfg, models[v.source], v.preset, form, class_names, rep)
+                path = _write_model(run, cfg, task, out / f"{file_name}.tflite", blob, v, form, class_names)
+                sidecar = _sidecar(run, cfg, task, path, blob, v, form, class_names, models[v.source])
+                entry["outputs"] += [path, write_sidecar(path, sidecar)]
+                written[file_name] = str(path.resolve())  # evaluate may run from another directory
         entry["outputs"].append(out / "labels.txt")
         write_json(run.path / "exports.json", {"dir": str(out.resolve()), "variants": written})
     return written
+
+
+def _convert_form(task, cfg, model, preset: str, form: str, class_names, rep) -> bytes:
+    graph = task.export_graph(model, cfg, form, class_names) if form else None
+    io = "uint8" if graph is not None and graph.uint8_input else cfg.export.int8_io
+    return convert(model, preset, rep, io, serving=functools.partial(task.serving, cfg=cfg), graph=graph)
+
+
+def _write_model(run, cfg, task, path: Path, blob: bytes, v, form: str, class_names) -> Path:
+    """The model file, with its TFLite metadata and labels packed in."""
+    form_note = f", {form} form" if form else ""
+    blob = add_metadata(
+        blob,
+        name=f"{run.name} {path.stem}",
+        description=f"{cfg.task} model from edgepipe: {v.source} weights, {v.preset} preset{form_note}",
+        version=f"edgepipe {__version__}",
+        spec=cfg.input_spec(),
+        outputs=task.output_signature(class_names, form),
+        class_names=class_names,
+    )
+    write_bytes(path, blob)
+    return path
+
+
+def _sidecar(run, cfg, task, path: Path, blob: bytes, v, form: str, class_names, model) -> Sidecar:
+    io = _io_details(path.read_bytes())
+    signature = task.output_signature(class_names, form)
+    return Sidecar(
+        task=cfg.task,
+        variant=path.stem,
+        source_model=v.source,
+        preset=v.preset,
+        model_file=path.name,
+        labels_file="labels.txt",
+        class_names=tuple(class_names),
+        input={**cfg.input_spec().to_dict(), **io["input"]},
+        outputs=tuple({**sig, **o} for sig, o in zip(signature, io["outputs"])),
+        extras={**task.sidecar_extras(cfg, form), **({"form": form} if form else {})},
+        sparsity=round(weight_sparsity(blob), 4),
+        keras_sparsity=round(overall_sparsity(model), 4),
+        sources={
+            str(run.weights(v.source)): sha256(run.weights(v.source)),
+            str(run.config_path): sha256(run.config_path),
+        },
+        model_sha256=sha256(path),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def _io_details(blob: bytes) -> dict:

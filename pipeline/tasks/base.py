@@ -17,11 +17,30 @@ Nothing outside a task's folder branches on its name.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from pipeline.core.registry import TaskSpec
+
+
+@dataclass(frozen=True)
+class ExportGraph:
+    """A task's own graph for one export form (e.g. detection's mobile form, which ends
+    in a post-processing op): ``module.serve(image)`` is what the converter takes.
+
+    Attributes:
+        module: a ``tf.Module`` whose ``serve`` is a ``tf.function`` of the image.
+        uint8_input: full-integer presets take uint8 input whatever ``export.int8_io``
+            says (MediaPipe reads uint8 or float32 input only).
+        float_outputs: the outputs stay float32 in every preset (an op that computes
+            in float, such as NMS, gives float outputs).
+    """
+
+    module: Any
+    uint8_input: bool = False
+    float_outputs: bool = False
 
 
 class TaskRuntime:
@@ -94,15 +113,25 @@ class Task:
         """``loss`` and ``metrics`` for ``model.compile``."""
         raise NotImplementedError
 
-    def score(self, outputs: list[np.ndarray], targets: list, class_names) -> dict:
-        """Task metrics from stacked model outputs; must include ``spec.metric``."""
+    def score(self, outputs: list[np.ndarray], targets: list, class_names, spec) -> dict:
+        """Task metrics from stacked model outputs (of any export form), for an input of
+        ``spec``; must include ``self.spec.metric``."""
         raise NotImplementedError
 
-    def agreement(self, a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    def agreement(self, a: list[np.ndarray], b: list[np.ndarray], spec) -> float:
         """Fraction in [0, 1] of predictions where two models agree."""
         raise NotImplementedError
 
     # === Export ===
+    def export_forms(self, cfg) -> tuple[str, ...]:
+        """The forms export writes of every variant: ``""`` is the task's own (written
+        as ``<variant>.tflite``), others go to ``<variant>_<form>.tflite``."""
+        return ("",)
+
+    def export_graph(self, model, cfg, form: str, class_names) -> ExportGraph | None:
+        """The graph of a form other than ``""``; None: the model and :meth:`serving`."""
+        return None
+
     def serving(self, outputs, cfg) -> dict:
         """The exported graph's outputs: Keras outputs → ``{name: tensor}``.
 
@@ -112,13 +141,15 @@ class Task:
         """
         return {"scores": outputs}
 
-    def output_signature(self, class_names) -> list[dict]:
-        """What each output tensor means, for the sidecar and the TFLite metadata,
-        alphabetical by name. ``kind`` says how metadata describes it: ``class_scores``,
-        ``boxes`` or ``per_class_scores`` (a mask per class)."""
+    def output_signature(self, class_names, form: str = "") -> list[dict]:
+        """What each output tensor means, for the sidecar and the TFLite metadata, in the
+        exported graph's order (alphabetical by name for :meth:`serving`'s dict; the op's
+        port order for a post-processing op). ``kind`` says how metadata describes it:
+        ``class_scores``, ``boxes``, ``per_class_scores`` (a mask per class) or the SSD
+        op's ``ssd_location``, ``ssd_category``, ``ssd_score``, ``ssd_count``."""
         raise NotImplementedError
 
-    def sidecar_extras(self, cfg) -> dict:
+    def sidecar_extras(self, cfg, form: str = "") -> dict:
         """Task-specific sidecar fields, e.g. how an app post-processes the outputs."""
         return {}
 

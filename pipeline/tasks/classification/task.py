@@ -67,7 +67,7 @@ class Classification(Task):
             "metrics": [keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         }
 
-    def score(self, outputs, targets, class_names):
+    def score(self, outputs, targets, class_names, spec=None):
         scores = outputs[0]
         labels = np.concatenate(targets)
         pred = scores.argmax(-1)
@@ -84,10 +84,10 @@ class Classification(Task):
             "confusion": confusion.tolist(),
         }
 
-    def agreement(self, a, b):
+    def agreement(self, a, b, spec=None):
         return float((a[0].argmax(-1) == b[0].argmax(-1)).mean())
 
-    def output_signature(self, class_names):
+    def output_signature(self, class_names, form=""):
         return [
             {
                 "name": "scores",

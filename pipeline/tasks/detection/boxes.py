@@ -133,3 +133,24 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = np.prod(np.clip(rb - lt, 0, None), -1)
     area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), -1)  # noqa: E731
     return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-9)
+
+
+def ssd_detections(outputs: list[np.ndarray], k: int, size: int, score_threshold: float = 0.0) -> dict:
+    """Image ``k``'s outputs of the SSD post-processing op (the mobile form: boxes
+    ``ymin xmin ymax xmax`` as ratios, classes, scores, count) → :func:`nms`-style
+    detections in input pixels (x1 y1 x2 y2)."""
+    boxes, classes, scores, count = (
+        outputs[0][k],
+        outputs[1][k],
+        outputs[2][k],
+        int(np.asarray(outputs[3]).reshape(-1)[k]),
+    )
+    boxes, classes, scores = boxes[:count], classes[:count], scores[:count]  # slots past count are not cleared
+    keep = scores >= score_threshold
+    xyxy = boxes[keep][:, [1, 0, 3, 2]] * size
+    return {
+        "boxes": xyxy.astype(np.float32),
+        "scores": scores[keep].astype(np.float32),
+        "classes": np.rint(classes[keep]).astype(np.int32),
+        "count": np.int32(keep.sum()),
+    }

@@ -32,9 +32,17 @@ class DetectionRuntime(TaskRuntime):
         max_detections: int = 100,
         **kw,
     ):
-        """Decoded outputs of one image → NMS'd detections, in frame pixels when
-        ``frame_shape`` is given (else input pixels)."""
-        d = B.nms(outputs[0][0], outputs[1][0], score_threshold, iou_threshold, max_detections)
+        """One image's outputs → NMS'd detections, in frame pixels when ``frame_shape``
+        is given (else input pixels). Either form: decoded boxes and scores (NMS here),
+        or the four outputs of the SSD post-processing op (the mobile form, ours or a
+        third party's: boxes as ratios, NMS done in the model), which need ``spec``."""
+        if len(outputs) == 4:
+            if spec is None:
+                raise ValueError("the SSD form's boxes are ratios of the input: postprocess needs spec")
+            d = B.ssd_detections(outputs, 0, spec.size, score_threshold)
+            d = {k: v[:max_detections] if k != "count" else np.int32(min(int(v), max_detections)) for k, v in d.items()}
+        else:
+            d = B.nms(outputs[0][0], outputs[1][0], score_threshold, iou_threshold, max_detections)
         boxes = d["boxes"]
         if frame_shape is not None and spec is not None:
             h, w = frame_shape[:2]

@@ -18,6 +18,14 @@ log = logging.getLogger(__name__)
 
 MAX_BOXES = 100  # objects per image kept for training (more are rare and cost memory)
 EVAL_SCORE = 0.01  # low threshold for mAP: the PR curve needs the low-confidence tail
+MAX_DETECTIONS, NMS_IOU = 100, 0.6  # what evaluate keeps, and the mobile form's op
+MOBILE_SIGNATURE = [  # the SSD op's output ports, in order
+    {"name": "location", "kind": "ssd_location", "meaning": "[1, K, 4] boxes ymin, xmin, ymax, xmax as ratios of the "
+     "model input (letterboxed or stretched as 'input.resize' says), best first; K = max_detections"},
+    {"name": "category", "kind": "ssd_category", "meaning": "[1, K] class index into the labels file (float)"},
+    {"name": "score", "kind": "ssd_score", "meaning": "[1, K] sigmoid score of that class"},
+    {"name": "number of detections", "kind": "ssd_count", "meaning": "[1] how many of the K slots hold detections"},
+]  # fmt: skip
 
 
 # === Data ===
@@ -103,6 +111,34 @@ def box_batches(split, cfg, spec, training: bool, skipped: SkipCounter):
     return ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _detections(outputs: list[np.ndarray], size: int, score_threshold: float, iou: float = 0.5) -> list[dict]:
+    """Per image, NMS'd detections in input pixels, from either form's stacked outputs:
+    the raw ``[boxes, scores]`` (NMS here) or the mobile form's four (NMS done in the op)."""
+    if len(outputs) == 4:
+        return [B.ssd_detections(outputs, k, size, score_threshold) for k in range(len(outputs[0]))]
+    return [B.nms(b, s, score_threshold, iou, MAX_DETECTIONS) for b, s in zip(outputs[0], outputs[1])]
+
+
+def _mobile_extras(cfg) -> dict:
+    letterbox = cfg.model.resize == "letterbox"
+    return {
+        "postprocess": {
+            "in_graph": "TFLite_Detection_PostProcess: anchor decoding, per-class NMS (IoU "
+            f"{NMS_IOU}), the {MAX_DETECTIONS} best with score >= {EVAL_SCORE}",
+            "mediapipe": "MediaPipe's ObjectDetector and the TFLite Task Library read this file as it is; they "
+            "stretch the frame to the input size"
+            + (
+                ": this model was trained on letterboxed frames, so letterbox the frame yourself (centred, pad "
+                "value 114) before handing it over, and map boxes back by undoing the letterbox"
+                if letterbox
+                else ", as this model was trained"
+            ),
+            "result": {"location": "ymin, xmin, ymax, xmax ratios of the input", "count": "valid slots"},
+        },
+        "anchor_points": len(B.anchor_points(cfg.model.input_size)),
+    }
+
+
 class Detection(Task):
     spec = SPEC
     runtime = RUNTIME
@@ -170,18 +206,16 @@ class Detection(Task):
 
         return {"loss": list(losses(B.anchor_points(cfg.model.input_size)))}
 
-    def score(self, outputs, targets, class_names):
+    def score(self, outputs, targets, class_names, spec):
         from pipeline.tasks.detection.metrics import coco_map
 
         truths = [t for batch in targets for t in batch]
-        dets = [B.nms(b, s, EVAL_SCORE, 0.6, 100) for b, s in zip(outputs[0], outputs[1])]
-        return coco_map(dets, truths, class_names)
+        return coco_map(_detections(outputs, spec.size, EVAL_SCORE, NMS_IOU), truths, class_names)
 
-    def agreement(self, a, b):
+    def agreement(self, a, b, spec):
         """Mean over images of matched detections (same class, IoU ≥ 0.5) / the larger count."""
         fractions = []
-        for ba, sa, bb, sb in zip(a[0], a[1], b[0], b[1]):
-            da, db = B.nms(ba, sa, RUN_SCORE), B.nms(bb, sb, RUN_SCORE)
+        for da, db in zip(_detections(a, spec.size, RUN_SCORE), _detections(b, spec.size, RUN_SCORE)):
             na, nb = int(da["count"]), int(db["count"])
             if not na and not nb:
                 fractions.append(1.0)
@@ -196,13 +230,31 @@ class Detection(Task):
         return float(np.mean(fractions)) if fractions else 1.0
 
     # === Export ===
+    def export_forms(self, cfg):
+        return tuple("" if p == "none" else p for p in cfg.export.detection_postprocess)
+
+    def export_graph(self, model, cfg, form, class_names):
+        from pipeline.tasks.base import ExportGraph
+        from pipeline.tasks.detection import mobile
+
+        if form != "mobile":
+            raise ValueError(f"Unknown detection export form {form!r}. Expected 'mobile'.")
+        m = cfg.model
+        module = mobile.module(
+            model, m.input_size, m.channels, len(class_names), max_detections=MAX_DETECTIONS,
+            score_threshold=EVAL_SCORE, iou_threshold=NMS_IOU,
+        )  # fmt: skip
+        return ExportGraph(module, uint8_input=True, float_outputs=True)
+
     def serving(self, outputs, cfg):
         from pipeline._keras import tf
 
         raw, logits = outputs  # raw distances are ReLU6'd in the model
         return {"boxes": B.decode(raw, B.anchor_points(cfg.model.input_size)), "scores": tf.sigmoid(logits)}
 
-    def output_signature(self, class_names):
+    def output_signature(self, class_names, form=""):
+        if form == "mobile":
+            return MOBILE_SIGNATURE
         return [
             {
                 "name": "boxes",
@@ -217,7 +269,9 @@ class Detection(Task):
             },
         ]
 
-    def sidecar_extras(self, cfg):
+    def sidecar_extras(self, cfg, form=""):
+        if form == "mobile":
+            return _mobile_extras(cfg)
         return {
             "postprocess": {
                 "steps": [

@@ -89,19 +89,19 @@ class Segmentation(Task):
             "metrics": [keras.metrics.MeanIoU(num_classes, name="miou", ignore_class=IGNORE, sparse_y_pred=False)],
         }
 
-    def score(self, outputs, targets, class_names):
+    def score(self, outputs, targets, class_names, spec=None):
         pred = outputs[0].argmax(-1)
         cm = confusion(pred, np.concatenate(targets), len(class_names), IGNORE)
         return {**iou_scores(cm, class_names), "confusion": cm.tolist()}
 
-    def agreement(self, a, b):
+    def agreement(self, a, b, spec=None):
         return float((a[0].argmax(-1) == b[0].argmax(-1)).mean())
 
     # === Export ===
     def serving(self, outputs, cfg):
         return {"logits": outputs}
 
-    def output_signature(self, class_names):
+    def output_signature(self, class_names, form=""):
         return [
             {
                 "name": "logits",
