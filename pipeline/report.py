@@ -7,7 +7,6 @@ at a fixed size, and are written atomically like every other output.
 
 from __future__ import annotations
 
-import csv
 import html
 import io
 import logging
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.rundir import StageInputError, read_json, write_bytes, write_text
+from pipeline.core.rundir import StageInputError, read_csv_log, read_json, write_bytes, write_text
 from pipeline.core.tflite import layer_sparsity
 from pipeline.core.variants import VARIANTS, preferred_int8
 
@@ -86,7 +85,9 @@ def read_logs(run_dir: Path) -> dict[str, list[dict]]:
     for stage in STAGES:
         p = run_dir / f"{stage}_log.csv"
         if p.is_file():
-            rows = [r for r in csv.DictReader(p.open()) if r]
+            rows = read_csv_log(
+                p, f"run `edgepipe {stage.removeprefix('p')}` again (or delete the file to report without its curves)"
+            )
             if rows:
                 logs[stage] = rows
     return logs
@@ -102,7 +103,7 @@ def training_figure(logs: dict[str, list[dict]], path: Path) -> Path:
         for key in rows[0]:
             if key in ("epoch", "lr", "learning_rate"):
                 continue
-            y = [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows]
+            y = [r.get(key, np.nan) for r in rows]
             ax = ax_loss if key.endswith("loss") else ax_met
             ls = "--" if key.startswith("val_") else "-"
             ax.plot(x, y, ls=ls, marker="o", ms=3, label=f"{stage} {key}")  # markers: 1-epoch stages show

@@ -174,6 +174,35 @@ def test_unreadable_files_that_leave_no_full_batch_are_a_data_error(tmp_path):
         run_stage("train", RunDir(tmp_path / "run"), cfg)
 
 
+def test_fewer_images_than_a_batch_shrink_the_batch_with_a_warning(tmp_path, caplog):
+    """6 training images and train.batch_size=16: training runs on batches of 6."""
+    import csv
+
+    import cv2
+    import numpy as np
+
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir
+    from pipeline.stages.chain import run_stage
+
+    data = tmp_path / "data"
+    for split, n in (("train", 3), ("val", 1)):
+        for c in ("cat", "dog"):
+            (data / split / c).mkdir(parents=True)
+            for i in range(n):
+                cv2.imwrite(
+                    str(data / split / c / f"{i}.png"), np.full((16, 16, 3), 60 * i + 80 * (c == "dog"), np.uint8)
+                )
+    sets = [*TINY, "data.format=folder", f"data.path={data}", "train.batch_size=16", "train.epochs=2"]
+    cfg = config.load(None, sets, task="classification")
+    run = RunDir(tmp_path / "run")
+    with caplog.at_level("WARNING"):
+        run_stage("train", run, cfg)
+    assert "6 training images, fewer than train.batch_size=16; training with batches of 6" in caplog.text
+    assert run.has("float")
+    assert len(list(csv.DictReader((run.path / "train_log.csv").open()))) == 2
+
+
 def test_train_rerun_overrides_wait_for_train_to_save_them(tmp_path):
     """`edgepipe train --run-dir D --set ...` on a trained run: config.yaml changes only in train()."""
     from pipeline.cli import _resolve_for_train, parser

@@ -4,6 +4,7 @@ and a tiny train → prune → qat → export → evaluate run through LiteRT.""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -190,13 +191,41 @@ def test_mask_of_another_size_names_the_file(tmp_path):
         load(seg_config("data.format=masks", f"data.path={root}", "data.class_names=[a,b,c]"), InputSpec(32))
 
 
-def test_mask_value_outside_the_classes_names_the_file_and_value(tmp_path):
+def test_mask_values_beyond_the_configured_classes_are_ignored_with_a_warning(tmp_path, caplog):
     root = _mask_root(tmp_path, n=2)
     m = _blocks(40, 48, 3, 0)
     m[5, 5] = 7
     cv2.imwrite(str(root / "masks" / "val" / "val0.png"), m)
-    with pytest.raises(DataError, match=r"val0\.png: mask values \[7\] are neither class ids \(0\.\.2\)"):
-        load(seg_config("data.format=masks", f"data.path={root}", "data.class_names=[a,b,c]"), InputSpec(32))
+    for key in ("data.class_names=[a,b,c]", "data.num_classes=3"):
+        with caplog.at_level("WARNING"):
+            data = load(seg_config("data.format=masks", f"data.path={root}", key), InputSpec(48, resize="stretch"))
+        assert len(data.class_names) == 3
+        assert re.search(r"1 mask file\(s\) hold values beyond the 3 classes.*val0\.png: \[7\]", caplog.text)
+        assert data.val.masks.max(initial=0) in (2, IGNORE) and 7 not in data.val.masks
+        caplog.clear()
+
+
+def test_a_stray_mask_value_is_never_taken_for_a_class_count(tmp_path):
+    """A 200 among 0..2 (a mis-exported edge) would make 198 phantom classes."""
+    root = _mask_root(tmp_path, n=2)
+    m = _blocks(40, 48, 3, 0)
+    m[5, 5:8] = 200
+    cv2.imwrite(str(root / "masks" / "val" / "val0.png"), m)
+    with pytest.raises(
+        DataError,
+        match=r"mask values \[200\] would set the class count to 201.*value 200 on 3 pixels in 1 file\(s\), e\.g\. .*val0\.png.*data\.num_classes",
+    ):
+        load(seg_config("data.format=masks", f"data.path={root}"), InputSpec(32))
+    # Without the stray value the count is inferred.
+    cv2.imwrite(str(root / "masks" / "val" / "val0.png"), _blocks(40, 48, 3, 0))
+    assert len(load(seg_config("data.format=masks", f"data.path={root}"), InputSpec(32)).class_names) == 3
+
+
+def test_num_classes_and_class_names_must_agree():
+    from pipeline.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.num_classes=3 but data.class_names lists 2 names"):
+        seg_config("data.num_classes=3", "data.class_names=[a,b]")
 
 
 def test_binary_0_255_masks_warn_that_foreground_is_ignored(tmp_path, caplog):

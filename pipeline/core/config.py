@@ -40,6 +40,9 @@ class DataConfig:
     val_split: float = field(default=0.2, metadata=_range(0.0, 0.9, open_lo=True))
     seed: int = field(default=0, metadata=_range(0, 2**32 - 1))
     class_names: tuple[str, ...] = ()
+    # Segmentation: how many classes the masks hold (0: from data.class_names, else
+    # inferred from the masks). Mask values beyond it become data.ignore_index.
+    num_classes: int = field(default=0, metadata=_range(0, 255))
     synthetic_samples: int = field(default=1200, metadata=_range(8, None))
     synthetic_classes: int = field(default=4, metadata=_range(2, 8))
     splits: tuple[str, str] = ("train", "val")
@@ -334,6 +337,12 @@ def load(
     if d.format != "synthetic" and not (d.path or d.train_annotations or d.train_images):
         raise ConfigError(f"data.path: required when data.format is {cfg.data.format!r}")
     _check_model(cfg)
+    d = cfg.data
+    if d.num_classes and d.class_names and d.num_classes != len(d.class_names):
+        raise ConfigError(
+            f"data.num_classes={d.num_classes} but data.class_names lists {len(d.class_names)} names; "
+            "give one of them, or make them agree"
+        )
     check_variant_names(cfg.export.variants)
     return cfg
 

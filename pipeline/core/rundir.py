@@ -16,9 +16,11 @@ Every stage reads its inputs here, so each one can be rerun alone.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -89,6 +91,40 @@ def read_json(path: str | Path, remedy: str) -> dict:
     if not isinstance(obj, dict):
         raise StageInputError(f"{path}: expected a JSON object, found {type(obj).__name__}; {remedy}")
     return obj
+
+
+def read_csv_log(path: str | Path, remedy: str) -> list[dict[str, float]]:
+    """A stage's CSVLogger file as rows of numbers (NaN where Keras wrote nothing or
+    "NA"), or an error naming the file, the line and ``remedy``: two processes writing
+    one log leave a header in the middle, a killed one a cut line."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as e:
+        raise StageInputError(f"{path}: not a text CSV log ({e}); {remedy}") from None
+    rows = list(csv.reader(lines))
+    if not rows:
+        return []
+    header = rows[0]
+    if "epoch" not in header:
+        raise StageInputError(f"{path}: line 1 is not a CSV log header (no 'epoch' column); {remedy}")
+    out = []
+    for n, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise StageInputError(f"{path}: line {n} has {len(row)} fields, the header {len(header)}; {remedy}")
+        values = {}
+        for key, text in zip(header, row):
+            try:
+                values[key] = float(text) if text not in ("", "NA") else math.nan
+            except ValueError:
+                raise StageInputError(
+                    f"{path}: line {n}, column {key!r}: {text!r} is not a number "
+                    f"(a second header? two processes wrote this log); {remedy}"
+                ) from None
+        out.append(values)
+    return out
 
 
 def sha256(path: str | Path) -> str:

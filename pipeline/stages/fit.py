@@ -4,7 +4,7 @@ training shares (float training's phases, pruning's and QAT's fine-tuning)."""
 from __future__ import annotations
 
 import contextlib
-import csv
+import dataclasses
 import json
 import logging
 import math
@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline._keras import keras, tf
 from pipeline.core.config import Config
 from pipeline.core.errors import DataError
+from pipeline.core.rundir import read_csv_log
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,22 @@ class AdamW(keras.optimizers.AdamW):
                 super()._apply_weight_decay(group)
 
 
+def fit_batch(cfg: Config, n_train: int) -> Config:
+    """``cfg`` with ``train.batch_size`` shrunk to ``n_train`` when the training split
+    holds fewer images than one batch: a user with six photos wants a model, not an
+    error. The learning rate is kept (AdamW's step is nearly batch-size free)."""
+    if 0 < n_train < cfg.train.batch_size:
+        log.warning(
+            "%s: %d training images, fewer than train.batch_size=%d; training with batches of %d",
+            cfg.data.path or "the training split",
+            n_train,
+            cfg.train.batch_size,
+            n_train,
+        )
+        return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=n_train))
+    return cfg
+
+
 def steps_per_epoch(cfg: Config, n_train: int) -> int:
     if cfg.train.steps_per_epoch:
         return cfg.train.steps_per_epoch
@@ -221,14 +238,8 @@ def best_so_far(log_path: Path, monitor: str, mode: str) -> float | None:
     better checkpoint with a worse one."""
     if not log_path.is_file():
         return None
-    values = []
-    for r in csv.DictReader(log_path.open()):
-        try:
-            v = float(r.get(monitor) or "")
-        except ValueError:  # empty, or "NA": an epoch the CSV logger saw without the metric
-            continue
-        if not math.isnan(v):
-            values.append(v)
+    rows = read_csv_log(log_path, "delete it (only the curves are lost) and run the stage again")
+    values = [v for r in rows if not math.isnan(v := r.get(monitor, math.nan))]
     if not values:
         return None
     return max(values) if mode == "max" else min(values)

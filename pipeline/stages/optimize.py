@@ -20,7 +20,7 @@ import numpy as np
 from pipeline._keras import keras, layers, tfmot
 from pipeline.core.config import Config
 from pipeline.core.rundir import RunDir, read_json, write_json
-from pipeline.stages.fit import best_so_far, fit, make_optimizer, steps_per_epoch
+from pipeline.stages.fit import best_so_far, fit, fit_batch, make_optimizer, steps_per_epoch
 from pipeline.stages.weights import load_weights, rebuild, save_weights
 from pipeline.tasks import get_task
 
@@ -156,6 +156,7 @@ def prune(run: RunDir, cfg: Config) -> dict:
     keras.utils.set_random_seed(cfg.train.seed)
     with run.stage("prune", inputs=[src, run.config_path]) as entry:
         data = task.load_data(cfg)
+        cfg = fit_batch(cfg, len(data.train))
         model = rebuild(cfg, len(task.class_names(data)), src)
         pruned = wrap_for_pruning(model, cfg, len(data.train))
         results = _finetune(
@@ -277,6 +278,7 @@ def qat(run: RunDir, cfg: Config) -> dict:
         keras.utils.set_random_seed(cfg.train.seed)
         with run.stage(f"qat:{name}", inputs=[src, run.config_path]) as entry:
             data = task.load_data(cfg)
+            cfg = fit_batch(cfg, len(data.train))
             n = len(task.class_names(data))
             base = rebuild(cfg, n, src)
             # BatchNorm frozen (inference mode, its statistics and affine kept), the

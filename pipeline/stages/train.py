@@ -11,7 +11,7 @@ from pipeline.core.config import Config
 from pipeline.core.rundir import RunDir, write_text
 from pipeline.models.backbones import backbone_layer_names
 from pipeline.models.weights import load_pretrained
-from pipeline.stages.fit import best_so_far, fit, make_optimizer, setup_hardware, steps_per_epoch
+from pipeline.stages.fit import best_so_far, fit, fit_batch, make_optimizer, setup_hardware, steps_per_epoch
 from pipeline.stages.weights import load_weights, save_weights
 from pipeline.tasks import get_task
 
@@ -93,6 +93,7 @@ def _train(run: RunDir, cfg: Config) -> dict:
     phases = plan_phases(cfg)
     with run.stage("train") as entry:
         data = task.load_data(cfg)
+        cfg = fit_batch(cfg, len(data.train))
         datasets = task.datasets(data, cfg, spec)
         num_classes = len(task.class_names(data))
         resuming = (ckpt / FROZEN_DONE).is_file() or any((ckpt / p.backup).is_dir() for p in phases)

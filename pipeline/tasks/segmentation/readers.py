@@ -99,20 +99,39 @@ def read_mask(path: str | Path) -> np.ndarray:
     return arr
 
 
-def check_pair(image: np.ndarray, mask: np.ndarray, num_classes: int, ignore: int, image_path, mask_path) -> None:
-    """Raise a :class:`DataError` naming the files for a size mismatch or a bad class id."""
+def check_pair(image: np.ndarray, mask: np.ndarray, image_path, mask_path) -> None:
+    """Raise a :class:`DataError` naming the files when a mask and its image differ in size."""
     if image.shape[:2] != mask.shape[:2]:
         raise DataError(
             f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
             f"{image.shape[1]}x{image.shape[0]} (width x height); they must match"
         )
-    bad = np.unique(mask[(mask >= num_classes) & (mask != ignore)])
-    if bad.size:
-        raise DataError(
-            f"{mask_path}: mask values {bad[:5].tolist()} are neither class ids (0..{num_classes - 1}) "
-            f"nor the ignore index {ignore}; set data.class_names to all {int(bad.max()) + 1}+ classes "
-            "or data.ignore_index"
-        )
+
+
+class StrayValues:
+    """Mask values beyond the configured classes, mapped to the ignore index: counted
+    per file and reported once, naming the files and values."""
+
+    def __init__(self, num_classes: int, ignore: int) -> None:
+        self.num_classes, self.ignore = num_classes, ignore
+        self.files: dict[str, list[int]] = {}
+
+    def clean(self, mask: np.ndarray, where) -> np.ndarray:
+        stray = (mask >= self.num_classes) & (mask != self.ignore)
+        if not stray.any():
+            return mask
+        self.files[str(where)] = np.unique(mask[stray]).tolist()
+        return np.where(stray, self.ignore, mask).astype(np.uint8)
+
+    def report(self) -> None:
+        if self.files:
+            shown = "; ".join(f"{f}: {v[:5]}" for f, v in list(self.files.items())[:5])
+            more = f" (and {len(self.files) - 5} more files)" if len(self.files) > 5 else ""
+            log.warning(
+                "segmentation: %d mask file(s) hold values beyond the %d classes; those pixels are ignored "
+                "(data.ignore_index=%d): %s%s",
+                len(self.files), self.num_classes, self.ignore, shown, more,
+            )  # fmt: skip
 
 
 def prepare_mask(mask: np.ndarray, spec: InputSpec, ignore: int) -> np.ndarray:
@@ -131,8 +150,9 @@ def prepare_mask(mask: np.ndarray, spec: InputSpec, ignore: int) -> np.ndarray:
     return canvas
 
 
-def _load_pairs(pairs, spec: InputSpec, num_classes: int, ignore: int, skipped: SkipCounter) -> SegSplit:
+def _load_pairs(pairs, spec: InputSpec, stray: StrayValues, skipped: SkipCounter) -> SegSplit:
     """Read, check and prepare ``(image_path, mask_array_or_path)`` pairs."""
+    ignore = stray.ignore
     images, masks, names = [], [], []
     for img_path, mask in pairs:
         try:
@@ -142,7 +162,8 @@ def _load_pairs(pairs, spec: InputSpec, num_classes: int, ignore: int, skipped: 
             continue
         mask_path = mask if isinstance(mask, (str, Path)) else img_path
         m = read_mask(mask) if isinstance(mask, (str, Path)) else mask
-        check_pair(img, m, num_classes, ignore, img_path, mask_path)
+        check_pair(img, m, img_path, mask_path)
+        m = stray.clean(m, mask_path)
         if ignore != IGNORE:
             m = np.where(m == ignore, IGNORE, m).astype(np.uint8)
         images.append(prepare(img, spec))
@@ -162,13 +183,43 @@ def ratio_split(split: SegSplit, val_split: float, seed: int) -> tuple[SegSplit,
     return split.take(train), split.take(val)
 
 
-def _max_class(mask_paths, ignore: int) -> int:
-    top = 0
+RARE_SHARE = 1e-4  # a value on fewer than this share of the labelled pixels is no class to infer
+
+
+def infer_class_count(mask_paths, ignore: int) -> int:
+    """The class count the masks imply, 1 + the largest id, or a :class:`DataError`
+    when that count rests on a doubtful value: ids that skip others (a stray 200 among
+    0..5 would make 195 phantom classes), or a value too rare to be a class (an
+    anti-aliased edge). The error names the files and values, and the config keys
+    that settle it."""
+    pixels = np.zeros(256, np.int64)
+    where: dict[int, list[str]] = {}
     for p in mask_paths:
         m = read_mask(p)
-        vals = m[m != ignore]
-        top = max(top, int(vals.max(initial=0)))
-    return top
+        counts = np.bincount(m[m != ignore].ravel(), minlength=256)
+        pixels += counts
+        for v in np.flatnonzero(counts):
+            where.setdefault(int(v), []).append(str(p))
+    present = np.flatnonzero(pixels)
+    if not present.size:
+        return 2
+    top = int(present.max())
+    total = int(pixels.sum())
+    doubtful = [int(v) for v in present if v > 0 and pixels[v] < RARE_SHARE * total]
+    gaps = [v for v in range(1, top) if not pixels[v]]
+    if gaps:
+        doubtful = sorted(set(doubtful) | {int(v) for v in present if v > gaps[0]})
+    if not doubtful:
+        return max(top + 1, 2)
+    detail = "; ".join(
+        f"value {v} on {int(pixels[v])} pixels in {len(where[v])} file(s), e.g. {where[v][0]}" for v in doubtful[:5]
+    )
+    why = f"ids {gaps[0]}..{gaps[-1]} never occur" if gaps else "too few pixels to be a class"
+    raise DataError(
+        f"mask values {doubtful[:10]} would set the class count to {top + 1}, but {why}: {detail}. "
+        "Fix those masks, or say how many classes there are with data.num_classes (or data.class_names); "
+        f"values beyond them then become data.ignore_index={ignore}, with a warning"
+    )
 
 
 # === Mask folders ===
@@ -216,11 +267,13 @@ def _finish(d: DataConfig, spec: InputSpec, train_pairs, val_pairs, names: tuple
     if d.ignore_index < len(names):
         raise DataError(f"data.ignore_index {d.ignore_index} is a class id (there are {len(names)} classes)")
     skipped = SkipCounter()
-    train = _load_pairs(train_pairs, spec, len(names), d.ignore_index, skipped)
+    stray = StrayValues(len(names), d.ignore_index)
+    train = _load_pairs(train_pairs, spec, stray, skipped)
     if val_pairs is not None:
-        val = _load_pairs(val_pairs, spec, len(names), d.ignore_index, skipped)
+        val = _load_pairs(val_pairs, spec, stray, skipped)
     else:
         train, val = ratio_split(train, d.val_split, d.seed)
+    stray.report()
     _warn_about_labels(train, names, d.ignore_index)
     return SegmentationData(train, val, names, d.ignore_index, skipped)
 
@@ -253,8 +306,8 @@ def read_masks(d: DataConfig, spec: InputSpec) -> SegmentationData:
     train, val = _mask_folders(d)
     names = tuple(d.class_names)
     if not names:
-        top = _max_class([m for _, m in train + (val or [])], d.ignore_index)
-        names = tuple(f"class_{i}" for i in range(max(top + 1, 2)))
+        k = d.num_classes or infer_class_count([m for _, m in train + (val or [])], d.ignore_index)
+        names = tuple(f"class_{i}" for i in range(k))
     return _finish(d, spec, train, val, names)
 
 
