@@ -292,6 +292,8 @@ def read_yaml(path: str | Path) -> dict:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start}); is it a config?") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

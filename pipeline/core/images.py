@@ -61,11 +61,15 @@ class InputSpec:
         )
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to an RGB (or RGBA / grayscale) uint8 array.
+def decode_file(path: str | Path) -> np.ndarray:
+    """The one definition of a readable image, shared by training, evaluation and the
+    runner: the file's pixels as OpenCV decodes them (BGR or BGRA, gray, 8 or 16 bit).
+
+    A JPEG cut short is refused although OpenCV would return its top half over gray:
+    a half-frame is no training image, and the runner must agree with training.
 
     Raises:
-        ImageError: naming the file, when it is missing, empty or not decodable.
+        ImageError: naming the file, when it is missing, empty, truncated or not decodable.
     """
     path = Path(path)
     try:
@@ -74,10 +78,25 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot read image ({e.strerror})") from e
     if data.size == 0:
         raise ImageError(f"{path}: empty file")
+    if data[:2].tobytes() == b"\xff\xd8" and not jpeg_complete(data.tobytes()):
+        raise ImageError(f"{path}: truncated JPEG (no end-of-image marker after its last scan)")
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None:
+    if img is None or img.size == 0:
         raise ImageError(f"{path}: not a decodable image (corrupt or unsupported format)")
-    return to_rgb(img, bgr=True)
+    return img
+
+
+def jpeg_complete(raw: bytes) -> bool:
+    """Whether a JPEG's last scan (SOS, FFDA) is followed by its end-of-image marker
+    (FFD9). Byte stuffing keeps both markers out of the entropy-coded data, so an
+    embedded EXIF thumbnail's EOI, which comes before the first scan, cannot pass."""
+    sos = raw.rfind(b"\xff\xda")
+    return sos != -1 and raw.find(b"\xff\xd9", sos + 2) != -1
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file (:func:`decode_file`) to RGB uint8."""
+    return to_rgb(decode_file(path), bgr=True)
 
 
 def to_rgb(img: np.ndarray, bgr: bool = False) -> np.ndarray:

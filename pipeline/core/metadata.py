@@ -287,6 +287,15 @@ def read_metadata(model: bytes) -> dict | None:
     Raises:
         MetadataError: when the ``TFLITE_METADATA`` buffer is not a metadata flatbuffer.
     """
+    try:
+        return _read_metadata(model)
+    except MetadataError:
+        raise
+    except Exception as e:  # a damaged flatbuffer fails anywhere in the generated readers
+        raise MetadataError(f"TFLITE_METADATA is damaged ({type(e).__name__}: {e})") from None
+
+
+def _read_metadata(model: bytes) -> dict | None:
     raw = metadata_buffer(model)
     if raw is None:
         return None

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from pipeline.core.errors import SourceError
-from pipeline.core.images import IMAGE_SUFFIXES
+from pipeline.core.images import IMAGE_SUFFIXES, ImageError, decode_file
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +152,11 @@ class ImageSource(FrameSource):
         while self.position < len(self.paths):
             p = self.paths[self.position]
             self.position += 1
-            img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-            if img is not None:
-                return img
-            self.skipped += 1
-            log.warning("skipped unreadable image %d: %s", self.skipped, p)
+            try:
+                return decode_file(p)  # training's definition of a readable image
+            except ImageError as e:
+                self.skipped += 1
+                log.warning("skipped unreadable image %d: %s", self.skipped, e)
         return None
 
 

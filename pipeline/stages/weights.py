@@ -24,7 +24,7 @@ def load_weights(model: keras.Model, path) -> None:
     """
     try:
         model.load_weights(str(path))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:  # h5py: KeyError for a damaged group
         p = Path(path)
         stage = PRODUCER.get(p.stem, "train")
         raise StageInputError(

@@ -266,6 +266,8 @@ def read_yolo_yaml(data_yaml: Path) -> tuple[Path, dict[str, Path], tuple[str, .
         raise DataError(f"{p}: YOLO data.yaml not found") from None
     except yaml.YAMLError as e:
         raise DataError(f"{p}: malformed YAML ({e})") from e
+    except UnicodeDecodeError:
+        raise DataError(f"{p}: not a UTF-8 text file") from None
     if not isinstance(doc, dict) or "names" not in doc:
         raise DataError(f"{p}: no 'names' list of classes")
     names = doc["names"]
@@ -280,9 +282,12 @@ def read_yolo_yaml(data_yaml: Path) -> tuple[Path, dict[str, Path], tuple[str, .
         names = [names[k] for k in range(len(names))]
     if not isinstance(names, list) or not names:
         raise DataError(f"{p}: 'names' must be a non-empty list (or an id → name mapping), got {names!r}")
+    for key in ("path", "train", "val", "test"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise DataError(f"{p}: '{key}' must be a folder path (text), got {doc[key]!r}")
     root = Path(doc.get("path") or p.parent)
     root = root if root.is_absolute() else p.parent / root
-    splits = {k: root / str(doc[k]) for k in ("train", "val", "test") if doc.get(k)}
+    splits = {k: root / doc[k] for k in ("train", "val", "test") if doc.get(k)}
     return root, splits, tuple(str(n) for n in names)
 
 

@@ -183,7 +183,7 @@ def ratio_split(split: SegSplit, val_split: float, seed: int) -> tuple[SegSplit,
     return split.take(train), split.take(val)
 
 
-RARE_SHARE = 1e-4  # a value on fewer than this share of the labelled pixels is no class to infer
+RARE_SHARE = 1e-3  # a value on fewer than this share of the labelled pixels is no class to infer
 
 
 def infer_class_count(mask_paths, ignore: int) -> int:
