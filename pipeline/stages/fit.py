@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline._keras import keras, tf
 from pipeline.core.config import Config
-from pipeline.core.errors import DataError
+from pipeline.core.errors import ConfigError, DataError
 from pipeline.core.rundir import read_csv_log
 
 log = logging.getLogger(__name__)
@@ -33,11 +33,64 @@ class Hardware:
     xla: bool
 
 
+def _tf_config() -> dict:
+    text = os.environ.get("TF_CONFIG") or "{}"
+    try:
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or not isinstance(doc.get("cluster", {}), dict):
+            raise ValueError("expected {'cluster': {...}, 'task': {'type': ..., 'index': ...}}")
+        task = doc.get("task", {})
+        int(task.get("index", 0))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise ConfigError(f"TF_CONFIG (environment): not a valid cluster description ({e}): {text[:200]}") from None
+    return doc
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """This process's place in a multi-worker run (TF_CONFIG). Only the chief writes
+    the run folder; the others write to temporary folders, as TensorFlow's
+    multi-worker guide prescribes, so two writers never interleave one file."""
+
+    task_type: str
+    index: int
+    workers: int  # chief and workers together
+
+    @property
+    def chief(self) -> bool:
+        return self.task_type == "chief" or (self.task_type == "worker" and self.index == 0 and not self.has_chief)
+
+    has_chief: bool = False
+
+
+def worker_role() -> WorkerRole:
+    doc = _tf_config()
+    cluster, task = doc.get("cluster", {}), doc.get("task", {})
+    n = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+    return WorkerRole(task.get("type", "worker"), int(task.get("index", 0)), max(1, n), bool(cluster.get("chief")))
+
+
+def barrier(strategy: tf.distribute.Strategy) -> None:
+    """Wait for every worker (a collective all-reduce); a no-op in one process. After
+    ``fit``, it makes sure the chief has written what the others read next."""
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
+def shard_by_data(ds):
+    """Auto-shard policy DATA: every worker runs the same (identically seeded) pipeline
+    and keeps its share of each global batch. FILE sharding needs a dataset that reads
+    files itself (TFRecord); ours map file *names* and in-memory arrays through Python
+    readers, where FILE would fail over to DATA with a warning anyway."""
+    opts = tf.data.Options()
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(opts)
+
+
 def select_strategy() -> tf.distribute.Strategy:
-    """MultiWorkerMirrored when TF_CONFIG names several workers, Mirrored on several
-    GPUs, else the default strategy (one GPU or the CPU)."""
-    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
-    if len(cluster.get("worker", [])) > 1:
+    """MultiWorkerMirrored when TF_CONFIG names several workers (chief included),
+    Mirrored on several GPUs, else the default strategy (one GPU or the CPU)."""
+    if worker_role().workers > 1:
         return tf.distribute.MultiWorkerMirroredStrategy()
     if len(tf.config.list_physical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 
 from pipeline._keras import keras
@@ -11,7 +13,17 @@ from pipeline.core.config import Config
 from pipeline.core.rundir import RunDir, write_text
 from pipeline.models.backbones import backbone_layer_names
 from pipeline.models.weights import load_pretrained
-from pipeline.stages.fit import best_so_far, fit, fit_batch, make_optimizer, setup_hardware, steps_per_epoch
+from pipeline.stages.fit import (
+    barrier,
+    best_so_far,
+    fit,
+    fit_batch,
+    make_optimizer,
+    setup_hardware,
+    shard_by_data,
+    steps_per_epoch,
+    worker_role,
+)
 from pipeline.stages.weights import load_weights, save_weights
 from pipeline.tasks import get_task
 
@@ -26,6 +38,9 @@ def train(run: RunDir, cfg: Config) -> dict:
     Returns:
         Validation results of the best weights, also saved as ``models/float.h5``.
     """
+    role = worker_role()
+    if not role.chief:
+        return _train_as_worker(run, cfg, role)
     run.path.mkdir(parents=True, exist_ok=True)
     # A retrain that fails (bad data, no validation metric...) puts back the config
     # the trained models were built with. A killed one keeps the new config, which
@@ -38,6 +53,21 @@ def train(run: RunDir, cfg: Config) -> dict:
         if previous is not None:
             write_text(run.config_path, previous)
         raise
+
+
+def _train_as_worker(run: RunDir, cfg: Config, role) -> dict:
+    """A non-chief worker trains in step with the chief but writes its config,
+    manifest, logs and model to a temporary folder, removed at the end (kept when
+    EDGEPIPE_KEEP_WORKER_DIR is set, for checking); it reads the chief's checkpoints."""
+    tmp = RunDir(tempfile.mkdtemp(prefix=f"edgepipe-{role.task_type}{role.index}-"))
+    log.info("%s %d of %d workers: %s is the chief's to write; this worker writes to %s",
+             role.task_type, role.index, role.workers, run.path, tmp.path)  # fmt: skip
+    try:
+        tmp.save_config(cfg)
+        return _train(run, cfg, out=tmp)
+    finally:
+        if not os.environ.get("EDGEPIPE_KEEP_WORKER_DIR"):
+            shutil.rmtree(tmp.path, ignore_errors=True)
 
 
 # === Phases: transfer learning's frozen-backbone start, then the main fit ===
@@ -84,17 +114,21 @@ def _set_trainable(model: keras.Model, backbone: frozenset, phase: Phase, keep_b
 # === Stage ===
 
 
-def _train(run: RunDir, cfg: Config) -> dict:
+def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
+    """Train in ``run``; ``out`` (default ``run``) is where this process writes its
+    config, manifest, logs and model: a worker's temporary folder in a multi-worker run."""
+    out = out or run
+    chief = out is run
     task = get_task(cfg.task)
     keras.utils.set_random_seed(cfg.train.seed)
     hw = setup_hardware(cfg)
     spec = cfg.input_spec()
     ckpt = run.path / "checkpoints"
     phases = plan_phases(cfg)
-    with run.stage("train") as entry:
+    with out.stage("train") as entry:
         data = task.load_data(cfg)
         cfg = fit_batch(cfg, len(data.train))
-        datasets = task.datasets(data, cfg, spec)
+        datasets = tuple(shard_by_data(ds) for ds in task.datasets(data, cfg, spec))
         num_classes = len(task.class_names(data))
         resuming = (ckpt / FROZEN_DONE).is_file() or any((ckpt / p.backup).is_dir() for p in phases)
         with hw.strategy.scope():
@@ -103,33 +137,42 @@ def _train(run: RunDir, cfg: Config) -> dict:
             log.info("resuming a killed run from %s (delete it to start over)", ckpt)
             transfer = None
         else:
-            _forget_previous_attempt(run)
+            if chief:
+                _forget_previous_attempt(run)
             transfer = load_pretrained(model, cfg)
         tuned = len(phases) > 1 or phases[-1].freeze_backbone or phases[-1].backbone_lr_mult != 1.0
         backbone = backbone_layer_names(cfg.model) if tuned else frozenset()
+        frozen_skipped = False
         for phase in phases:
             if phase.name == "frozen" and (ckpt / FROZEN_DONE).is_file():
-                continue  # finished before the run was killed
-            if (ckpt / FROZEN_DONE).is_file() and not (ckpt / phase.backup).is_dir():
+                frozen_skipped = True  # finished before the run was killed
+                continue
+            if frozen_skipped and not (ckpt / phase.backup).is_dir():
                 load_weights(model, ckpt / FROZEN_DONE)
-            _fit_phase(model, phase, backbone, run, cfg, task, hw, data, datasets, num_classes)
-            if phase.name == "frozen":
+            _fit_phase(model, phase, backbone, run, cfg, task, hw, data, datasets, num_classes, out)
+            if phase.name == "frozen" and chief:
                 save_weights(model, ckpt / FROZEN_DONE)
-        # fit() returned: the run is complete, so the resume state is obsolete.
-        for p in phases:
-            shutil.rmtree(ckpt / p.backup, ignore_errors=True)
-        (ckpt / FROZEN_DONE).unlink(missing_ok=True)
+        barrier(hw.strategy)  # the chief has written best.h5 (and the frozen phase's weights)
         if (ckpt / "best.h5").is_file():
             load_weights(model, ckpt / "best.h5")
         results = model.evaluate(datasets[1], return_dict=True, verbose=0)
-        save_weights(model, run.weights("float"))
-        entry["outputs"].append(run.weights("float"))
+        barrier(hw.strategy)  # every worker has read best.h5 before the chief cleans up
+        if chief:
+            # fit() returned: the run is complete, so the resume state is obsolete.
+            for p in phases:
+                shutil.rmtree(ckpt / p.backup, ignore_errors=True)
+            (ckpt / FROZEN_DONE).unlink(missing_ok=True)
+        save_weights(model, out.weights("float"))
+        entry["outputs"].append(out.weights("float"))
         # Models and exports made from an earlier float model no longer match it.
-        for stale in [*(run.weights(m) for m in ("pruned", "qat", "pqat")), run.path / "exports.json"]:
+        for stale in [*(out.weights(m) for m in ("pruned", "qat", "pqat")), out.path / "exports.json"]:
             stale.unlink(missing_ok=True)
         entry["results"] = {k: float(v) for k, v in results.items()}
         entry["results"]["skipped_images"] = len(data.skipped)
-        entry["results"]["hardware"] = {"gpus": hw.gpus, "mixed_precision": hw.mixed_precision, "xla": hw.xla}
+        entry["results"]["hardware"] = {
+            "gpus": hw.gpus, "mixed_precision": hw.mixed_precision, "xla": hw.xla,
+            "strategy": type(hw.strategy).__name__, "replicas": hw.strategy.num_replicas_in_sync,
+        }  # fmt: skip
         if transfer is not None:
             entry["results"]["pretrained"] = transfer
     log.info("float model: %s", {k: v for k, v in entry["results"].items() if k != "pretrained"})
@@ -143,7 +186,9 @@ def _forget_previous_attempt(run: RunDir) -> None:
     (run.path / "checkpoints" / "best.h5").unlink(missing_ok=True)
 
 
-def _fit_phase(model, phase: Phase, backbone, run: RunDir, cfg: Config, task, hw, data, datasets, num_classes: int):
+def _fit_phase(
+    model, phase: Phase, backbone, run: RunDir, cfg: Config, task, hw, data, datasets, num_classes: int, out: RunDir
+):
     _set_trainable(model, backbone, phase, keep_bn_frozen=cfg.train.freeze_backbone_epochs > 0)
     t = cfg.train
     steps = steps_per_epoch(cfg, len(data.train))
@@ -171,8 +216,10 @@ def _fit_phase(model, phase: Phase, backbone, run: RunDir, cfg: Config, task, hw
             # A resumed run or a later phase never overwrites a better checkpoint with a worse one.
             initial_value_threshold=best_so_far(run.path / "train_log.csv", monitor, mode),
         ),
-        keras.callbacks.CSVLogger(str(run.path / "train_log.csv"), append=True),
-        keras.callbacks.TensorBoard(str(run.path / "logs" / "train"), profile_batch=0),
+        # Keras writes a non-chief's ModelCheckpoint and BackupAndRestore to temporary
+        # folders itself; the CSV log and TensorBoard go to this process's own folder.
+        keras.callbacks.CSVLogger(str(out.path / "train_log.csv"), append=True),
+        keras.callbacks.TensorBoard(str(out.path / "logs" / "train"), profile_batch=0),
         keras.callbacks.TerminateOnNaN(),
     ]
     if t.early_stopping_patience:

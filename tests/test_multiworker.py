@@ -1,0 +1,151 @@
+"""Two real worker processes train together with MultiWorkerMirroredStrategy.
+
+Two ``edgepipe train`` processes on this machine (TF_CONFIG with two free 127.0.0.1
+ports) share one run folder, as on a cluster with a shared file system. Checked: both
+finish with identical weights; only the chief writes the run folder; the next stages
+run on it in one process, unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SETS = [
+    "model.input_size=32", "model.width=0.35", "data.synthetic_samples=96", "train.epochs=2",
+    "train.batch_size=16", "train.early_stopping_patience=0",
+]  # fmt: skip
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _h5_arrays(path: Path) -> dict[str, np.ndarray]:
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def _launch(tmp_path: Path, run: Path, extra: list[str]) -> list[subprocess.Popen]:
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for i in range(2):
+        tmp = tmp_path / f"tmp{i}"
+        tmp.mkdir(exist_ok=True)
+        env = {
+            **os.environ,
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+            "TMPDIR": str(tmp),
+            "EDGEPIPE_KEEP_WORKER_DIR": "1",
+            "CUDA_VISIBLE_DEVICES": "",
+        }
+        cmd = [sys.executable, "-m", "pipeline.cli", "train", "--task", "classification", "--run-dir", str(run)]
+        cmd += [a for s in [*SETS, *extra] for a in ("--set", s)]
+        log = open(tmp_path / f"worker{i}.log", "w")
+        procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _wait(procs, tmp_path: Path, timeout: float = 600) -> None:
+    try:
+        for p in procs:
+            p.wait(timeout=timeout)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, p in enumerate(procs):
+        assert p.returncode == 0, (tmp_path / f"worker{i}.log").read_text()[-3000:]
+
+
+@pytest.mark.slow
+def test_two_workers_train_together_and_only_the_chief_writes_the_run(tmp_path):
+    run = tmp_path / "run"
+    _wait(_launch(tmp_path, run, []), tmp_path)
+
+    # Both trained on the collective strategy, in step.
+    chief_log = (tmp_path / "worker0.log").read_text()
+    assert "MultiWorkerMirroredStrategy" in chief_log
+    worker_dirs = list((tmp_path / "tmp1").glob("edgepipe-worker1-*"))
+    assert len(worker_dirs) == 1, "the second worker's temporary run folder"
+    mine, theirs = _h5_arrays(run / "models" / "float.h5"), _h5_arrays(worker_dirs[0] / "models" / "float.h5")
+    assert mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
+
+    # Only the chief wrote the run folder: one train entry, one log, no worker temp dirs.
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert [s["stage"] for s in manifest["stages"]] == ["train"]
+    assert manifest["stages"][0]["results"]["hardware"]["replicas"] == 2
+    lines = (run / "train_log.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch") and len(lines) == 3
+    assert not [p for p in run.rglob("*") if "workertemp" in p.name]
+    assert not (run / "checkpoints" / "backup").exists()
+    assert not list((tmp_path / "tmp0").glob("edgepipe-*")), "the chief needs no temporary folder"
+
+    # The next stages run on the chief's folder in one process, unchanged.
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    sets = ["export.variants=[float32,int8]", "evaluate.latency_runs=2"]
+    for stage in ("export", "evaluate"):
+        cmd = [sys.executable, "-m", "pipeline.cli", stage, "--run-dir", str(run)]
+        cmd += [a for s in sets for a in ("--set", s)]
+        r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["variants"]) >= {"float32", "int8"}
+
+
+@pytest.mark.slow
+def test_a_killed_worker_and_a_restart_of_both_resume_from_the_last_backup(tmp_path):
+    """Kill worker 1 after the first epoch's backup; the chief must not wait forever;
+    restarting both resumes from the backup and finishes the remaining epochs."""
+    import time
+
+    run = tmp_path / "run"
+    extra = ["train.epochs=4", "data.synthetic_samples=320"]
+    procs = _launch(tmp_path, run, extra)
+    backup = run / "checkpoints" / "backup"
+    deadline = time.time() + 300
+    log_csv = run / "train_log.csv"
+
+    def backed_up() -> bool:  # the first epoch ended: logged and its state saved
+        return log_csv.is_file() and len(log_csv.read_text().splitlines()) >= 2 and any(backup.rglob("checkpoint"))
+
+    while not backed_up() and time.time() < deadline and all(p.poll() is None for p in procs):
+        time.sleep(0.2)
+    assert backed_up(), (tmp_path / "worker0.log").read_text()[-3000:]
+    procs[1].kill()
+    try:
+        procs[0].wait(timeout=180)  # the chief notices its peer is gone and stops
+    except subprocess.TimeoutExpired:
+        procs[0].kill()
+        pytest.fail("the chief waited more than 3 minutes for a dead worker")
+    assert procs[0].returncode != 0
+    assert backup.is_dir(), "the backup survives the failure"
+    before = (tmp_path / "worker0.log").read_text()
+
+    _wait(_launch(tmp_path, run, extra), tmp_path)
+    after = (tmp_path / "worker0.log").read_text()
+    assert "resuming a killed run" in after, after[-3000:]
+    assert "Epoch 1/4" not in after, "it started over instead of resuming"
+    rows = [line.split(",")[0] for line in (run / "train_log.csv").read_text().splitlines()[1:]]
+    assert rows[-1] == "3" and len(set(rows)) == len(rows), rows
+    assert (run / "models" / "float.h5").is_file() and not backup.exists()
+    assert before != after
