@@ -217,3 +217,20 @@ def test_mediapipe_object_detector_finds_what_we_find(trained, tmp_path, resize)
             seen += bool(iou.shape[0]) and bool(iou[:, i].max() >= 0.9)
     assert reported and found >= 0.9 * reported, (found, reported, resize)
     assert confident and seen >= 0.9 * confident, (seen, confident)
+
+
+def test_without_metadata_the_ops_own_ports_order_the_outputs(trained, monkeypatch):
+    """A mobile model whose metadata does not name its outputs (stripped, or a
+    third-party file) is read in the op's port order: the same outputs as with names."""
+    import pipeline.runtime.tflite_model as tm
+
+    _, cfg, exports = trained
+    spec = cfg.input_spec()
+    x = np.stack([prepare(f, spec) for f in _frames(cfg)])
+    named = tm.TFLiteModel(exports["int8_mobile"], spec, threads=1)
+    monkeypatch.setattr(tm, "ssd_output_order", lambda model: None)
+    ported = tm.TFLiteModel(exports["int8_mobile"], spec, threads=1)
+    assert [d["index"] for d in named.outputs] == [d["index"] for d in ported.outputs]
+    for a, b in zip(named(x), ported(x)):
+        np.testing.assert_array_equal(a, b)
+    assert ported(x)[0].shape[-1] == 4 and ported(x)[3].size == len(x)

@@ -129,6 +129,11 @@ class TFLiteModel:
         if self._ssd_order is not None:
             details = self.interpreter.get_output_details()
             return [details[k] for k in self._ssd_order]
+        ports = ssd_op_outputs(self.interpreter)
+        if ports is not None:  # no metadata names them: the op's own output ports decide
+            by_index = {d["index"]: d for d in self.interpreter.get_output_details()}
+            if set(ports) <= set(by_index):
+                return [by_index[i] for i in ports]
         return ordered_outputs(self.interpreter)
 
     def quantize(self, images: np.ndarray) -> np.ndarray:
@@ -155,6 +160,15 @@ class TFLiteModel:
         self._resize(1)
         self.interpreter.set_tensor(self.input["index"], quantize_input(image[None], self.input, self.spec))
         return time_invokes(self.interpreter, runs, warmup)
+
+
+def ssd_op_outputs(interpreter) -> list[int] | None:
+    """The output tensor indices of a ``TFLite_Detection_PostProcess`` op, in port order
+    (boxes, classes, scores, count), when the model ends in one."""
+    for op in interpreter._get_ops_details():
+        if op.get("op_name") == "TFLite_Detection_PostProcess" and len(op.get("outputs", ())) == 4:
+            return [int(i) for i in op["outputs"]]
+    return None
 
 
 def delegated_op_indices(interpreter) -> set[int]:
