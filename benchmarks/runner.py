@@ -9,8 +9,13 @@ interpreter thread count, in interleaved rounds (medians shown):
 * **bare**: ``invoke()`` alone on one prepared frame (the shared ``latency_ms``);
 * **naive**: the loop a user writes: read, prepare, invoke, post-process, draw, in
   one thread, with the same shared functions;
-* **runner**: ``pipeline.runtime.runner.run`` headless (capture thread, HUD, no outputs),
-  and once more writing an mp4 and a JSONL;
+* **runner**: ``pipeline.runtime.runner.run`` headless (capture thread, HUD, no
+  outputs) with ``--parallel frames`` (the default: that many single-thread
+  interpreters on successive frames) and ``--parallel ops`` (one interpreter with that
+  many threads), once more writing an mp4 and a JSONL, and, for a detector, with
+  ``--track`` and a counting line;
+* **tracking cost**: ``ByteTracker`` plus a line and a zone counter alone, on 50 moving
+  boxes per frame, against the runner's frame time (target: < 5 %);
 
 then RSS over ``--rss-frames`` frames of the runner (a looped video): growth after
 warm-up (the first 10 % of the run). CPU ms/frame is the process's CPU time (all
@@ -135,6 +140,32 @@ def naive_loop(opts: RunOptions, video: Path, frames: int) -> dict:
     }
 
 
+def tracking_cost(frames: int = 600, objects: int = 50) -> float:
+    """Mean ms per frame of tracking (ByteTrack, one line, one zone) at ``objects``
+    moving, crossing boxes per frame, with score noise."""
+    from pipeline.runtime.tracking import Tracking, TrackOptions
+
+    rng = np.random.default_rng(0)
+    start = rng.uniform(0, 600, (objects, 2))
+    vel = rng.uniform(-4, 4, (objects, 2))
+    size = rng.uniform(20, 60, (objects, 2))
+    tracking = Tracking(TrackOptions(lines=("320,0,320,480",), zones=("100,100,500,100,500,400,100,400",)), ["a", "b"])
+    times = []
+    for f in range(frames):
+        c = (start + vel * f) % 640
+        boxes = np.concatenate([c, c + size], 1).astype(np.float32)
+        preds = {
+            "boxes": boxes,
+            "scores": rng.uniform(0.2, 0.95, objects).astype(np.float32),
+            "classes": (np.arange(objects) % 2).astype(np.int32),
+            "count": objects,
+        }
+        t0 = time.perf_counter()
+        tracking.step(preds, f)
+        times.append(time.perf_counter() - t0)
+    return float(np.mean(times[20:]) * 1e3)
+
+
 def rss_mb() -> float:
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
@@ -164,6 +195,10 @@ def rss_growth(model_path: Path, video: Path, threads: int, frames: int) -> tupl
     return start, end, (end - start) / start * 100
 
 
+def results_threads(results: dict) -> list[int]:
+    return sorted({t for _, t in results})
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="an exported int8 .tflite with its sidecar")
@@ -182,18 +217,27 @@ def main() -> int:
     video = args.video or make_video(tmp / "in.mp4")
     cap = cv2.VideoCapture(str(video))
     print(f"model {model}, video {video} ({int(cap.get(3))}x{int(cap.get(4))}), {args.frames} frames per row\n")
-    modes = ("bare interpreter", "naive loop", "runner", "runner + mp4 + jsonl")
+    from pipeline.runtime.tracking import TrackOptions
+
+    detector = load_model(RunOptions(model=model, source=str(video), display=False)).task_name == "detection"
+    modes = ["bare interpreter", "naive loop", "runner", "runner, --parallel ops", "runner + mp4 + jsonl"]
+    if detector:
+        modes.append("runner + --track + line")
+    track = TrackOptions(lines=("320,0,320,480",))
     results: dict = {}
     for _ in range(args.rounds):  # interleaved rounds: other load on the machine hits every mode alike
         for threads in (int(t) for t in args.threads.split(",")):
             o = RunOptions(model=model, source=str(video), threads=threads, resize=args.resize, display=False)
             looped = dict(loop=True, max_frames=args.frames)
-            got = (
+            got = [
                 bare_fps(o, video, args.frames),
                 naive_loop(o, video, args.frames),
                 run(replace(o, **looped)),
+                run(replace(o, **looped, parallel="ops")),
                 run(replace(o, **looped, output=tmp / "out.mp4", jsonl=tmp / "p.jsonl")),
-            )
+            ]
+            if detector:
+                got.append(run(replace(o, **looped, track=track)))
             for mode, r in zip(modes, got):
                 results.setdefault((mode, threads), []).append(r)
     cores = len(os.sched_getaffinity(0))
@@ -222,6 +266,13 @@ def main() -> int:
         )
         if mode == "runner":
             ok &= fps >= 0.9 * bare
+    frame_ms = 1e3 / float(np.median([r["fps"] for r in results[("runner", max(results_threads(results)))]]))
+    cost = tracking_cost()
+    print(
+        f"\ntracking alone (ByteTrack + a line + a zone, 50 objects per frame): {cost:.3f} ms per frame, "
+        f"{cost / frame_ms * 100:.1f} % of the runner's {frame_ms:.2f} ms frame time (target < 5 %)"
+    )
+    ok &= cost < 0.05 * frame_ms
     if args.rss_frames:
         threads = int(args.threads.split(",")[-1])
         start, end, growth = rss_growth(model, video, threads, args.rss_frames)

@@ -17,7 +17,8 @@ classes, fine-tune on the other half with few images, against training from scra
    images per class, QAT int8 within 1 point of its float model. Exit 1 on a miss.
 
 With a network, the same comparison against ImageNet weights on your own folder is
-``--pretrained imagenet --backbone mobilenet_v2 --set model.width=0.35`` (see README).
+``--pretrained imagenet --backbone mobilenet_v2 --set model.width=0.35 --set model.input_size=96``
+(docs/benchmarks.md#transfer-learning).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ associated files (``labels.txt``) appended to the model as an uncompressed zip.
 
 Why vendored code: tflite-support's writers pin ``protobuf<4`` and cannot share an
 environment with TensorFlow 2.21, and mediapipe's writers need a native module its
-wheel lacks (FACTS.md). The flatbuffer schema itself is plain generated Python, so
+wheel lacks (docs/deployment.md). The flatbuffer schema itself is plain generated Python, so
 ``pipeline/_vendor`` carries mediapipe 1.2.2's generated files (Apache-2.0) and this
 module builds the same tables the mediapipe writers build, with the ``flatbuffers``
 package TensorFlow already depends on. The MediaPipe Tasks test checks the result.

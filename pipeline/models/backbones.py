@@ -122,7 +122,7 @@ def _applications(x, cfg: ModelConfig, build: Callable) -> Features:
     base = build(input_tensor=x, input_shape=tuple(x.shape[1:]), include_top=False, weights=None, alpha=cfg.width)
     # keras.applications' BatchNorm momentum of 0.999 leaves the moving statistics near
     # their initial values for the first few thousand steps: from scratch they would
-    # be wrong at inference (FACTS.md: a DeepLabV3+ peer predicted background only).
+    # be wrong at inference (measured: a DeepLabV3+ peer predicted background only).
     # Pretrained statistics are worth keeping, so they move slower.
     momentum = 0.9 if cfg.weights == "none" else 0.99
     for layer in base.layers:

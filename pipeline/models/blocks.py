@@ -2,8 +2,8 @@
 
 Conv2D/DepthwiseConv2D + BatchNormalization + ReLU6 is the pattern that TFMOT folds
 for QAT and that XNNPACK runs on its fast int8 paths. Hard-swish and squeeze-excite
-are left out on purpose: FACTS.md measured a MobileNetV3 whose int8 model is slower
-than its float one.
+are left out on purpose: a MobileNetV3 with them was measured with an int8 model
+slower than its float one (docs/design.md).
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ concatenation of levels, which in int8 means requantize ops XNNPACK does not tak
 It is built only from Conv2D / DepthwiseConv2D / BatchNorm / ReLU6 / UpSampling2D /
 Add / Reshape, so TFMOT prunes and quantizes all of it and XNNPACK runs all of it
 in int8. Box distances (ReLU6, fused into the conv) and class scores are separate
-outputs, so int8 gives each its own scale (FACTS.md: one shared tensor made keras-cv
-YOLOv8's int8 scores nearly binary).
+outputs, so int8 gives each its own scale (docs/design.md: one shared tensor made
+keras-cv YOLOv8's int8 scores nearly binary).
 """
 
 from __future__ import annotations

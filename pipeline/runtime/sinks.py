@@ -12,7 +12,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Containers this OpenCV build writes (FACTS.md: mp4v .mp4 and MJPG .avi).
+# Containers opencv-python's wheels write without extra codecs: mp4v .mp4 and MJPG .avi.
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
 
 
