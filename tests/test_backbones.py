@@ -1,10 +1,12 @@
-"""Every registered backbone under every task: builds, trains a step, prunes, takes QAT,
-exports to full-integer TFLite and matches Keras on LiteRT (keras-hub's
-``run_litert_export_test`` idea, over the registry)."""
+"""The task conformance test: every registered task under every registered backbone
+builds, trains a step, prunes, takes QAT, exports to full-integer TFLite, matches Keras
+on LiteRT, and its runtime half post-processes, serialises and draws the LiteRT outputs
+(keras-hub's ``run_task_test`` / ``run_litert_export_test`` idea, over the registries)."""
 
 from __future__ import annotations
 
 import functools
+import json
 
 import numpy as np
 import pytest
@@ -126,3 +128,14 @@ def test_backbone_trains_prunes_quantizes_and_exports_for_every_task(backbone, t
     want_qat = served_outputs(qat, task, cfg)(normalize(x, spec))
     got, m = _litert(convert(qat, "int8", rep, cfg.export.int8_io, serving=serving), x, spec, tmp_path, "qat")
     _check_close(got, want_qat, m, QAT_STEPS, "qat_int8")
+
+    # The runtime half on those LiteRT outputs: post-processing onto a non-square frame,
+    # JSON, drawing (what `edgepipe run` does with every frame).
+    from pipeline.tasks import get_runtime
+
+    rt, names = get_runtime(task_name), list(task.class_names(data))
+    frame = np.full((48, 80, 3), 90, np.uint8)
+    preds = rt.postprocess([o[:1] for o in got], names, spec=spec, frame_shape=frame.shape[:2])
+    assert json.loads(json.dumps(rt.to_json(preds))) is not None
+    drawn = rt.draw(frame.copy(), preds, names)
+    assert drawn.shape == frame.shape and drawn.dtype == np.uint8

@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 
 MAX_BOXES = 100  # objects per image kept for training (more are rare and cost memory)
 EVAL_SCORE = 0.01  # low threshold for mAP: the PR curve needs the low-confidence tail
+# The mobile form's score floor in the op: measured on the real-photo detector, 0.05
+# gives the same mAP as 0.01 (0.0410 both) and cuts the op's cost from 2.2 to 0.5 ms
+# (1 thread, 320 px): regular NMS over every candidate above 0.01 is what costs.
+MOBILE_SCORE = 0.05
 MAX_DETECTIONS, NMS_IOU = 100, 0.6  # what evaluate keeps, and the mobile form's op
 MOBILE_SIGNATURE = [  # the SSD op's output ports, in order
     {"name": "location", "kind": "ssd_location", "meaning": "[1, K, 4] boxes ymin, xmin, ymax, xmax as ratios of the "
@@ -124,7 +128,7 @@ def _mobile_extras(cfg) -> dict:
     return {
         "postprocess": {
             "in_graph": "TFLite_Detection_PostProcess: anchor decoding, per-class NMS (IoU "
-            f"{NMS_IOU}), the {MAX_DETECTIONS} best with score >= {EVAL_SCORE}",
+            f"{NMS_IOU}), the {MAX_DETECTIONS} best with score >= {MOBILE_SCORE}",
             "mediapipe": "MediaPipe's ObjectDetector and the TFLite Task Library read this file as it is; they "
             "stretch the frame to the input size"
             + (
@@ -242,7 +246,7 @@ class Detection(Task):
         m = cfg.model
         module = mobile.module(
             model, m.input_size, m.channels, len(class_names), max_detections=MAX_DETECTIONS,
-            score_threshold=EVAL_SCORE, iou_threshold=NMS_IOU,
+            score_threshold=MOBILE_SCORE, iou_threshold=NMS_IOU,
         )  # fmt: skip
         return ExportGraph(module, uint8_input=True, float_outputs=True)
 
