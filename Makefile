@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 MP_VENV ?= .venv-mediapipe
 MP_STAMP := $(MP_VENV)/.installed
 
-.PHONY: install demo test test-fast lint format reference benchmark benchmark-runner clean mediapipe-venv
+.PHONY: install demo test test-fast lint format reference notebooks benchmark benchmark-runner clean mediapipe-venv
 
 install: $(STAMP)
 
@@ -40,6 +40,9 @@ lint: install
 
 reference: install  # regenerate docs/config.md's key table (a test checks it)
 	$(BIN)/python -c "from pipeline.core.config import write_reference; write_reference('docs/config.md')"
+
+notebooks: install  # execute notebooks/ in place at their default settings, outputs stored (a test checks it)
+	cd notebooks && for nb in *.ipynb; do ../$(BIN)/jupyter-execute --inplace --timeout=1800 $$nb || exit 1; done
 
 format: install
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
