@@ -85,9 +85,12 @@ def read_logs(run_dir: Path) -> dict[str, list[dict]]:
     for stage in STAGES:
         p = run_dir / f"{stage}_log.csv"
         if p.is_file():
-            rows = read_csv_log(
-                p, f"run `edgepipe {stage.removeprefix('p')}` again (or delete the file to report without its curves)"
-            )
+            command = {"pqat": "qat"}.get(stage, stage)
+            try:
+                rows = read_csv_log(p, f"run `edgepipe {command}` again to rewrite it")
+            except StageInputError as e:  # the curves are lost, not the report
+                log.warning("training curves left out: %s", e)
+                continue
             if rows:
                 logs[stage] = rows
     return logs

@@ -149,3 +149,16 @@ def test_a_killed_worker_and_a_restart_of_both_resume_from_the_last_backup(tmp_p
     assert rows[-1] == "3" and len(set(rows)) == len(rows), rows
     assert (run / "models" / "float.h5").is_file() and not backup.exists()
     assert before != after
+
+
+@pytest.mark.slow
+def test_two_workers_through_a_frozen_backbone_phase(tmp_path):
+    """The frozen phase's weights are saved by every worker (reading BatchNorm's
+    statistics is a collective): the run must not hang between the phases."""
+    run = tmp_path / "run"
+    _wait(_launch(tmp_path, run, ["train.freeze_backbone_epochs=1"]), tmp_path, timeout=400)
+    worker_dirs = list((tmp_path / "tmp1").glob("edgepipe-worker1-*"))
+    mine, theirs = _h5_arrays(run / "models" / "float.h5"), _h5_arrays(worker_dirs[0] / "models" / "float.h5")
+    assert all(np.array_equal(mine[k], theirs[k]) for k in mine)
+    assert "training phase 'frozen'" in (tmp_path / "worker0.log").read_text()
+    assert not (run / "checkpoints" / "frozen_phase.h5").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
 
@@ -191,7 +192,7 @@ def test_detection_and_segmentation_figure_helpers_draw_real_pngs(tmp_path):
         assert_non_blank(p)
 
 
-def test_a_log_written_twice_is_a_clear_error_naming_the_file_and_line(tmp_path):
+def test_a_log_written_twice_is_a_clear_error_naming_the_file_and_line(tmp_path, caplog):
     """Two processes appending one CSV log leave a header in the middle."""
     from pipeline.core.errors import StageInputError
     from pipeline.report import read_logs
@@ -199,10 +200,13 @@ def test_a_log_written_twice_is_a_clear_error_naming_the_file_and_line(tmp_path)
 
     header, row = "epoch,accuracy,loss,val_accuracy\n", "0,0.5,1.2,0.55\n"
     (tmp_path / "train_log.csv").write_text(header + row + header + row.replace("0,", "1,", 1))
-    with pytest.raises(StageInputError, match=r"train_log\.csv: line 3, column 'epoch': 'epoch' is not a number"):
-        read_logs(tmp_path)
+    with caplog.at_level("WARNING"):
+        assert read_logs(tmp_path) == {}  # the report goes on without the curves, and says why
+    assert re.search(r"curves left out: .*train_log\.csv: line 3, column 'epoch': 'epoch' is not a number", caplog.text)
     with pytest.raises(StageInputError, match=r"train_log\.csv: line 3"):
-        best_so_far(tmp_path / "train_log.csv", "val_accuracy", "max")
+        best_so_far(tmp_path / "train_log.csv", "val_accuracy", "max")  # a resume must not guess
+    (tmp_path / "train_log.csv").write_text(header.replace("\n", ",lst\n") + row.replace("\n", ',"[1, 2]"\n'))
+    assert best_so_far(tmp_path / "train_log.csv", "val_accuracy", "max") == pytest.approx(0.55)
     (tmp_path / "train_log.csv").write_text(header + row + "1,0.6,NA,0.7\n")
     assert best_so_far(tmp_path / "train_log.csv", "val_accuracy", "max") == pytest.approx(0.7)
     assert read_logs(tmp_path)["train"][1]["val_accuracy"] == pytest.approx(0.7)

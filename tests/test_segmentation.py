@@ -456,3 +456,21 @@ def test_sidecar_says_logits_and_int8_runs_on_xnnpack(seg_chain):
     for name in ("int8", "qat_int8"):
         assert set(report["variants"][name]["undelegated_ops"]) <= {"QUANTIZE"}  # only the uint8 edges
     assert report["variants"]["float32"]["undelegated_ops"] == {}
+
+
+def test_a_rare_class_that_cannot_raise_the_count_is_inferred(tmp_path):
+    """Binary defect masks (a few pixels of 1) and a rare id below common ones need no setting."""
+    from pipeline.tasks.segmentation.readers import infer_class_count
+
+    paths = []
+    for i, (rare, common) in enumerate(((1, None), (1, 2))):
+        m = np.zeros((200, 200), np.uint8)
+        m[0, 0] = rare
+        if common is not None:
+            m[50:150, 50:150] = common
+        cv2.imwrite(str(tmp_path / f"{i}.png"), m)
+        paths.append(tmp_path / f"{i}.png")
+    assert infer_class_count(paths[:1], 255) == 2
+    assert infer_class_count(paths, 255) == 3
+    with pytest.raises(DataError, match=r"data.ignore_index=1 lies among the mask ids \(up to 2"):
+        infer_class_count(paths, 1)

@@ -87,11 +87,29 @@ def decode_file(path: str | Path) -> np.ndarray:
 
 
 def jpeg_complete(raw: bytes) -> bool:
-    """Whether a JPEG's last scan (SOS, FFDA) is followed by its end-of-image marker
-    (FFD9). Byte stuffing keeps both markers out of the entropy-coded data, so an
-    embedded EXIF thumbnail's EOI, which comes before the first scan, cannot pass."""
-    sos = raw.rfind(b"\xff\xda")
-    return sos != -1 and raw.find(b"\xff\xd9", sos + 2) != -1
+    """Whether a JPEG's image data ends: the marker segments are walked from the start
+    (by their lengths, so an EXIF thumbnail inside APP1 is skipped) to the first scan
+    (SOS), which an end-of-image marker (EOI) must follow. Byte stuffing keeps EOI out
+    of the entropy-coded data; data appended after the image (a Motion Photo's video)
+    is never looked at. A header the walk cannot follow is left to the decoder."""
+    i, n = 2, len(raw)
+    while i + 4 <= n:
+        if raw[i] != 0xFF:
+            return True  # not a segment boundary: let the decoder judge
+        marker = raw[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # TEM, RSTn, SOI: no length
+            i += 2
+            continue
+        if marker == 0xD9:
+            return False  # EOI before any scan: no image data
+        length = (raw[i + 2] << 8) | raw[i + 3]
+        if marker == 0xDA:
+            return raw.find(b"\xff\xd9", i + 2 + length) != -1
+        i += 2 + length
+    return False  # cut inside the header
 
 
 def read_image(path: str | Path) -> np.ndarray:

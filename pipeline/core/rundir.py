@@ -93,10 +93,12 @@ def read_json(path: str | Path, remedy: str) -> dict:
     return obj
 
 
-def read_csv_log(path: str | Path, remedy: str) -> list[dict[str, float]]:
+def read_csv_log(path: str | Path, remedy: str, columns: tuple[str, ...] | None = None) -> list[dict[str, float]]:
     """A stage's CSVLogger file as rows of numbers (NaN where Keras wrote nothing or
     "NA"), or an error naming the file, the line and ``remedy``: two processes writing
-    one log leave a header in the middle, a killed one a cut line."""
+    one log leave a header in the middle, a killed one a cut line. With ``columns``,
+    only those must be numbers (others read as NaN when they are not: a list-valued
+    metric, say)."""
     path = Path(path)
     try:
         lines = path.read_text().splitlines()
@@ -119,6 +121,9 @@ def read_csv_log(path: str | Path, remedy: str) -> list[dict[str, float]]:
             try:
                 values[key] = float(text) if text not in ("", "NA") else math.nan
             except ValueError:
+                if columns is not None and key not in columns:
+                    values[key] = math.nan
+                    continue
                 raise StageInputError(
                     f"{path}: line {n}, column {key!r}: {text!r} is not a number "
                     f"(a second header? two processes wrote this log); {remedy}"

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from pipeline.core import config
+from pipeline.core.cluster import worker_role
 from pipeline.core.registry import get_spec, task_names
 from pipeline.core.rundir import RunDir
 
@@ -39,7 +40,13 @@ def run_stage(name: str, run: RunDir, cfg: config.Config, variants: list[str] | 
 def run_chain(run: RunDir, cfg: config.Config, stages=CHAIN) -> dict:
     """``stages`` in order on one run folder; each stage's result by name."""
     results = {}
+    role = worker_role()
     for name in stages:
+        if name != "train" and not role.chief:
+            # Training is the only stage that runs on every worker; the chief goes on alone
+            # (two processes writing one run folder is what must never happen).
+            log.info("%s %d: the chief runs %s and the stages after it", role.task_type, role.index, name)
+            break
         log.info("=== %s ===", name)
         results[name] = run_stage(name, run, cfg)
     return results

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline._keras import keras, tf
+from pipeline.core.cluster import worker_role
 from pipeline.core.config import Config
-from pipeline.core.errors import ConfigError, DataError
+from pipeline.core.errors import DataError
 from pipeline.core.rundir import read_csv_log
 
 log = logging.getLogger(__name__)
@@ -31,43 +30,6 @@ class Hardware:
     gpus: int
     mixed_precision: bool
     xla: bool
-
-
-def _tf_config() -> dict:
-    text = os.environ.get("TF_CONFIG") or "{}"
-    try:
-        doc = json.loads(text)
-        if not isinstance(doc, dict) or not isinstance(doc.get("cluster", {}), dict):
-            raise ValueError("expected {'cluster': {...}, 'task': {'type': ..., 'index': ...}}")
-        task = doc.get("task", {})
-        int(task.get("index", 0))
-    except (ValueError, TypeError, AttributeError) as e:
-        raise ConfigError(f"TF_CONFIG (environment): not a valid cluster description ({e}): {text[:200]}") from None
-    return doc
-
-
-@dataclass(frozen=True)
-class WorkerRole:
-    """This process's place in a multi-worker run (TF_CONFIG). Only the chief writes
-    the run folder; the others write to temporary folders, as TensorFlow's
-    multi-worker guide prescribes, so two writers never interleave one file."""
-
-    task_type: str
-    index: int
-    workers: int  # chief and workers together
-
-    @property
-    def chief(self) -> bool:
-        return self.task_type == "chief" or (self.task_type == "worker" and self.index == 0 and not self.has_chief)
-
-    has_chief: bool = False
-
-
-def worker_role() -> WorkerRole:
-    doc = _tf_config()
-    cluster, task = doc.get("cluster", {}), doc.get("task", {})
-    n = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-    return WorkerRole(task.get("type", "worker"), int(task.get("index", 0)), max(1, n), bool(cluster.get("chief")))
 
 
 def barrier(strategy: tf.distribute.Strategy) -> None:
@@ -291,7 +253,12 @@ def best_so_far(log_path: Path, monitor: str, mode: str) -> float | None:
     better checkpoint with a worse one."""
     if not log_path.is_file():
         return None
-    rows = read_csv_log(log_path, "delete it (only the curves are lost) and run the stage again")
+    rows = read_csv_log(
+        log_path,
+        "it keeps a resumed run from overwriting a better checkpoint with a worse one; delete it, and the "
+        "stage's checkpoints folder, to start the stage over",
+        columns=("epoch", monitor),
+    )
     values = [v for r in rows if not math.isnan(v := r.get(monitor, math.nan))]
     if not values:
         return None

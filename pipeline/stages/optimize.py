@@ -70,6 +70,8 @@ def _finetune(
     ckpt = run.path / "checkpoints"
     backup, best = ckpt / f"{name}_backup", ckpt / f"{name}_best.h5"
     log_csv = run.path / f"{name}_log.csv"
+    if not backup.is_dir():  # a fresh fine-tune: an earlier one's log would set its bar and mix its curves
+        log_csv.unlink(missing_ok=True)
     callbacks = [*callbacks, keras.callbacks.CSVLogger(str(log_csv), append=True)]
     if keep_best:
         callbacks.append(_keep_best(model, task, cfg, datasets[1], best, backup.is_dir(), log_csv))

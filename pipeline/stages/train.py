@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -130,7 +131,14 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
         cfg = fit_batch(cfg, len(data.train))
         datasets = tuple(shard_by_data(ds) for ds in task.datasets(data, cfg, spec))
         num_classes = len(task.class_names(data))
-        resuming = (ckpt / FROZEN_DONE).is_file() or any((ckpt / p.backup).is_dir() for p in phases)
+        # Every worker decides from the same files: read them all, then wait for every
+        # worker before the chief changes anything (a worker deciding differently would
+        # train from other weights, or call a collective the others never call).
+        frozen_done = (ckpt / FROZEN_DONE).is_file()
+        resuming = frozen_done or any((ckpt / p.backup).is_dir() for p in phases)
+        monitor, mode = task.spec.monitor, task.spec.monitor_mode
+        threshold = best_so_far(run.path / "train_log.csv", monitor, mode) if resuming else None
+        barrier(hw.strategy)
         with hw.strategy.scope():
             model = task.build_model(cfg, num_classes)
         if resuming:
@@ -142,16 +150,17 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
             transfer = load_pretrained(model, cfg)
         tuned = len(phases) > 1 or phases[-1].freeze_backbone or phases[-1].backbone_lr_mult != 1.0
         backbone = backbone_layer_names(cfg.model) if tuned else frozenset()
-        frozen_skipped = False
         for phase in phases:
-            if phase.name == "frozen" and (ckpt / FROZEN_DONE).is_file():
-                frozen_skipped = True  # finished before the run was killed
-                continue
-            if frozen_skipped and not (ckpt / phase.backup).is_dir():
-                load_weights(model, ckpt / FROZEN_DONE)
-            _fit_phase(model, phase, backbone, run, cfg, task, hw, data, datasets, num_classes, out)
-            if phase.name == "frozen" and chief:
-                save_weights(model, ckpt / FROZEN_DONE)
+            if phase.name == "frozen" and frozen_done:
+                continue  # finished before the run was killed
+            if frozen_done and not (ckpt / phase.backup).is_dir():
+                load_weights(model, ckpt / FROZEN_DONE)  # resume where the frozen phase ended
+            threshold = _fit_phase(model, phase, backbone, run, cfg, task, hw, data, datasets, num_classes, out,
+                                   threshold)  # fmt: skip
+            if phase.name == "frozen":
+                # Every worker saves (reading BatchNorm's statistics is a collective under
+                # MultiWorkerMirroredStrategy); the chief's copy is the one that counts.
+                save_weights(model, ckpt / FROZEN_DONE if chief else out.path / FROZEN_DONE)
         barrier(hw.strategy)  # the chief has written best.h5 (and the frozen phase's weights)
         if (ckpt / "best.h5").is_file():
             load_weights(model, ckpt / "best.h5")
@@ -164,8 +173,9 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
             (ckpt / FROZEN_DONE).unlink(missing_ok=True)
         save_weights(model, out.weights("float"))
         entry["outputs"].append(out.weights("float"))
-        # Models and exports made from an earlier float model no longer match it.
-        for stale in [*(out.weights(m) for m in ("pruned", "qat", "pqat")), out.path / "exports.json"]:
+        # Models, logs and exports made from an earlier float model no longer match it.
+        stale_logs = [out.path / f"{m}_log.csv" for m in ("prune", "qat", "pqat")]
+        for stale in [*(out.weights(m) for m in ("pruned", "qat", "pqat")), *stale_logs, out.path / "exports.json"]:
             stale.unlink(missing_ok=True)
         entry["results"] = {k: float(v) for k, v in results.items()}
         entry["results"]["skipped_images"] = len(data.skipped)
@@ -187,8 +197,21 @@ def _forget_previous_attempt(run: RunDir) -> None:
 
 
 def _fit_phase(
-    model, phase: Phase, backbone, run: RunDir, cfg: Config, task, hw, data, datasets, num_classes: int, out: RunDir
-):
+    model,
+    phase: Phase,
+    backbone,
+    run: RunDir,
+    cfg: Config,
+    task,
+    hw,
+    data,
+    datasets,
+    num_classes: int,
+    out: RunDir,
+    threshold: float | None,
+) -> float | None:
+    """One phase's ``fit``; returns the best monitored value so far, which the next
+    phase's checkpoint must beat (carried in memory: every worker holds the same)."""
     _set_trainable(model, backbone, phase, keep_bn_frozen=cfg.train.freeze_backbone_epochs > 0)
     t = cfg.train
     steps = steps_per_epoch(cfg, len(data.train))
@@ -214,7 +237,7 @@ def _fit_phase(
             save_best_only=True,
             save_weights_only=True,
             # A resumed run or a later phase never overwrites a better checkpoint with a worse one.
-            initial_value_threshold=best_so_far(run.path / "train_log.csv", monitor, mode),
+            initial_value_threshold=threshold,
         ),
         # Keras writes a non-chief's ModelCheckpoint and BackupAndRestore to temporary
         # folders itself; the CSV log and TensorBoard go to this process's own folder.
@@ -235,3 +258,5 @@ def _fit_phase(
         backup=run.path / "checkpoints" / phase.backup,
         callbacks=callbacks,
     )
+    best = float(callbacks[0].best)
+    return best if math.isfinite(best) else None

@@ -205,7 +205,17 @@ def infer_class_count(mask_paths, ignore: int) -> int:
         return 2
     top = int(present.max())
     total = int(pixels.sum())
-    doubtful = [int(v) for v in present if v > 0 and pixels[v] < RARE_SHARE * total]
+    # Only values that would raise the count are in doubt: those above the largest id
+    # that covers a fair share of the pixels (a rare class below it changes nothing,
+    # nor does a rare 1 in binary masks), and everything above a gap in the ids.
+    common = [int(v) for v in present if pixels[v] >= RARE_SHARE * total]
+    floor = max([*common, 1])
+    doubtful = [int(v) for v in present if v > floor]
+    if 0 < ignore < top:
+        raise DataError(
+            f"data.ignore_index={ignore} lies among the mask ids (up to {top}, e.g. in {where[top][0]}): the "
+            "ignore index must not be a class id; set it to a value above the classes, or data.num_classes"
+        )
     gaps = [v for v in range(1, top) if not pixels[v]]
     if gaps:
         doubtful = sorted(set(doubtful) | {int(v) for v in present if v > gaps[0]})
@@ -214,7 +224,8 @@ def infer_class_count(mask_paths, ignore: int) -> int:
     detail = "; ".join(
         f"value {v} on {int(pixels[v])} pixels in {len(where[v])} file(s), e.g. {where[v][0]}" for v in doubtful[:5]
     )
-    why = f"ids {gaps[0]}..{gaps[-1]} never occur" if gaps else "too few pixels to be a class"
+    shown = ", ".join(map(str, gaps[:8])) + (", ..." if len(gaps) > 8 else "")
+    why = f"ids {shown} never occur" if gaps else "too few pixels to be a class"
     raise DataError(
         f"mask values {doubtful[:10]} would set the class count to {top + 1}, but {why}: {detail}. "
         "Fix those masks, or say how many classes there are with data.num_classes (or data.class_names); "
@@ -264,6 +275,11 @@ def _mask_folders(d: DataConfig) -> tuple[list, list | None]:
 
 
 def _finish(d: DataConfig, spec: InputSpec, train_pairs, val_pairs, names: tuple[str, ...]) -> SegmentationData:
+    if d.num_classes and d.num_classes != len(names):
+        raise DataError(
+            f"data.num_classes={d.num_classes}, but this dataset defines {len(names)} classes ({list(names)[:8]}); "
+            "leave data.num_classes at 0, or set data.class_names"
+        )
     if d.ignore_index < len(names):
         raise DataError(f"data.ignore_index {d.ignore_index} is a class id (there are {len(names)} classes)")
     skipped = SkipCounter()
