@@ -24,6 +24,11 @@ TASKS = {"classification": 32, "detection": 64, "segmentation": 64}
 # values must lie within the stated steps and none beyond MAX_FACTOR times them (a CI
 # machine without VNNI measured 4.7 steps on one box coordinate of 3,000).
 QAT_STEPS, PTQ_STEPS, FLOAT_ATOL, MAX_FACTOR = 3.0, 4.0, 1e-4, 3.0
+# Decoded boxes (detection's first output): the file runs the decode (x unit, + centre)
+# in int8 after the raw output's own quantization, Keras in float, so one raw step
+# becomes several output steps. Measured: 4.7 steps at the 99th percentile in one CI
+# run, under 3 in others (threads make training a step nondeterministic).
+BOX_STEPS = 8.0
 
 
 def _cfg(backbone: str, task: str):
@@ -55,15 +60,16 @@ def _litert(blob: bytes, x: np.ndarray, spec, tmp_path, name: str):
     return m(x), m
 
 
-def _check_close(got, want, model, steps: float, what: str) -> None:
-    for g, w, d in zip(got, want, model.outputs):
+def _check_close(got, want, model, steps: float, what: str, box_output: bool = False) -> None:
+    for k, (g, w, d) in enumerate(zip(got, want, model.outputs)):
         scale = d["quantization"][0]
+        n = max(steps, BOX_STEPS) if box_output and k == 0 else steps
         diff = np.abs(g - w)
         if not scale:
             tol = FLOAT_ATOL * max(1.0, float(np.abs(w).max()))
             assert diff.max() <= tol, f"{what} output {d['name']}: max error {diff.max():.6f} > {tol:.6f}"
             continue
-        tol = steps * scale + 1e-6
+        tol = n * scale + 1e-6
         p99 = float(np.percentile(diff, 99))
         assert p99 <= tol, f"{what} output {d['name']}: 99th percentile error {p99:.5f} > {tol:.5f} (scale {scale})"
         assert diff.max() <= MAX_FACTOR * tol, (
@@ -119,7 +125,7 @@ def test_backbone_trains_prunes_quantizes_and_exports_for_every_task(backbone, t
     got, m = _litert(convert(model, "float32", rep, serving=serving), x, spec, tmp_path, "f32")
     _check_close(got, want_float, m, 0, "float32")
     got, m = _litert(convert(model, "int8", rep, cfg.export.int8_io, serving=serving), x, spec, tmp_path, "i8")
-    _check_close(got, want_float, m, PTQ_STEPS, "int8 (PTQ)")
+    _check_close(got, want_float, m, PTQ_STEPS, "int8 (PTQ)", task_name == "detection")
     # The uint8 / int8 input maps pixels exactly onto the backbone's normalization.
     scale, zp = m.input["quantization"]
     assert scale == pytest.approx(1 / spec.std) and zp == round(spec.mean) - (
@@ -127,7 +133,7 @@ def test_backbone_trains_prunes_quantizes_and_exports_for_every_task(backbone, t
     )
     want_qat = served_outputs(qat, task, cfg)(normalize(x, spec))
     got, m = _litert(convert(qat, "int8", rep, cfg.export.int8_io, serving=serving), x, spec, tmp_path, "qat")
-    _check_close(got, want_qat, m, QAT_STEPS, "qat_int8")
+    _check_close(got, want_qat, m, QAT_STEPS, "qat_int8", task_name == "detection")
 
     # The runtime half on those LiteRT outputs: post-processing onto a non-square frame,
     # JSON, drawing (what `edgepipe run` does with every frame).
