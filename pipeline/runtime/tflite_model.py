@@ -83,8 +83,9 @@ def dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def ordered_outputs(interpreter) -> list[dict]:
-    """Output details in our exporter's signature order (alphabetical by output name;
-    :func:`pipeline.core.tflite.output_order`); models from elsewhere keep the file's order."""
+    """Output details in our exporter's signature order (alphabetical by output name);
+    outputs named otherwise, such as a post-processing op's, by tensor id, which follows
+    the op's ports; else the file's order (:func:`pipeline.core.tflite.output_order`)."""
     details = interpreter.get_output_details()
     order = output_order([d["name"] for d in details], [int(d["index"]) for d in details])
     return [d for _, d in sorted(zip(order, details), key=lambda kd: kd[0])]
@@ -129,12 +130,7 @@ class TFLiteModel:
         if self._ssd_order is not None:
             details = self.interpreter.get_output_details()
             return [details[k] for k in self._ssd_order]
-        ports = ssd_op_outputs(self.interpreter)
-        if ports is not None:  # no metadata names them: the op's own output ports decide
-            by_index = {d["index"]: d for d in self.interpreter.get_output_details()}
-            if set(ports) <= set(by_index):
-                return [by_index[i] for i in ports]
-        return ordered_outputs(self.interpreter)
+        return ordered_outputs(self.interpreter)  # unnamed op outputs: by tensor id, the op's port order
 
     def quantize(self, images: np.ndarray) -> np.ndarray:
         """Prepared uint8 images → the input tensor's dtype (what :meth:`invoke` feeds)."""
@@ -160,15 +156,6 @@ class TFLiteModel:
         self._resize(1)
         self.interpreter.set_tensor(self.input["index"], quantize_input(image[None], self.input, self.spec))
         return time_invokes(self.interpreter, runs, warmup)
-
-
-def ssd_op_outputs(interpreter) -> list[int] | None:
-    """The output tensor indices of a ``TFLite_Detection_PostProcess`` op, in port order
-    (boxes, classes, scores, count), when the model ends in one."""
-    for op in interpreter._get_ops_details():
-        if op.get("op_name") == "TFLite_Detection_PostProcess" and len(op.get("outputs", ())) == 4:
-            return [int(i) for i in op["outputs"]]
-    return None
 
 
 def delegated_op_indices(interpreter) -> set[int]:

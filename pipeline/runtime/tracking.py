@@ -418,7 +418,8 @@ class Tracking:
         self.trails: dict[int, list] = {}
         self.live = 0
         self.resets = 0
-        self.seen: set[int] = set()
+        self.seen = 0  # confirmed tracks so far (ids only grow: a counter, not a set, for 24/7 runs)
+        self._last_id = 0
         self._session: int | None = None
 
     def step(self, preds: dict, frame_index: int, session: int = 0) -> tuple[dict, list[dict]]:
@@ -440,7 +441,12 @@ class Tracking:
         for tid in set(self.trails) - set(t.ids.tolist()):
             del self.trails[tid]
         self.live = len(t)
-        self.seen.update(t.ids.tolist())
+        # A track is output first the frame it is confirmed, and confirmed in the order
+        # it started, so the ids newly seen are those above the last seen.
+        new = t.ids[t.ids > self._last_id]
+        if len(new):
+            self.seen += len(new)
+            self._last_id = int(new.max())
         names = self.class_names
         tracked = {
             "boxes": t.boxes.astype(np.float32),
@@ -472,7 +478,7 @@ class Tracking:
 
     def summary(self) -> dict:
         return {
-            "tracks": len(self.seen),
+            "tracks": self.seen,
             "resets": self.resets,
             "lines": [c.summary() for c in self.lines],
             "zones": [c.summary() for c in self.zones],
