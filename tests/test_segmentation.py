@@ -93,12 +93,13 @@ def test_mask_folders_read_pairs_by_stem_and_keep_the_ignore_index(tmp_path):
     cfg = seg_config("data.format=masks", f"data.path={root}", "model.input_size=32")
     data = load(cfg, InputSpec(32))
     assert data.class_names == ("class_0", "class_1", "class_2")
-    assert data.train.images.shape == (4, 32, 32, 3) and data.val.masks.shape == (4, 32, 32)
-    assert (data.train.masks[:, 0] == IGNORE).all()
-    assert set(np.unique(data.train.masks)) <= {0, 1, 2, IGNORE}
+    images, masks = data.train.arrays()
+    assert images.shape == (4, 32, 32, 3) and data.val.arrays()[1].shape == (4, 32, 32)
+    assert (masks[:, 0] == IGNORE).all()
+    assert set(np.unique(masks)) <= {0, 1, 2, IGNORE}
     # The image was painted from its mask: resized together, they still agree.
-    colours = palette(8)[data.train.masks[0, 1:]]
-    assert (np.abs(colours.astype(int) - data.train.images[0, 1:]).sum(-1) < 60).mean() > 0.9
+    colours = palette(8)[masks[0, 1:]]
+    assert (np.abs(colours.astype(int) - images[0, 1:]).sum(-1) < 60).mean() > 0.9
 
 
 def test_mask_folders_from_explicit_dirs_with_another_ignore_index_and_letterbox(tmp_path):
@@ -116,7 +117,7 @@ def test_mask_folders_from_explicit_dirs_with_another_ignore_index_and_letterbox
         "data.class_names=[bg,one,two]",
     )
     data = load(cfg, InputSpec(32, resize="letterbox"))
-    mask = data.train.masks[0]
+    mask = data.train.arrays()[1][0]
     assert (mask[:8] == IGNORE).all() and (mask[-8:] == IGNORE).all()  # letterbox bands are ignored
     assert (mask[8:24, 0] == IGNORE).all()  # the file's ignore value 9 became 255
     assert data.class_names == ("bg", "one", "two")
@@ -142,7 +143,8 @@ def test_voc_palette_masks_give_class_indices_not_colours(tmp_path):
     assert set(np.unique(read_mask(tmp_path / "SegmentationClass" / "2007_0.png"))) <= {0, 1, 2, 15, 255}
     data = load(seg_config("data.format=voc", f"data.path={tmp_path}"), InputSpec(30))
     assert len(data.train) == 2 and len(data.val) == 1 and data.class_names[15] == "person"
-    assert 15 in data.train.masks and (data.train.masks[:, 0] == IGNORE).all()
+    masks = data.train.arrays()[1]
+    assert 15 in masks and (masks[:, 0] == IGNORE).all()
 
 
 def test_coco_polygons_and_rle_become_a_semantic_mask(tmp_path):
@@ -177,7 +179,7 @@ def test_coco_polygons_and_rle_become_a_semantic_mask(tmp_path):
     )
     data = load(cfg, InputSpec(60, resize="letterbox"))
     assert data.class_names == ("background", "dog", "cat")  # categories in id order
-    m = data.train.masks[0]  # letterboxed: the 40 rows sit at rows 10..49
+    m = data.train.arrays()[1][0]  # letterboxed: the 40 rows sit at rows 10..49
     assert m[10 + 20, 20] == 2 and m[10 + 10, 47] == 1 and m[10 + 34, 47] == IGNORE and m[10 + 2, 2] == 0
 
 
@@ -199,9 +201,10 @@ def test_mask_values_beyond_the_configured_classes_are_ignored_with_a_warning(tm
     for key in ("data.class_names=[a,b,c]", "data.num_classes=3"):
         with caplog.at_level("WARNING"):
             data = load(seg_config("data.format=masks", f"data.path={root}", key), InputSpec(48, resize="stretch"))
+            masks = data.val.arrays()[1]  # the masks are read here, as training would read them
         assert len(data.class_names) == 3
-        assert re.search(r"1 mask file\(s\) hold values beyond the 3 classes.*val0\.png: \[7\]", caplog.text)
-        assert data.val.masks.max(initial=0) in (2, IGNORE) and 7 not in data.val.masks
+        assert re.search(r"mask file 1 with values beyond the 3 classes, ignored.*val0\.png: \[7\]", caplog.text)
+        assert masks.max(initial=0) in (2, IGNORE) and 7 not in masks
         caplog.clear()
 
 
@@ -289,7 +292,10 @@ def test_degenerate_coco_polygons_are_dropped_and_counted(tmp_path, caplog):
     _coco_doc(tmp_path, annotations=anns)
     with caplog.at_level("WARNING"):
         pairs, _ = _coco_split(tmp_path / "ann.json", tmp_path, IGNORE)
-    assert (pairs[0][1] == 1).sum() == 400  # the square, rasterized; the 2-point polygon beside it ignored
+    rasterize, height, width = pairs[0][1]
+    assert (height, width) == (40, 60) and (
+        rasterize() == 1
+    ).sum() == 400  # the square, rasterized; the 2-point polygon beside it ignored
     assert "2 annotation(s) without a polygon of 3+ points dropped (ids [2, 3])" in caplog.text
 
 

@@ -54,7 +54,10 @@ class DataConfig:
     val_masks: str = ""
     ignore_index: int = field(default=255, metadata=_range(0, 255))
     augment: bool = True
-    cache: bool = True
+    # Prepared samples after their first read: in memory when they fit the budget, else
+    # on disk in RUN/cache, or read from the files every epoch (pipeline/data/stream.py).
+    cache: Literal["auto", "memory", "disk", "off"] = "auto"
+    cache_budget_mb: int = field(default=1024, metadata=_range(0, None))
     shuffle_buffer: int = field(default=2048, metadata=_range(1, None))
 
 
@@ -178,8 +181,9 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
     origin = typing.get_origin(tp)
     if origin is Literal:
         choices = typing.get_args(tp)
-        if isinstance(value, bool) and "on" in choices:
-            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a bool
+        if isinstance(value, bool) and "off" in choices:
+            # YAML 1.1 reads a bare on/off as a bool (and data.cache was a bool once)
+            value = ("on" if "on" in choices else "auto") if value else "off"
         if value not in choices or type(value) is not type(choices[0]):
             raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
         return value

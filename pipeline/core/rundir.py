@@ -164,6 +164,11 @@ class RunDir:
     def weights(self, model: str) -> Path:
         return self.path / "models" / f"{model}.h5"
 
+    @property
+    def cache(self) -> Path:
+        """Where ``data.cache: disk`` keeps prepared samples (train, prune and QAT read them)."""
+        return self.path / "cache"
+
     def has(self, model: str) -> bool:
         return self.weights(model).is_file()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from pipeline.core import config
@@ -49,6 +50,11 @@ def run_chain(run: RunDir, cfg: config.Config, stages=CHAIN) -> dict:
             break
         log.info("=== %s ===", name)
         results[name] = run_stage(name, run, cfg)
+    if "export" in results and run.cache.is_dir():
+        # The fine-tunes that read the disk cache are done; it can be as large as the dataset.
+        size = sum(f.stat().st_size for f in run.cache.rglob("*") if f.is_file())
+        shutil.rmtree(run.cache, ignore_errors=True)
+        log.info("removed the input cache %s (%.0f MB): the stages that read it are done", run.cache, size / 2**20)
     return results
 
 

@@ -63,7 +63,7 @@ def _finetune(
     best validation, the starting weights included (epoch 0), so a fine-tune on little
     data can only keep or improve what it started from."""
     task = get_task(cfg.task)
-    datasets = task.datasets(data, cfg, cfg.input_spec())
+    datasets = task.datasets(data, cfg, cfg.input_spec(), run.cache)
     steps = steps_per_epoch(cfg, len(data.train))
     opt = make_optimizer(lr, steps * epochs, 0, 0.0)
     model.compile(optimizer=opt, **task.compile_args(cfg, len(task.class_names(data))))

@@ -129,7 +129,7 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
     with out.stage("train") as entry:
         data = task.load_data(cfg)
         cfg = fit_batch(cfg, len(data.train))
-        datasets = tuple(shard_by_data(ds) for ds in task.datasets(data, cfg, spec))
+        datasets = tuple(shard_by_data(ds) for ds in task.datasets(data, cfg, spec, out.cache))
         num_classes = len(task.class_names(data))
         # Every worker decides from the same files: read them all, then wait for every
         # worker before the chief changes anything (a worker deciding differently would

@@ -93,8 +93,9 @@ class Task:
     def class_names(self, data) -> tuple[str, ...]:
         return data.class_names
 
-    def datasets(self, data, cfg, spec):
-        """``(train_ds, val_ds)`` of batched, normalized tf.data for ``fit``."""
+    def datasets(self, data, cfg, spec, cache_dir=None):
+        """``(train_ds, val_ds)`` of batched, normalized tf.data for ``fit``; splits read
+        from files are cached as ``data.cache`` says, on disk under ``cache_dir``."""
         raise NotImplementedError
 
     def eval_batches(self, data, cfg, spec, batch_size: int, limit: int = 0) -> Iterator[tuple[np.ndarray, Any]]:

@@ -2,8 +2,9 @@
 
 Images are decoded and prepared by :func:`pipeline.core.images.prepare` (the same
 function the runner uses) inside ``tf.numpy_function``, which runs in parallel
-because OpenCV releases the GIL. A corrupt file is skipped, logged with its path
-and counted; it never stops an epoch.
+because OpenCV releases the GIL (:func:`pipeline.data.stream.read_indexed`). A
+corrupt file is skipped, logged with its path and counted; it never stops an epoch.
+``data.cache`` decides where the prepared images are kept (:mod:`pipeline.data.stream`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from pipeline._keras import tf
 from pipeline.core.images import ImageError, InputSpec, SkipCounter, normalize, prepare, read_image
+from pipeline.data.stream import IN_MEMORY, CachePlan, cached_and_shuffled, read_indexed
 from pipeline.tasks.classification.readers import Split
 
 log = logging.getLogger(__name__)
@@ -27,38 +29,34 @@ def prepare_array(images: np.ndarray, spec: InputSpec) -> np.ndarray:
     return np.stack([prepare(im, spec) for im in images])
 
 
-def _decode_fn(spec: InputSpec, skipped: SkipCounter):
+def _decode_fn(split: Split, spec: InputSpec, skipped: SkipCounter):
     blank = np.zeros((spec.size, spec.size, spec.channels), np.uint8)
 
-    def load(path: bytes) -> tuple[np.ndarray, bool]:
-        p = path.decode()
+    def load(i) -> tuple[np.ndarray, np.int32, bool]:
+        i = int(i)
+        p, label = split.paths[i], np.int32(split.labels[i])
         try:
-            return prepare(read_image(p), spec), True
+            return prepare(read_image(p), spec), label, True
         except ImageError as e:
             skipped.add(p, str(e))
         except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, not a crash
             skipped.add(p, f"{p}: {e}")
-        return blank, False
+        return blank, label, False
 
     return load
 
 
-def raw_dataset(split: Split, spec: InputSpec, skipped: SkipCounter) -> tf.data.Dataset:
-    """Unbatched ``(uint8 image, label)`` pairs, prepared for ``spec``; bad files dropped."""
+def raw_dataset(
+    split: Split, spec: InputSpec, skipped: SkipCounter, *, shuffle_seed: int | None = None
+) -> tf.data.Dataset:
+    """Unbatched ``(uint8 image, int32 label)`` pairs, prepared for ``spec``; bad files
+    dropped. Files are read in order, or reshuffled each epoch with ``shuffle_seed``
+    (arrays in memory come in order: the caller shuffles them)."""
     if split.images is not None:
-        return tf.data.Dataset.from_tensor_slices((prepare_array(split.images, spec), split.labels))
+        return tf.data.Dataset.from_tensor_slices((prepare_array(split.images, spec), split.labels.astype(np.int32)))
     shape = (spec.size, spec.size, spec.channels)
-    load = _decode_fn(spec, skipped)
-
-    def decode(path, label):
-        img, ok = tf.numpy_function(load, [path], (tf.uint8, tf.bool), stateful=False)
-        img.set_shape(shape)
-        ok.set_shape(())
-        return img, label, ok
-
-    ds = tf.data.Dataset.from_tensor_slices((list(split.paths), split.labels))
-    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.filter(lambda img, label, ok: ok).map(lambda img, label, ok: (img, label))
+    load = _decode_fn(split, spec, skipped)
+    return read_indexed(len(split), load, (tf.uint8, tf.int32), (shape, ()), shuffle_seed=shuffle_seed)
 
 
 def training_dataset(
@@ -68,20 +66,19 @@ def training_dataset(
     *,
     training: bool,
     augment=None,
-    cache: bool = True,
+    cache: CachePlan | None = None,
     shuffle_buffer: int = 2048,
     seed: int = 0,
     skipped: SkipCounter,
 ) -> tf.data.Dataset:
     """Batched ``(normalized float image, label)`` for Keras ``fit``/``evaluate``.
 
-    ``augment`` is a callable on a uint8-range float batch (keras-cv layers).
+    ``augment`` is a callable on a uint8-range float batch (keras-cv layers); ``cache``
+    is ``data.cache``'s plan for a split read from files (arrays in memory need none).
     """
-    ds = raw_dataset(split, spec, skipped)
-    if cache:
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(min(shuffle_buffer, max(len(split), 1)), seed=seed, reshuffle_each_iteration=True)
+    cache = IN_MEMORY if split.images is not None else cache or CachePlan("off")
+    ds = raw_dataset(split, spec, skipped, shuffle_seed=seed if training and not cache.cached else None)
+    ds = cached_and_shuffled(ds, cache, training=training, n=len(split), shuffle_buffer=shuffle_buffer, seed=seed)
     # Dropping the ragged last batch spares BatchNorm a batch of one or two; the
     # schedules count len(split) // batch_size steps (train.steps_per_epoch). If
     # unreadable files leave no full batch, train.explain_empty_epochs says so.

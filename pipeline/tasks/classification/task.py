@@ -31,14 +31,22 @@ class Classification(Task):
     def load_data(self, cfg):
         return cls_data.load(cfg)
 
-    def datasets(self, data, cfg, spec):
+    def datasets(self, data, cfg, spec, cache_dir=None):
+        from pipeline.data.stream import plan_split
         from pipeline.tasks.classification.pipeline import training_dataset
 
         d = cfg.data
         augment = _augmenter() if d.augment else None
-        kw = dict(cache=d.cache, shuffle_buffer=d.shuffle_buffer, seed=d.seed, skipped=data.skipped)
-        train = training_dataset(data.train, spec, cfg.train.batch_size, training=True, augment=augment, **kw)
-        val = training_dataset(data.val, spec, cfg.train.batch_size, training=False, **kw)
+        kw = dict(shuffle_buffer=d.shuffle_buffer, seed=d.seed, skipped=data.skipped)
+        sample_bytes = spec.size * spec.size * spec.channels + 4
+        train, val = (
+            training_dataset(
+                s, spec, cfg.train.batch_size, training=name == "train", augment=augment if name == "train" else None,
+                cache=None if s.images is not None else plan_split(cfg, spec, name, s.paths, sample_bytes,
+                                                                        cache_dir), **kw,
+            )
+            for s, name in ((data.train, "train"), (data.val, "val"))
+        )  # fmt: skip
         return train, val
 
     def eval_batches(self, data, cfg, spec, batch_size, limit=0):

@@ -77,31 +77,32 @@ def _sample_fn(split, spec, skipped: SkipCounter):
     return load
 
 
-def box_batches(split, cfg, spec, training: bool, skipped: SkipCounter):
+SAMPLE_EXTRA_BYTES = MAX_BOXES * 5 * 4  # a sample's padded boxes and classes (float32)
+
+
+def box_batches(split, cfg, spec, training: bool, skipped: SkipCounter, cache=None):
     """Batches of ``(normalized images, boxes (B, MAX_BOXES, 4), classes (B, MAX_BOXES))``,
     boxes in input pixels, padded with class -1; augmented when training. Shared by
-    training and by the benchmark's keras-cv peer, so both see the same data."""
+    training and by the benchmark's keras-cv peer, so both see the same data. Images
+    stream from their files through ``cache`` (``data.cache``'s plan; none: read each
+    epoch); the synthetic set's arrays are in memory already."""
     from pipeline._keras import keras_cv, tf
     from pipeline.core.images import normalize
+    from pipeline.data.stream import CachePlan, cached_and_shuffled, read_indexed
 
     d = cfg.data
-    load = _sample_fn(split, spec, skipped)
-    ds = tf.data.Dataset.range(len(split))
-    if training:  # shuffle indices, not pixels: cheap and a full shuffle
-        ds = ds.shuffle(len(split), seed=d.seed, reshuffle_each_iteration=True)
-    ds = ds.map(
-        lambda i: tf.numpy_function(load, [i], [tf.uint8, tf.float32, tf.float32, tf.bool]),
-        num_parallel_calls=tf.data.AUTOTUNE,
+    size, ch = spec.size, spec.channels
+    cache = CachePlan("off") if cache is None or split.arrays is not None else cache
+    ds = read_indexed(
+        len(split),
+        _sample_fn(split, spec, skipped),
+        (tf.uint8, tf.float32, tf.float32),
+        ((size, size, ch), (MAX_BOXES, 4), (MAX_BOXES,)),
+        shuffle_seed=d.seed if training and not cache.cached else None,  # indices: a full shuffle for free
         deterministic=not training,
     )
-    ds = ds.filter(lambda x, b, c, ok: ok)
-    size, ch = spec.size, spec.channels
-
-    def shape(x, b, c, ok):
-        x = tf.ensure_shape(x, (size, size, ch))
-        return tf.cast(x, tf.float32), tf.ensure_shape(b, (MAX_BOXES, 4)), tf.ensure_shape(c, (MAX_BOXES,))
-
-    ds = ds.map(shape).batch(cfg.train.batch_size, drop_remainder=training)
+    ds = cached_and_shuffled(ds, cache, training=training, n=len(split), shuffle_buffer=d.shuffle_buffer, seed=d.seed)
+    ds = ds.map(lambda x, b, c: (tf.cast(x, tf.float32), b, c)).batch(cfg.train.batch_size, drop_remainder=training)
     augment = _augmenter(size) if training and d.augment else None
 
     def augmented(x, b, c):
@@ -154,8 +155,9 @@ class Detection(Task):
     def box_batches(self, split, cfg, spec, training: bool, skipped: SkipCounter | None = None):
         return box_batches(split, cfg, spec, training, skipped if skipped is not None else SkipCounter())
 
-    def _dataset(self, data, split, cfg, spec, training: bool):
+    def _dataset(self, data, split, cfg, spec, training: bool, cache_dir=None):
         from pipeline._keras import tf
+        from pipeline.data.stream import plan_split
         from pipeline.tasks.detection.targets import assign_targets
 
         points = B.anchor_points(spec.size)
@@ -164,11 +166,19 @@ class Detection(Task):
         def encode(x, b, c):
             return x, assign_targets(points, b, c, k)
 
-        ds = box_batches(split, cfg, spec, training, data.skipped)
+        cache = None
+        if split.arrays is None:
+            sample_bytes = spec.size * spec.size * spec.channels + SAMPLE_EXTRA_BYTES
+            name = "train" if training else "val"
+            cache = plan_split(cfg, spec, name, split.images, sample_bytes, cache_dir)
+        ds = box_batches(split, cfg, spec, training, data.skipped, cache)
         return ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
-    def datasets(self, data, cfg, spec):
-        return self._dataset(data, data.train, cfg, spec, True), self._dataset(data, data.val, cfg, spec, False)
+    def datasets(self, data, cfg, spec, cache_dir=None):
+        return (
+            self._dataset(data, data.train, cfg, spec, True, cache_dir),
+            self._dataset(data, data.val, cfg, spec, False, cache_dir),
+        )
 
     def eval_batches(self, data, cfg, spec, batch_size, limit=0):
         n = len(data.val) if not limit else min(limit, len(data.val))

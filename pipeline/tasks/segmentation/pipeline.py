@@ -5,6 +5,9 @@ at random) and samples image and mask through the same
 ``tf.image.crop_and_resize`` call geometry: bilinear for the image, nearest for the
 mask, so a class id is never blended and the mask stays on its pixels. Photometric
 jitter touches the image only.
+
+Samples stream from their files (:mod:`pipeline.data.stream`): parallel reads, the
+cache that ``data.cache`` chooses, prefetch; the synthetic set is in memory already.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 
 from pipeline._keras import tf
 from pipeline.core.images import InputSpec, normalize
+from pipeline.data.stream import IN_MEMORY, CachePlan, cached_and_shuffled, read_indexed
 from pipeline.tasks.segmentation.readers import SegSplit
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -51,6 +55,36 @@ def augment_pair(images, masks, boxes=None, photometric: bool = True):
     return out, m
 
 
+def sample_dataset(
+    split: SegSplit,
+    spec: InputSpec,
+    *,
+    training: bool = False,
+    seed: int = 0,
+    shuffle_buffer: int = 2048,
+    cache: CachePlan | None = None,
+    limit: int = 0,
+) -> tf.data.Dataset:
+    """Unbatched ``(uint8 image, uint8 mask)`` prepared for ``spec``, shuffled when
+    ``training``; a pair that cannot be read is skipped and counted."""
+    n = min(len(split), limit) if limit else len(split)
+    if split.in_memory:
+        cache = IN_MEMORY
+        ds = tf.data.Dataset.from_tensor_slices((split.images[:n], split.masks[:n]))
+    else:
+        cache = cache or CachePlan("off")
+        s, c = spec.size, spec.channels
+        blank = np.zeros((s, s, c), np.uint8), np.zeros((s, s), np.uint8)
+
+        def load(i):
+            pair = split.reader.load_or_skip(split.pairs[int(i)])
+            return (*pair, True) if pair is not None else (*blank, False)
+
+        shuffled = seed if training and not cache.cached else None
+        ds = read_indexed(n, load, (tf.uint8, tf.uint8), ((s, s, c), (s, s)), shuffle_seed=shuffled)
+    return cached_and_shuffled(ds, cache, training=training, n=n, shuffle_buffer=shuffle_buffer, seed=seed)
+
+
 def training_dataset(
     split: SegSplit,
     spec: InputSpec,
@@ -60,11 +94,10 @@ def training_dataset(
     augment: bool = True,
     shuffle_buffer: int = 2048,
     seed: int = 0,
+    cache: CachePlan | None = None,
 ):
     """Batched ``(normalized float image, int32 mask)`` for Keras ``fit``/``evaluate``."""
-    ds = tf.data.Dataset.from_tensor_slices((split.images, split.masks))
-    if training:
-        ds = ds.shuffle(min(shuffle_buffer, max(len(split), 1)), seed=seed, reshuffle_each_iteration=True)
+    ds = sample_dataset(split, spec, training=training, seed=seed, shuffle_buffer=shuffle_buffer, cache=cache)
     ds = ds.batch(batch_size, drop_remainder=training and len(split) >= batch_size)
 
     def finish(x, y):
@@ -77,9 +110,7 @@ def training_dataset(
     return ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
-def iterate_numpy(split: SegSplit, batch_size: int, limit: int = 0):
-    """``(uint8 images, uint8 masks)`` numpy batches: evaluation input."""
-    n = min(len(split), limit) if limit else len(split)
-    for i in range(0, n, batch_size):
-        j = min(i + batch_size, n)
-        yield np.ascontiguousarray(split.images[i:j]), np.ascontiguousarray(split.masks[i:j])
+def iterate_numpy(split: SegSplit, spec: InputSpec, batch_size: int, limit: int = 0):
+    """``(uint8 images, uint8 masks)`` numpy batches in split order: evaluation input."""
+    ds = sample_dataset(split, spec, limit=limit)
+    yield from ds.batch(batch_size).prefetch(AUTOTUNE).as_numpy_iterator()

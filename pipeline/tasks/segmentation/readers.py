@@ -1,15 +1,20 @@
 """Segmentation readers: mask folders, Pascal VOC, COCO instances, and a synthetic set.
 
-Every reader returns a :class:`SegmentationData` whose splits hold images and masks
-already prepared for the model's :class:`InputSpec` (images through the shared
-:func:`prepare`, masks through :func:`prepare_mask`, the same geometry with
-nearest-neighbour sampling). Each pair is checked while it is read, so a bad mask
-is an error naming its file before training starts, never a crash mid-epoch.
+Every reader returns a :class:`SegmentationData` whose splits list image/mask pairs
+that are read when the input pipeline needs them (so memory stays bounded whatever
+the dataset's size); only the synthetic set lives in memory. A sample is prepared
+for the model's :class:`InputSpec` by the shared :func:`prepare` (image) and
+:func:`prepare_mask` (mask: the same geometry, nearest-neighbour). The pairs are
+checked from the files' headers before training starts, so a missing, unreadable or
+mis-sized mask is an error naming its file, never a crash mid-epoch; a corrupt
+photo is skipped and counted.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -36,19 +41,53 @@ SEG_SHAPES = ("circle", "cross", "triangle", "ring", "star", "bar", "square", "d
 
 @dataclass(frozen=True)
 class SegSplit:
-    """Prepared ``images`` (N,S,S,C uint8), ``masks`` (N,S,S uint8 class ids or the
-    ignore index) and the source ``names`` (file paths, or ``synthetic/<i>``)."""
+    """One split's samples: prepared ``images`` (N,S,S,C uint8) and ``masks`` (N,S,S
+    uint8 class ids or the ignore index) in memory, or ``pairs`` of ``(image path,
+    mask)`` read by ``reader`` when needed, the mask a PNG path or a zero-argument
+    callable (a COCO image's rasterizer). ``names`` are the source files (or
+    ``synthetic/<i>``)."""
 
-    images: np.ndarray
-    masks: np.ndarray
+    images: np.ndarray | None = None
+    masks: np.ndarray | None = None
     names: tuple[str, ...] = ()
+    pairs: tuple = ()
+    reader: PairReader | None = None
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images) if self.in_memory else len(self.pairs)
 
     def take(self, idx: np.ndarray) -> SegSplit:
         names = tuple(self.names[i] for i in idx) if self.names else ()
-        return SegSplit(self.images[idx], self.masks[idx], names)
+        if self.in_memory:
+            return SegSplit(self.images[idx], self.masks[idx], names)
+        return SegSplit(names=names, pairs=tuple(self.pairs[i] for i in idx), reader=self.reader)
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``i`` prepared for the model.
+
+        Raises:
+            ImageError: the photo is unreadable (skip it and count it).
+            DataError: the mask is unusable; names the file.
+        """
+        if self.in_memory:
+            return self.images[i], self.masks[i]
+        return self.reader.read(*self.pairs[i])
+
+    def arrays(self, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``limit`` (default all) readable samples stacked in memory: for
+        small sets, tests and figures; training streams instead."""
+        n = min(len(self), limit) if limit else len(self)
+        if self.in_memory:
+            return self.images[:n], self.masks[:n]
+        pairs = [self.reader.load_or_skip(p) for p in self.pairs[:n]]
+        pairs = [p for p in pairs if p is not None]
+        if not pairs:
+            raise DataError(f"{self.names[0] if self.names else 'the split'}: no readable image/mask pairs")
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 @dataclass(frozen=True)
@@ -109,29 +148,59 @@ def check_pair(image: np.ndarray, mask: np.ndarray, image_path, mask_path) -> No
 
 
 class StrayValues:
-    """Mask values beyond the configured classes, mapped to the ignore index: counted
-    per file and reported once, naming the files and values."""
+    """Mask values beyond the configured classes, mapped to the ignore index: each file
+    is warned about once, with its values and a running count (masks are read in
+    tf.data's threads, epoch after epoch)."""
 
     def __init__(self, num_classes: int, ignore: int) -> None:
         self.num_classes, self.ignore = num_classes, ignore
         self.files: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
 
     def clean(self, mask: np.ndarray, where) -> np.ndarray:
         stray = (mask >= self.num_classes) & (mask != self.ignore)
         if not stray.any():
             return mask
-        self.files[str(where)] = np.unique(mask[stray]).tolist()
+        values = np.unique(mask[stray]).tolist()
+        with self._lock:
+            new = str(where) not in self.files
+            self.files[str(where)] = values
+            n = len(self.files)
+        if new:
+            log.warning(
+                "segmentation: mask file %d with values beyond the %d classes, ignored (data.ignore_index=%d): "
+                "%s: %s", n, self.num_classes, self.ignore, where, values[:5],
+            )  # fmt: skip
         return np.where(stray, self.ignore, mask).astype(np.uint8)
 
-    def report(self) -> None:
-        if self.files:
-            shown = "; ".join(f"{f}: {v[:5]}" for f, v in list(self.files.items())[:5])
-            more = f" (and {len(self.files) - 5} more files)" if len(self.files) > 5 else ""
-            log.warning(
-                "segmentation: %d mask file(s) hold values beyond the %d classes; those pixels are ignored "
-                "(data.ignore_index=%d): %s%s",
-                len(self.files), self.num_classes, self.ignore, shown, more,
-            )  # fmt: skip
+
+class PairReader:
+    """Reads one image/mask pair and prepares it for ``spec``: the mask checked against
+    its image, stray values ignored, the configured ignore index mapped to ours."""
+
+    def __init__(self, spec: InputSpec, stray: StrayValues, skipped: SkipCounter) -> None:
+        self.spec, self.stray, self.skipped = spec, stray, skipped
+
+    def read(self, img_path, mask) -> tuple[np.ndarray, np.ndarray]:
+        img = read_image(img_path)
+        mask_path = mask if isinstance(mask, (str, Path)) else img_path
+        m = read_mask(mask) if isinstance(mask, (str, Path)) else mask()
+        check_pair(img, m, img_path, mask_path)
+        m = self.stray.clean(m, mask_path)
+        if self.stray.ignore != IGNORE:
+            m = np.where(m == self.stray.ignore, IGNORE, m).astype(np.uint8)
+        return prepare(img, self.spec), prepare_mask(m, self.spec, IGNORE)
+
+    def load_or_skip(self, pair) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`read`, or ``None`` with the file counted as skipped: what the input
+        pipeline does mid-epoch, where an exception would stop training."""
+        try:
+            return self.read(*pair)
+        except (ImageError, DataError) as e:
+            self.skipped.add(str(pair[0]), str(e))
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, not a crash
+            self.skipped.add(str(pair[0]), f"{pair[0]}: {e}")
+        return None
 
 
 def prepare_mask(mask: np.ndarray, spec: InputSpec, ignore: int) -> np.ndarray:
@@ -150,31 +219,64 @@ def prepare_mask(mask: np.ndarray, spec: InputSpec, ignore: int) -> np.ndarray:
     return canvas
 
 
-def _load_pairs(pairs, spec: InputSpec, stray: StrayValues, skipped: SkipCounter) -> SegSplit:
-    """Read, check and prepare ``(image_path, mask_array_or_path)`` pairs."""
-    ignore = stray.ignore
-    images, masks, names = [], [], []
+def header_size(path) -> tuple[int, int] | None:
+    """``(height, width)`` from the file's header (Pillow reads no pixels), or ``None``
+    when Pillow cannot tell."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except Exception:  # noqa: BLE001 - any failure: the full decoder decides later
+        return None
+
+
+def _check_pairs(pairs, reader: PairReader) -> SegSplit:
+    """Check ``(image_path, mask path or (rasterizer, height, width))`` pairs from their
+    headers, before any training: a mask that is unreadable, a colour image or of
+    another size than its photo is a :class:`DataError` naming the files; a photo
+    whose header is unreadable is decoded to decide, and skipped and counted if bad."""
+    kept, names = [], []
     for img_path, mask in pairs:
-        try:
-            img = read_image(img_path)
-        except ImageError as e:
-            skipped.add(str(img_path), str(e))  # a corrupt photo is skipped and counted
-            continue
-        mask_path = mask if isinstance(mask, (str, Path)) else img_path
-        m = read_mask(mask) if isinstance(mask, (str, Path)) else mask
-        check_pair(img, m, img_path, mask_path)
-        m = stray.clean(m, mask_path)
-        if ignore != IGNORE:
-            m = np.where(m == ignore, IGNORE, m).astype(np.uint8)
-        images.append(prepare(img, spec))
-        masks.append(prepare_mask(m, spec, IGNORE))
+        size = header_size(img_path)
+        if size is None:
+            try:
+                size = read_image(img_path).shape[:2]
+            except ImageError as e:
+                reader.skipped.add(str(img_path), str(e))  # a corrupt photo is skipped and counted
+                continue
+        if isinstance(mask, (str, Path)):
+            msize = _mask_header(mask)
+            if msize != size:
+                check_pair(np.empty((*size, 0)), np.empty(msize), img_path, mask)
+            kept.append((img_path, mask))
+        else:
+            rasterize, h, w = mask
+            if (h, w) != size:
+                check_pair(np.empty((*size, 0)), np.empty((h, w)), img_path, f"{img_path} (annotations)")
+            kept.append((img_path, rasterize))
         names.append(str(img_path))
-    if not images:
+    if not kept:
         first = str(pairs[0][0]) if pairs else "the dataset"
         raise DataError(
             f"{first}: no readable image/mask pairs among {len(pairs)} (unreadable images are listed above)"
         )
-    return SegSplit(np.stack(images), np.stack(masks), tuple(names))
+    return SegSplit(names=tuple(names), pairs=tuple(kept), reader=reader)
+
+
+def _mask_header(path) -> tuple[int, int]:
+    """A mask's ``(height, width)`` from its header; a colour or unreadable mask is
+    decoded by :func:`read_mask`, which raises the error that names it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            mode, (w, h) = im.mode, im.size
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"{path}: cannot read mask ({e})") from e
+    if mode in ("RGB", "RGBA"):
+        read_mask(path)  # raises for a colour mask; equal channels read as grayscale
+    return h, w
 
 
 def ratio_split(split: SegSplit, val_split: float, seed: int) -> tuple[SegSplit, SegSplit]:
@@ -283,37 +385,43 @@ def _finish(d: DataConfig, spec: InputSpec, train_pairs, val_pairs, names: tuple
     if d.ignore_index < len(names):
         raise DataError(f"data.ignore_index {d.ignore_index} is a class id (there are {len(names)} classes)")
     skipped = SkipCounter()
-    stray = StrayValues(len(names), d.ignore_index)
-    train = _load_pairs(train_pairs, spec, stray, skipped)
+    reader = PairReader(spec, StrayValues(len(names), d.ignore_index), skipped)
+    train = _check_pairs(train_pairs, reader)
     if val_pairs is not None:
-        val = _load_pairs(val_pairs, spec, stray, skipped)
+        val = _check_pairs(val_pairs, reader)
     else:
         train, val = ratio_split(train, d.val_split, d.seed)
-    stray.report()
     _warn_about_labels(train, names, d.ignore_index)
     return SegmentationData(train, val, names, d.ignore_index, skipped)
 
 
+LABEL_SAMPLE = 256  # training masks read to warn about classes without pixels
+
+
 def _warn_about_labels(train: SegSplit, names: tuple[str, ...], ignore: int) -> None:
-    """Warn about classes without a training pixel.
+    """Warn about classes without a training pixel (among up to ``LABEL_SAMPLE`` masks
+    spread over the split, read here and again when training: a bounded cost).
 
     When no class but 0 has any, the usual cause is binary masks saved as 0/255 with
     255 the ignore index: every foreground pixel is ignored, and the model would
     learn background only. (Letterbox padding and VOC's void border are ignored
     pixels too, so their share alone proves nothing.)
     """
-    labelled = train.masks[train.masks != IGNORE]
+    idx = np.unique(np.linspace(0, len(train) - 1, min(len(train), LABEL_SAMPLE)).astype(int))
+    masks = train.take(idx).arrays()[1]
+    labelled = masks[masks != IGNORE]
     counts = np.bincount(labelled.ravel(), minlength=len(names))
     empty = [n for n, c in zip(names, counts) if c == 0]
     if not empty:
         return
+    sampled = f" (in {len(idx)} of {len(train)} masks)" if len(idx) < len(train) else ""
     hint = ""
-    if counts[1:].sum() == 0 and (train.masks == IGNORE).any():
+    if counts[1:].sum() == 0 and (masks == IGNORE).any():
         hint = (
             f"; only class 0 and data.ignore_index={ignore} occur: binary masks saved as 0/{ignore} "
             f"need {ignore} written as 1, or they train background only"
         )
-    log.warning("segmentation: no training pixels of class(es) %s%s", empty, hint)
+    log.warning("segmentation: no training pixels of class(es) %s%s%s", empty, sampled, hint)
 
 
 def read_masks(d: DataConfig, spec: InputSpec) -> SegmentationData:
@@ -376,34 +484,59 @@ def read_voc(d: DataConfig, spec: InputSpec) -> SegmentationData:
 # === COCO instances ===
 
 
-def coco_semantic(coco, image_id: int, cat_to_class: dict[int, int], ignore: int, dropped: list) -> np.ndarray:
-    """Rasterize one image's instances (polygons or RLE) into a semantic mask with
-    pycocotools: larger objects first so small ones stay visible; crowd regions ignored.
-    Ids of annotations without a usable polygon are appended to ``dropped``."""
-    info = coco.imgs[image_id]
-    mask = np.zeros((info["height"], info["width"]), np.uint8)
-    anns = sorted(coco.loadAnns(coco.getAnnIds(imgIds=[image_id])), key=lambda a: -a.get("area", 0))
-    for a in anns:
+def coco_image_annotations(coco, image_id: int, cat_to_class: dict[int, int], dropped: list) -> list[dict]:
+    """One image's instances, checked without rasterizing (that waits for training):
+    each has a segmentation and a known category; polygons of fewer than 3 points are
+    dropped, as detectron2 does, their ids appended to ``dropped``; an RLE is decoded
+    once here, since only decoding proves it. Largest first, so small objects stay
+    visible when painted in order.
+
+    Raises:
+        DataError: naming the annotation id.
+    """
+    out = []
+    for a in sorted(coco.loadAnns(coco.getAnnIds(imgIds=[image_id])), key=lambda a: -a.get("area", 0)):
         if "segmentation" not in a:
             raise DataError(f"annotation id {a.get('id')!r} has no 'segmentation' (a detection-only file?)")
         if a.get("category_id") not in cat_to_class:
             raise DataError(f"annotation id {a.get('id')!r} has unknown category_id {a.get('category_id')!r}")
         seg = a["segmentation"]
-        if isinstance(seg, list):  # polygons: drop degenerate ones (< 3 points), as detectron2 does
+        if isinstance(seg, list):
             polygons = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
             if not polygons:
                 dropped.append(a.get("id"))
                 continue
             a = {**a, "segmentation": polygons}
-        try:
-            m = coco.annToMask(a).astype(bool)
-            mask[m] = ignore if a.get("iscrowd") else cat_to_class[a["category_id"]]
-        except Exception as e:  # noqa: BLE001 - pycocotools raises bare Exception, IndexError... on bad data
-            raise DataError(f"annotation id {a.get('id')!r}: unusable segmentation ({type(e).__name__}: {e})") from None
+        else:
+            _annotation_mask(coco, a)
+        out.append(a)
+    return out
+
+
+def _annotation_mask(coco, a: dict) -> np.ndarray:
+    """One annotation's pixels, the size of its image."""
+    info = coco.imgs[a["image_id"]]
+    try:
+        m = coco.annToMask(a).astype(bool)
+        if m.shape != (info["height"], info["width"]):
+            raise ValueError(f"a {m.shape[1]}x{m.shape[0]} mask on a {info['width']}x{info['height']} image")
+        return m
+    except Exception as e:  # noqa: BLE001 - pycocotools raises bare Exception, IndexError... on bad data
+        raise DataError(f"annotation id {a.get('id')!r}: unusable segmentation ({type(e).__name__}: {e})") from None
+
+
+def coco_semantic(coco, image_id: int, anns: list[dict], cat_to_class: dict[int, int], ignore: int) -> np.ndarray:
+    """Rasterize one image's checked instances (:func:`coco_image_annotations`) into a
+    semantic mask with pycocotools; crowd regions become ``ignore``."""
+    info = coco.imgs[image_id]
+    mask = np.zeros((info["height"], info["width"]), np.uint8)
+    for a in anns:
+        mask[_annotation_mask(coco, a)] = ignore if a.get("iscrowd") else cat_to_class[a["category_id"]]
     return mask
 
 
 def _coco_split(ann_path: Path, image_root: Path, ignore: int, cats=None) -> tuple[list, list]:
+    """``(image path, (rasterizer, height, width))`` pairs of one COCO file, and its categories."""
     from pycocotools.coco import COCO
 
     from pipeline.tasks.detection.readers import read_coco_json
@@ -415,13 +548,16 @@ def _coco_split(ann_path: Path, image_root: Path, ignore: int, cats=None) -> tup
     cat_to_class = {c["id"]: i + 1 for i, c in enumerate(cats)}
     pairs, dropped = [], []
     for image_id in sorted(coco.imgs):
-        path = image_root / coco.imgs[image_id]["file_name"]
+        info = coco.imgs[image_id]
+        path = image_root / info["file_name"]
         if not path.is_file():
             raise DataError(f"{ann_path}: image {path} (id {image_id}) does not exist")
         try:
-            pairs.append((path, coco_semantic(coco, image_id, cat_to_class, ignore, dropped)))
+            anns = coco_image_annotations(coco, image_id, cat_to_class, dropped)
         except DataError as e:
             raise DataError(f"{ann_path}: image {path}: {e}") from None
+        rasterize = functools.partial(coco_semantic, coco, image_id, anns, cat_to_class, ignore)
+        pairs.append((path, (rasterize, int(info["height"]), int(info["width"]))))
     if dropped:
         log.warning(
             "%s: %d annotation(s) without a polygon of 3+ points dropped (ids %s)", ann_path, len(dropped), dropped[:5]

@@ -56,24 +56,33 @@ class Segmentation(Task):
     def load_data(self, cfg):
         return _read(cfg.data, cfg.input_spec())
 
-    def datasets(self, data, cfg, spec):
+    def datasets(self, data, cfg, spec, cache_dir=None):
+        from pipeline.data.stream import plan_split
         from pipeline.tasks.segmentation.pipeline import training_dataset
 
         d = cfg.data
         kw = dict(shuffle_buffer=d.shuffle_buffer, seed=d.seed)
-        train = training_dataset(data.train, spec, cfg.train.batch_size, training=True, augment=d.augment, **kw)
-        val = training_dataset(data.val, spec, cfg.train.batch_size, training=False, **kw)
+        sample_bytes = spec.size * spec.size * (spec.channels + 1)
+        plans = [
+            None if s.in_memory else plan_split(cfg, spec, name, s.names, sample_bytes, cache_dir)
+            for s, name in ((data.train, "train"), (data.val, "val"))
+        ]
+        train = training_dataset(data.train, spec, cfg.train.batch_size, training=True, augment=d.augment,
+                                 cache=plans[0], **kw)  # fmt: skip
+        val = training_dataset(data.val, spec, cfg.train.batch_size, training=False, cache=plans[1], **kw)
         return train, val
 
     def eval_batches(self, data, cfg, spec, batch_size, limit=0):
         from pipeline.tasks.segmentation.pipeline import iterate_numpy
 
-        return iterate_numpy(data.val, batch_size, limit)
+        return iterate_numpy(data.val, spec, batch_size, limit)
 
     def calibration_images(self, data, cfg, spec, n):
+        from pipeline.tasks.segmentation.pipeline import iterate_numpy
+
         idx = np.random.default_rng(cfg.data.seed).permutation(len(data.train))[:n]
-        for i in np.sort(idx):
-            yield data.train.images[i]
+        for x, _ in iterate_numpy(data.train.take(np.sort(idx)), spec, 1):
+            yield x[0]
 
     # === Model, loss, metric ===
     def build_model(self, cfg, num_classes):
