@@ -127,6 +127,23 @@ def test_mixed_precision_model_keeps_float32_scores():
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.parametrize("task", ["classification", "detection", "segmentation"])
+def test_augmented_training_batches_under_the_mixed_precision_policy(task):
+    """A GPU run sets mixed_float16 globally before the data is built; augmentation
+    layers must not pick it up (keras-cv's JitteredResize then fails on float16 boxes)."""
+    from pipeline.tasks import get_task
+
+    cfg = tiny_config("data.synthetic_samples=32", "train.batch_size=8", task=task)
+    t = get_task(task)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        data = t.load_data(cfg)
+        x, _ = next(iter(t.datasets(data, cfg, cfg.input_spec())[0]))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert x.dtype == tf.float32 and x.shape[0] == 8 and np.isfinite(x.numpy()).all()
+
+
 def test_learning_rate_warms_up_then_decays_to_zero():
     s = WarmupCosine(1e-2, total_steps=100, warmup_steps=10)
     lr = [float(s(i)) for i in (0, 9, 10, 55, 100)]

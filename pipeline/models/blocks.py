@@ -31,6 +31,16 @@ def dw_bn_act(x, kernel: int = 3, stride: int = 1, name: str = ""):
     return layers.ReLU(6.0, name=f"{name}_dwrelu6")(x)
 
 
+def upsample_bilinear(x, size, name: str):
+    """Bilinear ``UpSampling2D`` (RESIZE_BILINEAR: on XNNPACK, and TFMOT quantizes it).
+
+    It computes in float32 whatever the global policy: under ``mixed_float16`` with
+    XLA, the float16 resize's gradient (ResizeBilinearGrad) comes out float32 and XLA
+    refuses the mixed graph ("mixed precision is disallowed"). The layers after it
+    cast back to the policy's float16 themselves."""
+    return layers.UpSampling2D(size, interpolation="bilinear", dtype="float32", name=name)(x)
+
+
 def inverted_residual(x, filters: int, expansion: int, stride: int, name: str):
     """MobileNetV2 block: 1×1 expand → 3×3 depthwise → 1×1 linear project (+ skip)."""
     in_ch = x.shape[-1]

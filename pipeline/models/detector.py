@@ -20,7 +20,7 @@ import math
 from pipeline._keras import keras, layers
 from pipeline.core.config import ModelConfig
 from pipeline.models.backbones import build_backbone
-from pipeline.models.blocks import conv_bn_act, dw_bn_act, make_divisible
+from pipeline.models.blocks import conv_bn_act, dw_bn_act, make_divisible, upsample_bilinear
 
 PRIOR = 0.01  # initial foreground probability (focal-loss prior) so early training is stable
 
@@ -40,13 +40,8 @@ def build_detector(cfg: ModelConfig, num_classes: int) -> keras.Model:
     # Top-down FPN: 1×1 laterals, bilinear upsampling (RESIZE_BILINEAR is on XNNPACK,
     # nearest is not), add, then the head's depthwise-separable convs smooth the sum.
     p5 = conv_bn_act(c5, dim, 1, name="fpn_lat5")
-    up = dict(interpolation="bilinear")
-    p4 = layers.Add(name="fpn_add4")(
-        [conv_bn_act(c4, dim, 1, name="fpn_lat4"), layers.UpSampling2D(2, name="fpn_up5", **up)(p5)]
-    )
-    x = layers.Add(name="fpn_add3")(
-        [conv_bn_act(c3, dim, 1, name="fpn_lat3"), layers.UpSampling2D(2, name="fpn_up4", **up)(p4)]
-    )
+    p4 = layers.Add(name="fpn_add4")([conv_bn_act(c4, dim, 1, name="fpn_lat4"), upsample_bilinear(p5, 2, "fpn_up5")])
+    x = layers.Add(name="fpn_add3")([conv_bn_act(c3, dim, 1, name="fpn_lat3"), upsample_bilinear(p4, 2, "fpn_up4")])
     x = dw_bn_act(x, 3, name="head_0")
     x = conv_bn_act(x, dim, 1, name="head_0_pw")
     # The second layer is decoupled (YOLOX, YOLOv8): a good class score and a good box

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pipeline._keras import keras, layers
 from pipeline.core.config import ModelConfig
 from pipeline.models.backbones import build_backbone
-from pipeline.models.blocks import conv_bn_act, dw_bn_act, make_divisible
+from pipeline.models.blocks import conv_bn_act, dw_bn_act, make_divisible, upsample_bilinear
 
 
 def aspp_lite(x, filters: int, name: str = "aspp"):
@@ -27,7 +27,7 @@ def aspp_lite(x, filters: int, name: str = "aspp"):
     wide = conv_bn_act(wide, filters, 1, name=f"{name}_atrous_pw")
     ctx = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
     ctx = conv_bn_act(ctx, filters, 1, name=f"{name}_pool_pw")
-    ctx = layers.UpSampling2D((h, w), interpolation="bilinear", name=f"{name}_pool_up")(ctx)
+    ctx = upsample_bilinear(ctx, (h, w), f"{name}_pool_up")
     y = layers.Concatenate(name=f"{name}_concat")([local, wide, ctx])
     return conv_bn_act(y, filters, 1, name=f"{name}_proj")
 
@@ -36,7 +36,7 @@ def _fuse(x, skip, filters: int, factor: int, name: str):
     """Upsample ``x`` bilinearly to the skip's stride, concatenate a 1×1 projection of
     the skip, and mix with a depthwise-separable conv."""
     if factor > 1:
-        x = layers.UpSampling2D(factor, interpolation="bilinear", name=f"{name}_up")(x)
+        x = upsample_bilinear(x, factor, f"{name}_up")
     skip = conv_bn_act(skip, max(8, filters // 2), 1, name=f"{name}_skip")
     x = layers.Concatenate(name=f"{name}_concat")([x, skip])
     x = dw_bn_act(x, 3, 1, name=name)

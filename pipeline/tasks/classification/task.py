@@ -14,11 +14,12 @@ def _augmenter():
     from pipeline._keras import keras, keras_cv
 
     # keras-cv layers on [0, 255] floats; flips and small shifts keep labels valid.
+    # float32 whatever the global policy: augmentation is input work, not the model's.
     return keras.Sequential(
         [
-            keras_cv.layers.RandomFlip("horizontal"),
-            keras_cv.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect"),
-            keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2),
+            keras_cv.layers.RandomFlip("horizontal", dtype="float32"),
+            keras_cv.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", dtype="float32"),
+            keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2, dtype="float32"),
         ],
         name="augment",
     )

@@ -39,12 +39,15 @@ def _augmenter(size: int):
     from pipeline._keras import keras, keras_cv
 
     fmt = "xyxy"
+    # float32 whatever the global policy: under mixed_float16, JitteredResize would get
+    # float16 boxes and fail multiplying them by its float32 scales (a GPU run's default).
+    f32 = {"dtype": "float32"}
     return keras.Sequential(
         [
-            keras_cv.layers.RandomFlip("horizontal", bounding_box_format=fmt),
-            keras_cv.layers.JitteredResize((size, size), scale_factor=(0.75, 1.3), bounding_box_format=fmt),
-            keras_cv.layers.RandomBrightness(0.15, value_range=(0, 255)),
-            keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2),
+            keras_cv.layers.RandomFlip("horizontal", bounding_box_format=fmt, **f32),
+            keras_cv.layers.JitteredResize((size, size), scale_factor=(0.75, 1.3), bounding_box_format=fmt, **f32),
+            keras_cv.layers.RandomBrightness(0.15, value_range=(0, 255), **f32),
+            keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2, **f32),
         ],
         name="augment",
     )
