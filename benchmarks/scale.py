@@ -18,7 +18,8 @@ from the cache when there is one). It reports:
 
 * peak RSS of that process (``ru_maxrss``: data, pipeline and the model's training
   steps) and its RSS with TensorFlow, Keras and keras-cv loaded, before any data;
-* input-pipeline images/s in epochs 1 and 2;
+* input-pipeline images/s in epochs 1 and 2 (with ``data.cache=off``, an epoch is cut
+  to ``--epoch-images``, default 10,000: streamed memory does not grow within an epoch);
 * the default model's training images/s on the same machine (``train_on_batch`` on
   batches of the pipeline's shape, after warm-up).
 
@@ -137,8 +138,10 @@ def subset(task: str, full: Path, root: Path, n: int) -> list[str]:
 # === One measurement (a fresh process) ===
 
 
-def measure(task: str, overrides: list[str], cache_dir: Path, model_steps: int) -> dict:
-    """Read the dataset, iterate the training pipeline twice, time the model."""
+def measure(task: str, overrides: list[str], cache_dir: Path, model_steps: int, epoch_images: int = 0) -> dict:
+    """Read the dataset, iterate the training pipeline twice, time the model. With
+    ``data.cache=off`` an epoch may be cut to ``epoch_images`` (streamed memory does
+    not grow as an epoch goes on; a cache needs whole epochs to fill and to be read)."""
     import logging
 
     logging.basicConfig(level=logging.WARNING)
@@ -155,6 +158,8 @@ def measure(task: str, overrides: list[str], cache_dir: Path, model_steps: int) 
     read_s = time.perf_counter() - t0
     spec = cfg.input_spec()
     train, _ = t.datasets(data, cfg, spec, cache_dir)
+    if epoch_images and cfg.data.cache == "off":
+        train = train.take(max(1, epoch_images // cfg.train.batch_size))
     epochs = []
     for _ in range(2):
         n, t0 = 0, time.perf_counter()
@@ -172,6 +177,7 @@ def measure(task: str, overrides: list[str], cache_dir: Path, model_steps: int) 
     model_ips = model_steps * int(batch[0].shape[0]) / (time.perf_counter() - t0)
     return {
         "images": len(data.train),
+        "images_per_epoch_measured": n,
         "read_s": round(read_s, 2),
         "rss_before_mb": round(rss0, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -210,12 +216,14 @@ def main() -> int:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--cache", default="off,auto", help="data.cache modes to measure")
     ap.add_argument("--model-steps", type=int, default=10)
+    ap.add_argument("--epoch-images", type=int, default=10_000, help="data.cache=off: images per timed epoch")
     ap.add_argument("--tiny", action="store_true", help="CI: small sets, tiny inputs, no targets")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: one measurement, as JSON
     args = ap.parse_args()
     if args.one:
         job = json.loads(args.one)
-        print("RESULT " + json.dumps(measure(job["task"], job["overrides"], Path(job["cache_dir"]), job["steps"])))
+        result = measure(job["task"], job["overrides"], Path(job["cache_dir"]), job["steps"], job["epoch_images"])
+        print("RESULT " + json.dumps(result))
         return 0
     sizes = [64, 256] if args.tiny else [int(s) for s in args.sizes.split(",")]
     tasks = args.tasks.split(",")
@@ -238,7 +246,8 @@ def main() -> int:
             for mode in modes:
                 cache_dir = args.out / "cache" / f"{task}-{n}-{mode}"
                 job = {"task": task, "overrides": [*over, *extra, f"data.cache={mode}"],
-                       "cache_dir": str(cache_dir), "steps": 2 if args.tiny else args.model_steps}  # fmt: skip
+                       "cache_dir": str(cache_dir), "steps": 2 if args.tiny else args.model_steps,
+                       "epoch_images": args.epoch_images}  # fmt: skip
                 print(f"{task} {n} images, data.cache={mode} ...", flush=True)
                 out = subprocess.run([sys.executable, __file__, "--one", json.dumps(job)], capture_output=True,
                                      text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
@@ -252,7 +261,8 @@ def main() -> int:
                 import shutil
 
                 shutil.rmtree(cache_dir, ignore_errors=True)
-    report = {"machine": cpu_flags(), "python": platform.python_version(), "rows": rows, "tiny": args.tiny}
+    report = {"machine": cpu_flags(), "python": platform.python_version(), "rows": rows, "tiny": args.tiny,
+              "command": " ".join(sys.argv)}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scale.json").write_text(json.dumps(report, indent=2))
     md = [f"Machine: {report['machine']}; Python {report['python']}.", "",

@@ -37,5 +37,5 @@ def test_scale_benchmark_reads_every_task_from_files_and_reports_memory(tmp_path
     assert {(r["task"], r["size"]) for r in rows} == {(t, n) for t in ("classification", "detection", "segmentation")
                                                       for n in (64, 256)}  # fmt: skip
     for r in rows:
-        assert r["images"] == int(r["size"] * 0.9) or abs(r["images"] - 0.9 * r["size"]) <= 1
+        assert 0.85 * r["size"] <= r["images"] <= 0.95 * r["size"]  # data.val_split=0.1
         assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0 and r["pipeline_ips_epoch1"] > 0 and r["model_ips"] > 0

@@ -110,10 +110,13 @@ def test_single_machine_strategy_and_cpu_switches(monkeypatch):
 def test_tf_config_with_several_workers_selects_multi_worker(monkeypatch):
     """Only the choice is checked: creating the strategy would start a gRPC server."""
     seen = []
+    import pipeline.stages.fit as fit_module
+
     monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", lambda: seen.append(1) or "mwms")
+    monkeypatch.setattr(fit_module, "barrier", lambda strategy: seen.append(strategy))  # the workers meet
     cluster = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}
     monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
-    assert select_strategy() == "mwms" and seen
+    assert select_strategy() == "mwms" and seen == [1, "mwms"]
 
 
 def test_mixed_precision_model_keeps_float32_scores():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -110,6 +111,60 @@ def test_two_workers_train_together_and_only_the_chief_writes_the_run(tmp_path):
         assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((run / "report.json").read_text())
     assert set(report["variants"]) >= {"float32", "int8"}
+
+
+@pytest.mark.slow
+def test_two_workers_read_their_own_shares_of_an_image_folder(tmp_path):
+    """Each worker reads only its share of the training files: the unreadable ones
+    each worker reports are disjoint, and together they are all of them."""
+    import cv2
+
+    folder = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("dark", "light")):
+        (folder / name).mkdir(parents=True)
+        for i in range(40):
+            img = np.clip(rng.normal(60 + 120 * c, 20, (24, 24, 3)), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(folder / name / f"{i:02d}.png"), img)
+    broken = sorted(folder.glob("*/0[0-5].png"))
+    for p in broken:
+        p.write_bytes(b"not a png")
+    run = tmp_path / "run"
+    extra = ["data.format=folder", f"data.path={folder}", "data.val_split=0.2", "train.batch_size=8"]
+    _wait(_launch(tmp_path, run, extra), tmp_path)
+    from pipeline.tasks.classification.readers import read_folder
+
+    split = read_folder(folder, 0.2, 0)  # the split both workers made
+    n = len(split.train)
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert all(f"reads {n // 2} of the {n} training samples" in log for log in logs), logs[0][-2000:]
+    seen = [set(re.findall(r"skipped unreadable image \d+: (\S+?): ", log)) for log in logs]
+    broken_val = {str(p) for p in broken} & set(split.val.paths)
+    # Every worker reads the whole validation split, and only its own share of training.
+    assert seen[0] & seen[1] == broken_val and seen[0] | seen[1] == {str(p) for p in broken}, seen
+    assert seen[0] - seen[1] and seen[1] - seen[0], "each worker met unreadable files of its own share only"
+    worker_dirs = list((tmp_path / "tmp1").glob("edgepipe-worker1-*"))
+    mine, theirs = _h5_arrays(run / "models" / "float.h5"), _h5_arrays(worker_dirs[0] / "models" / "float.h5")
+    assert all(np.array_equal(mine[k], theirs[k]) for k in mine)
+
+
+@pytest.mark.slow
+def test_a_worker_whose_peer_never_comes_stops_naming_tf_config_and_the_address(tmp_path):
+    import time
+
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}),
+           "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
+    cmd = [sys.executable, "-m", "pipeline.cli", "train", "--task", "classification", "--run-dir", str(tmp_path / "r")]
+    cmd += [a for s in [*SETS, "train.worker_timeout_s=10"] for a in ("--set", s)]
+    t0 = time.time()
+    r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0, r.stderr[-3000:]
+    assert time.time() - t0 < 120
+    assert re.search(rf"TF_CONFIG: worker 0 waited 10 s .* cannot reach 127\.0\.0\.1:{ports[1]} \(", r.stderr), (
+        r.stderr[-2000:]
+    )
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline._keras import keras, tf
-from pipeline.core.cluster import worker_role
+from pipeline.core.cluster import peers_within, worker_role
 from pipeline.core.config import Config
 from pipeline.core.errors import DataError
 from pipeline.core.rundir import read_csv_log
@@ -40,20 +40,37 @@ def barrier(strategy: tf.distribute.Strategy) -> None:
 
 
 def shard_by_data(ds):
-    """Auto-shard policy DATA: every worker runs the same (identically seeded) pipeline
-    and keeps its share of each global batch. FILE sharding needs a dataset that reads
-    files itself (TFRecord); ours map file *names* and in-memory arrays through Python
-    readers, where FILE would fail over to DATA with a warning anyway."""
+    """Auto-shard policy DATA, for validation: every worker reads the whole split and
+    keeps its part of each batch, so Keras' evaluation steps add up on every worker."""
     opts = tf.data.Options()
     opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(opts)
 
 
-def select_strategy() -> tf.distribute.Strategy:
+def sharded_at_source(ds):
+    """Auto-shard policy OFF: the datasets were built under
+    :func:`pipeline.data.stream.sharded`, so each worker already reads only its own
+    share of the files (TensorFlow's FILE policy needs datasets that open files
+    themselves, TFRecord; DATA would have every worker decode every file and keep a
+    part). Each worker's batches hold ``train.batch_size`` samples, which the strategy
+    splits across all replicas, each worker taking its replicas' pieces: one step
+    consumes one global batch, so an epoch is ``n // train.batch_size`` steps, given to
+    ``fit`` explicitly (Keras would count the worker's own batches)."""
+    opts = tf.data.Options()
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(opts)
+
+
+def select_strategy(worker_timeout_s: float = 300.0) -> tf.distribute.Strategy:
     """MultiWorkerMirrored when TF_CONFIG names several workers (chief included),
-    Mirrored on several GPUs, else the default strategy (one GPU or the CPU)."""
+    Mirrored on several GPUs, else the default strategy (one GPU or the CPU). The
+    workers must all meet within ``worker_timeout_s`` (a first collective), else the
+    process stops naming TF_CONFIG and the addresses it cannot reach."""
     if worker_role().workers > 1:
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        with peers_within(worker_timeout_s):
+            strategy = tf.distribute.MultiWorkerMirroredStrategy()
+            barrier(strategy)
+        return strategy
     if len(tf.config.list_physical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
@@ -61,7 +78,7 @@ def select_strategy() -> tf.distribute.Strategy:
 
 def setup_hardware(cfg: Config) -> Hardware:
     """Pick the strategy; mixed precision and XLA default on for GPUs, off on CPU."""
-    strategy = select_strategy()
+    strategy = select_strategy(cfg.train.worker_timeout_s)
     gpus = len(tf.config.list_physical_devices("GPU"))
     mp = cfg.train.mixed_precision == "on" or (cfg.train.mixed_precision == "auto" and gpus > 0)
     xla = cfg.train.xla == "on" or (cfg.train.xla == "auto" and gpus > 0)
@@ -231,6 +248,10 @@ def fit(
     """
     train_ds, val_ds = datasets
     spe = cfg.train.steps_per_epoch
+    if worker_role().workers > 1:
+        # Workers read their own shares and may skip different unreadable files: over a
+        # repeated dataset with a fixed step count none runs out before the others.
+        spe = steps_per_epoch(cfg, len(data.train))
     where = cfg.data.path or cfg.data.val_images or "the validation split"
     with explain_empty_epochs(cfg, len(data.train), data.skipped):
         model.fit(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pipeline._keras import keras
 from pipeline.core.config import Config
 from pipeline.core.rundir import RunDir, write_text
+from pipeline.data.stream import sharded
 from pipeline.models.backbones import backbone_layer_names
 from pipeline.models.weights import load_pretrained
 from pipeline.stages.fit import (
@@ -22,6 +23,7 @@ from pipeline.stages.fit import (
     make_optimizer,
     setup_hardware,
     shard_by_data,
+    sharded_at_source,
     steps_per_epoch,
     worker_role,
 )
@@ -129,7 +131,13 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
     with out.stage("train") as entry:
         data = task.load_data(cfg)
         cfg = fit_batch(cfg, len(data.train))
-        datasets = tuple(shard_by_data(ds) for ds in task.datasets(data, cfg, spec, out.cache))
+        role = worker_role()
+        with sharded(role.workers, role.index):  # each worker reads its own share of the training files
+            train_ds, val_ds = task.datasets(data, cfg, spec, out.cache)
+        datasets = sharded_at_source(train_ds), shard_by_data(val_ds)
+        if role.workers > 1:
+            log.info("%s %d reads %d of the %d training samples (a share per worker)", role.task_type, role.index,
+                     len(data.train) // role.workers, len(data.train))  # fmt: skip
         num_classes = len(task.class_names(data))
         # Every worker decides from the same files: read them all, then wait for every
         # worker before the chief changes anything (a worker deciding differently would

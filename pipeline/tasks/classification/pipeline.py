@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline._keras import tf
 from pipeline.core.images import ImageError, InputSpec, SkipCounter, normalize, prepare, read_image
-from pipeline.data.stream import IN_MEMORY, CachePlan, cached_and_shuffled, read_indexed
+from pipeline.data.stream import IN_MEMORY, CachePlan, cached_and_shuffled, read_indexed, shard_source
 from pipeline.tasks.classification.readers import Split
 
 log = logging.getLogger(__name__)
@@ -47,16 +47,19 @@ def _decode_fn(split: Split, spec: InputSpec, skipped: SkipCounter):
 
 
 def raw_dataset(
-    split: Split, spec: InputSpec, skipped: SkipCounter, *, shuffle_seed: int | None = None
+    split: Split, spec: InputSpec, skipped: SkipCounter, *, shuffle_seed: int | None = None, training: bool = False
 ) -> tf.data.Dataset:
     """Unbatched ``(uint8 image, int32 label)`` pairs, prepared for ``spec``; bad files
     dropped. Files are read in order, or reshuffled each epoch with ``shuffle_seed``
     (arrays in memory come in order: the caller shuffles them)."""
     if split.images is not None:
-        return tf.data.Dataset.from_tensor_slices((prepare_array(split.images, spec), split.labels.astype(np.int32)))
+        ds = tf.data.Dataset.from_tensor_slices((prepare_array(split.images, spec), split.labels.astype(np.int32)))
+        return shard_source(ds, len(split), training=training)
     shape = (spec.size, spec.size, spec.channels)
     load = _decode_fn(split, spec, skipped)
-    return read_indexed(len(split), load, (tf.uint8, tf.int32), (shape, ()), shuffle_seed=shuffle_seed)
+    return read_indexed(
+        len(split), load, (tf.uint8, tf.int32), (shape, ()), shuffle_seed=shuffle_seed, training=training
+    )
 
 
 def training_dataset(
@@ -77,7 +80,9 @@ def training_dataset(
     is ``data.cache``'s plan for a split read from files (arrays in memory need none).
     """
     cache = IN_MEMORY if split.images is not None else cache or CachePlan("off")
-    ds = raw_dataset(split, spec, skipped, shuffle_seed=seed if training and not cache.cached else None)
+    ds = raw_dataset(
+        split, spec, skipped, shuffle_seed=seed if training and not cache.cached else None, training=training
+    )
     ds = cached_and_shuffled(ds, cache, training=training, n=len(split), shuffle_buffer=shuffle_buffer, seed=seed)
     # Dropping the ragged last batch spares BatchNorm a batch of one or two; the
     # schedules count len(split) // batch_size steps (train.steps_per_epoch). If

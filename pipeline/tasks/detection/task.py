@@ -103,6 +103,7 @@ def box_batches(split, cfg, spec, training: bool, skipped: SkipCounter, cache=No
         ((size, size, ch), (MAX_BOXES, 4), (MAX_BOXES,)),
         shuffle_seed=d.seed if training and not cache.cached else None,  # indices: a full shuffle for free
         deterministic=not training,
+        training=training,
     )
     ds = cached_and_shuffled(ds, cache, training=training, n=len(split), shuffle_buffer=d.shuffle_buffer, seed=d.seed)
     ds = ds.map(lambda x, b, c: (tf.cast(x, tf.float32), b, c)).batch(cfg.train.batch_size, drop_remainder=training)

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline._keras import tf
 from pipeline.core.images import InputSpec, normalize
-from pipeline.data.stream import IN_MEMORY, CachePlan, cached_and_shuffled, read_indexed
+from pipeline.data.stream import IN_MEMORY, CachePlan, cached_and_shuffled, read_indexed, shard_source
 from pipeline.tasks.segmentation.readers import SegSplit
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -70,7 +70,7 @@ def sample_dataset(
     n = min(len(split), limit) if limit else len(split)
     if split.in_memory:
         cache = IN_MEMORY
-        ds = tf.data.Dataset.from_tensor_slices((split.images[:n], split.masks[:n]))
+        ds = shard_source(tf.data.Dataset.from_tensor_slices((split.images[:n], split.masks[:n])), n, training=training)
     else:
         cache = cache or CachePlan("off")
         s, c = spec.size, spec.channels
@@ -81,7 +81,7 @@ def sample_dataset(
             return (*pair, True) if pair is not None else (*blank, False)
 
         shuffled = seed if training and not cache.cached else None
-        ds = read_indexed(n, load, (tf.uint8, tf.uint8), ((s, s, c), (s, s)), shuffle_seed=shuffled)
+        ds = read_indexed(n, load, (tf.uint8, tf.uint8), ((s, s, c), (s, s)), shuffle_seed=shuffled, training=training)
     return cached_and_shuffled(ds, cache, training=training, n=n, shuffle_buffer=shuffle_buffer, seed=seed)
 
 
