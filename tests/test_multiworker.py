@@ -103,14 +103,17 @@ def test_two_workers_train_together_and_only_the_chief_writes_the_run(tmp_path):
 
     # The next stages run on the chief's folder in one process, unchanged.
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    sets = ["export.variants=[float32,int8]", "evaluate.latency_runs=2"]
-    for stage in ("export", "evaluate"):
+    sets = ["export.variants=[float32,int8,qat_int8]", "evaluate.latency_runs=2", "prune.epochs=1", "qat.epochs=1",
+            "qat.sources=[float]"]  # fmt: skip
+    for stage in ("prune", "qat", "export", "evaluate"):
         cmd = [sys.executable, "-m", "pipeline.cli", stage, "--run-dir", str(run)]
         cmd += [a for s in sets for a in ("--set", s)]
         r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((run / "report.json").read_text())
-    assert set(report["variants"]) >= {"float32", "int8"}
+    assert set(report["variants"]) >= {"float32", "int8", "qat_int8"}
+    stages = [s["stage"] for s in json.loads((run / "manifest.json").read_text())["stages"]]
+    assert stages == ["train", "prune", "qat", "export", "evaluate"], stages
 
 
 @pytest.mark.slow
