@@ -113,7 +113,7 @@ def test_two_workers_train_together_and_only_the_chief_writes_the_run(tmp_path):
     report = json.loads((run / "report.json").read_text())
     assert set(report["variants"]) >= {"float32", "int8", "qat_int8"}
     stages = [s["stage"] for s in json.loads((run / "manifest.json").read_text())["stages"]]
-    assert stages == ["train", "prune", "qat", "export", "evaluate"], stages
+    assert stages == ["train", "prune", "qat:qat", "export", "evaluate"], stages
 
 
 @pytest.mark.slow
