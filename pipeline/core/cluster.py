@@ -67,7 +67,7 @@ def _probe(address: str) -> str | None:
     """Why ``host:port`` cannot be reached, or ``None`` when it accepts a connection."""
     host, _, port = address.rpartition(":")
     try:
-        with socket.create_connection((host, int(port)), timeout=2):
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):  # [::1]:port is IPv6
             return None
     except (OSError, ValueError) as e:
         return str(e) or type(e).__name__

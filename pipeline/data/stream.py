@@ -15,8 +15,9 @@ to the prepared samples after the first epoch is :class:`CachePlan`'s decision:
   pixels); ``off`` is the leanest where files are already small.
 
 Shuffling follows the plan: without a cache the *indices* are shuffled before
-reading (a full shuffle that costs nothing); a cache is filled in file order, so its
-samples are shuffled afterwards through a buffer of ``data.shuffle_buffer``.
+reading, anew each epoch (a full shuffle that costs nothing); a cache is filled in one
+fixed shuffled order, and its samples are shuffled again each epoch through a buffer
+of ``data.shuffle_buffer`` (capped behind a disk cache).
 
 With several workers (:func:`sharded`), each worker reads only its own share of the
 training samples, cut at the source before any file is opened. Without a cache every
@@ -131,6 +132,7 @@ def plan_split(cfg, spec, split: str, names, sample_bytes: int, cache_dir: Path 
     for k in ("cache", "cache_budget_mb", "shuffle_buffer", "augment"):
         d.pop(k)  # they change how the samples are used, not what they are
     identity = {"task": cfg.task, "data": d, "spec": spec, "names": [str(n) for n in names]}
+    identity["shard"] = _SHARD.get() if split == "train" else None  # a worker's cache holds its share only
     return plan_cache(cfg.data, split, len(names), sample_bytes, cache_dir, identity)
 
 
@@ -141,16 +143,19 @@ def read_indexed(
     shapes: tuple,
     *,
     shuffle_seed: int | None = None,
+    reshuffle: bool = True,
     deterministic: bool = True,
     training: bool = False,
 ) -> tf.data.Dataset:
     """Samples ``0..n-1`` read in parallel by ``load(i) -> (*arrays, ok)``; samples
     whose ``ok`` is false (an unreadable file, counted by the reader) are dropped.
-    With ``shuffle_seed`` the indices are reshuffled each epoch before reading; under
-    :func:`sharded` a ``training`` source is read in this worker's share only."""
+    With ``shuffle_seed`` the indices are shuffled before reading: anew each epoch, or
+    once (``reshuffle=False``: the fixed order a cache is filled in, so files kept in
+    name order, such as video frames, do not reach the cache's shuffle buffer in runs);
+    under :func:`sharded` a ``training`` source is read in this worker's share only."""
     ds = tf.data.Dataset.range(n)
     if shuffle_seed is not None:
-        ds = ds.shuffle(max(n, 1), seed=shuffle_seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(max(n, 1), seed=shuffle_seed, reshuffle_each_iteration=reshuffle)
     ds = shard_source(ds, n, training=training)
 
     def read(i):

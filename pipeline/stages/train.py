@@ -130,8 +130,11 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
     phases = plan_phases(cfg)
     with out.stage("train") as entry:
         data = task.load_data(cfg)
-        cfg = fit_batch(cfg, len(data.train))
         role = worker_role()
+        cfg = fit_batch(cfg, len(data.train) // role.workers)  # each worker batches its own share
+        fresh = not (ckpt / FROZEN_DONE).is_file() and not any((ckpt / p.backup).is_dir() for p in phases)
+        if fresh:  # a disk cache of earlier data (same file names, other contents) must not be read back
+            shutil.rmtree(out.cache, ignore_errors=True)
         with sharded(role.workers, role.index):  # each worker reads its own share of the training files
             train_ds, val_ds = task.datasets(data, cfg, spec, out.cache)
         datasets = sharded_at_source(train_ds), shard_by_data(val_ds)

@@ -47,7 +47,13 @@ def _decode_fn(split: Split, spec: InputSpec, skipped: SkipCounter):
 
 
 def raw_dataset(
-    split: Split, spec: InputSpec, skipped: SkipCounter, *, shuffle_seed: int | None = None, training: bool = False
+    split: Split,
+    spec: InputSpec,
+    skipped: SkipCounter,
+    *,
+    shuffle_seed: int | None = None,
+    reshuffle: bool = True,
+    training: bool = False,
 ) -> tf.data.Dataset:
     """Unbatched ``(uint8 image, int32 label)`` pairs, prepared for ``spec``; bad files
     dropped. Files are read in order, or reshuffled each epoch with ``shuffle_seed``
@@ -58,8 +64,9 @@ def raw_dataset(
     shape = (spec.size, spec.size, spec.channels)
     load = _decode_fn(split, spec, skipped)
     return read_indexed(
-        len(split), load, (tf.uint8, tf.int32), (shape, ()), shuffle_seed=shuffle_seed, training=training
-    )
+        len(split), load, (tf.uint8, tf.int32), (shape, ()), shuffle_seed=shuffle_seed, reshuffle=reshuffle,
+        training=training,
+    )  # fmt: skip
 
 
 def training_dataset(
@@ -80,9 +87,8 @@ def training_dataset(
     is ``data.cache``'s plan for a split read from files (arrays in memory need none).
     """
     cache = IN_MEMORY if split.images is not None else cache or CachePlan("off")
-    ds = raw_dataset(
-        split, spec, skipped, shuffle_seed=seed if training and not cache.cached else None, training=training
-    )
+    ds = raw_dataset(split, spec, skipped, shuffle_seed=seed if training else None, reshuffle=not cache.cached,
+                     training=training)  # fmt: skip
     ds = cached_and_shuffled(ds, cache, training=training, n=len(split), shuffle_buffer=shuffle_buffer, seed=seed)
     # Dropping the ragged last batch spares BatchNorm a batch of one or two; the
     # schedules count len(split) // batch_size steps (train.steps_per_epoch). If

@@ -101,7 +101,8 @@ def box_batches(split, cfg, spec, training: bool, skipped: SkipCounter, cache=No
         _sample_fn(split, spec, skipped),
         (tf.uint8, tf.float32, tf.float32),
         ((size, size, ch), (MAX_BOXES, 4), (MAX_BOXES,)),
-        shuffle_seed=d.seed if training and not cache.cached else None,  # indices: a full shuffle for free
+        shuffle_seed=d.seed if training else None,  # indices: a full shuffle for free (once, before a cache)
+        reshuffle=not cache.cached,
         deterministic=not training,
         training=training,
     )

@@ -80,8 +80,8 @@ def sample_dataset(
             pair = split.reader.load_or_skip(split.pairs[int(i)])
             return (*pair, True) if pair is not None else (*blank, False)
 
-        shuffled = seed if training and not cache.cached else None
-        ds = read_indexed(n, load, (tf.uint8, tf.uint8), ((s, s, c), (s, s)), shuffle_seed=shuffled, training=training)
+        ds = read_indexed(n, load, (tf.uint8, tf.uint8), ((s, s, c), (s, s)), shuffle_seed=seed if training else None,
+                          reshuffle=not cache.cached, training=training)  # fmt: skip
     return cached_and_shuffled(ds, cache, training=training, n=n, shuffle_buffer=shuffle_buffer, seed=seed)
 
 

@@ -274,8 +274,8 @@ def _mask_header(path) -> tuple[int, int]:
             mode, (w, h) = im.mode, im.size
     except (OSError, UnidentifiedImageError) as e:
         raise DataError(f"{path}: cannot read mask ({e})") from e
-    if mode in ("RGB", "RGBA"):
-        read_mask(path)  # raises for a colour mask; equal channels read as grayscale
+    if mode not in ("L", "P", "1"):
+        read_mask(path)  # raises for a colour mask or 16-bit values over 255; equal RGB channels read as gray
     return h, w
 
 
