@@ -38,7 +38,6 @@ sys.path.insert(0, str(ROOT))
 
 from targets import report_targets  # noqa: E402
 
-log = logging.getLogger("benchmark")
 TASKS = ("classification", "detection", "segmentation")
 MODES = {"float32": ("off", "off"), "mixed_float16": ("on", "off"), "mixed_float16 + XLA": ("on", "on")}
 TINY = ["model.input_size=32", "model.width=0.25", "train.batch_size=8", "data.synthetic_samples=64"]

@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -57,12 +58,10 @@ def write_dataset(task: str, root: Path, n: int, size: int) -> list[str]:
     """``n`` files of ``task``'s format under ``root`` (written once); the config
     overrides that read them."""
     import cv2
-    import numpy as np
 
     done = root / "done"
     if done.is_file() and int(done.read_text()) >= n:
         return _overrides(task, root)
-    rng = np.random.default_rng(0)
     if task == "classification":
         from pipeline.data.synthetic import classification_set
 
@@ -100,7 +99,6 @@ def write_dataset(task: str, root: Path, n: int, size: int) -> list[str]:
             data, mask = pool[i % POOL]
             _put(root / "images" / f"{i:06d}.jpg", data)
             _put(root / "masks" / f"{i:06d}.png", mask)
-    del rng
     done.write_text(str(n))
     return _overrides(task, root)
 
@@ -258,8 +256,6 @@ def main() -> int:
                 r = {"task": task, "size": n, "cache": mode, **json.loads(line[0][7:])}
                 print("  ", r, flush=True)
                 rows.append(r)
-                import shutil
-
                 shutil.rmtree(cache_dir, ignore_errors=True)
     report = {"machine": cpu_flags(), "python": platform.python_version(), "rows": rows, "tiny": args.tiny,
               "command": " ".join(sys.argv)}  # fmt: skip

@@ -138,12 +138,13 @@ def read_mask(path: str | Path) -> np.ndarray:
     return arr
 
 
-def check_pair(image: np.ndarray, mask: np.ndarray, image_path, mask_path) -> None:
-    """Raise a :class:`DataError` naming the files when a mask and its image differ in size."""
-    if image.shape[:2] != mask.shape[:2]:
+def check_pair(image_hw, mask_hw, image_path, mask_path) -> None:
+    """Raise a :class:`DataError` naming the files when a mask's ``(height, width)``
+    differs from its image's."""
+    (ih, iw), (mh, mw) = tuple(image_hw)[:2], tuple(mask_hw)[:2]
+    if (ih, iw) != (mh, mw):
         raise DataError(
-            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
-            f"{image.shape[1]}x{image.shape[0]} (width x height); they must match"
+            f"{mask_path}: mask is {mw}x{mh} but its image {image_path} is {iw}x{ih} (width x height); they must match"
         )
 
 
@@ -185,7 +186,7 @@ class PairReader:
         img = read_image(img_path)
         mask_path = mask if isinstance(mask, (str, Path)) else img_path
         m = read_mask(mask) if isinstance(mask, (str, Path)) else mask()
-        check_pair(img, m, img_path, mask_path)
+        check_pair(img.shape, m.shape, img_path, mask_path)
         m = self.stray.clean(m, mask_path)
         if self.stray.ignore != IGNORE:
             m = np.where(m == self.stray.ignore, IGNORE, m).astype(np.uint8)
@@ -246,14 +247,11 @@ def _check_pairs(pairs, reader: PairReader) -> SegSplit:
                 reader.skipped.add(str(img_path), str(e))  # a corrupt photo is skipped and counted
                 continue
         if isinstance(mask, (str, Path)):
-            msize = _mask_header(mask)
-            if msize != size:
-                check_pair(np.empty((*size, 0)), np.empty(msize), img_path, mask)
+            check_pair(size, _mask_header(mask), img_path, mask)
             kept.append((img_path, mask))
         else:
             rasterize, h, w = mask
-            if (h, w) != size:
-                check_pair(np.empty((*size, 0)), np.empty((h, w)), img_path, f"{img_path} (annotations)")
+            check_pair(size, (h, w), img_path, f"{img_path} (annotations)")
             kept.append((img_path, rasterize))
         names.append(str(img_path))
     if not kept:
