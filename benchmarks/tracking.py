@@ -2,8 +2,11 @@
 
     python benchmarks/tracking.py [--run-dir runs/tracking] [--frames 300]
 
-1. Trains a detector on the built-in synthetic set (shapes whose kind and hue band
-   are the class) unless ``--run-dir`` already holds one, and exports it int8.
+1. Trains a detector for the scene unless ``--run-dir`` already holds one, and exports
+   it int8: on frames of 48 *other* sequences of the same scene (other seeds, 4 to 10
+   objects, other backgrounds; written once under RUN/scene as COCO), or with
+   ``--detector-data synthetic`` on the built-in synthetic set (single shapes whose
+   kind and hue band are the class).
 2. Renders a deterministic 640×480 video of those shapes moving over a textured
    background: objects that move in straight lines and bounce, cross each other
    (the later one drawn on top hides the other), pass behind a bar that hides them
@@ -41,14 +44,14 @@ BAR = (150, 0, 190, 480)  # an occluder: a pillar that hides what passes behind 
 # === The sequence ===
 
 
-def _objects(rng: np.random.Generator, n: int, num_classes: int) -> list[dict]:
+def _objects(rng: np.random.Generator, n: int, num_classes: int, first: int = 0) -> list[dict]:
     objs = []
     for i in range(n):
         size = float(rng.uniform(50, 90))
         objs.append(
             {
                 "id": i + 1,
-                "cls": i % num_classes,
+                "cls": (first + i) % num_classes,
                 "pos": np.array([rng.uniform(60, W - 60), rng.uniform(60, H - 60)]),
                 "vel": rng.uniform(2.0, 5.0, 2) * rng.choice([-1, 1], 2),
                 "w": size * rng.uniform(0.8, 1.2),
@@ -60,8 +63,11 @@ def _objects(rng: np.random.Generator, n: int, num_classes: int) -> list[dict]:
     return objs
 
 
-def render(frames: int, num_classes: int, names, seed: int = 0) -> tuple[list[np.ndarray], list[list[dict]]]:
-    """The video frames (BGR) and, per frame, the visible objects: id, class, box.
+def render(
+    frames: int, num_classes: int, names, seed: int = 0, objects: int = 7, every: int = 1
+) -> tuple[list[np.ndarray], list[list[dict]]]:
+    """The video frames (BGR) and, per frame, the visible objects: id, class, box
+    (every ``every``-th frame only: the objects move at every frame).
 
     Objects marked ``behind_bar`` are drawn first, then the pillar over them, then the
     others in id order (a later one hides an earlier one where they overlap). An object
@@ -71,9 +77,12 @@ def render(frames: int, num_classes: int, names, seed: int = 0) -> tuple[list[np
 
     rng = np.random.default_rng(seed)
     base = textured_background(rng, max(W, H), lines=0)[:H, :W]
-    objs = _objects(rng, 7, num_classes)
+    objs = _objects(rng, objects, num_classes, first=seed % num_classes)  # other seeds, other class orders
     video, truth = [], []
-    for _ in range(frames):
+    for index in range(frames):
+        if index % every:
+            _move(objs)
+            continue
         img = base.copy()
         owner = np.full((H, W), -1, np.int32)
         full = {}
@@ -98,12 +107,17 @@ def render(frames: int, num_classes: int, names, seed: int = 0) -> tuple[list[np
                 visible.append({"id": o["id"], "cls": o["cls"], "box": box})
         video.append(cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         truth.append(visible)
-        for o in objs:  # move, bouncing off the frame edges
-            o["pos"] = o["pos"] + o["vel"]
-            for k, lim in ((0, W), (1, H)):
-                if not 30 <= o["pos"][k] <= lim - 30:
-                    o["vel"][k] *= -1
+        _move(objs)
     return video, truth
+
+
+def _move(objs: list[dict]) -> None:
+    """One frame's step, bouncing off the frame edges."""
+    for o in objs:
+        o["pos"] = o["pos"] + o["vel"]
+        for k, lim in ((0, W), (1, H)):
+            if not 30 <= o["pos"][k] <= lim - 30:
+                o["vel"][k] *= -1
 
 
 def write_video(path: Path, frames: list[np.ndarray]) -> Path:
@@ -112,6 +126,45 @@ def write_video(path: Path, frames: list[np.ndarray]) -> Path:
         out.write(f)
     out.release()
     return path
+
+
+# === A detector trained for the scene ===
+
+
+def training_set(out: Path, names, sequences: int = 48, frames: int = 90, every: int = 6) -> list[str]:
+    """COCO train and validation sets of frames from *other* sequences of this scene
+    (seeds 1 and up, 4 to 10 objects, other backgrounds and class orders; the last
+    sixth of them for validation), so the detector learns the scene's object scale,
+    crossings and the pillar without ever seeing the scored sequence (seed 0).
+    Written once (the JSON files last) and reused when present. Returns the config
+    overrides that train on it."""
+    from pipeline.core.rundir import write_json
+
+    images = out / "images"
+    files = {"train": out / "train.json", "val": out / "val.json"}
+    if not all(f.is_file() for f in files.values()):
+        images.mkdir(parents=True, exist_ok=True)
+        cats = [{"id": i, "name": n} for i, n in enumerate(names)]
+        docs = {k: {"images": [], "annotations": [], "categories": cats} for k in files}
+        n_val = max(1, sequences // 6)
+        for seed in range(1, sequences + 1):
+            doc = docs["val" if seed > sequences - n_val else "train"]
+            count = int(np.random.default_rng([seed, 7]).integers(4, 11))
+            video, truth = render(frames, len(names), names, seed=seed, objects=count, every=every)
+            for k in range(len(video)):
+                name = f"s{seed:03d}_f{k * every:03d}.jpg"
+                cv2.imwrite(str(images / name), video[k], [cv2.IMWRITE_JPEG_QUALITY, 90])
+                image_id = len(doc["images"]) + 1
+                doc["images"].append({"id": image_id, "file_name": name, "width": W, "height": H})
+                for o in truth[k]:
+                    x1, y1, x2, y2 = o["box"]
+                    box = [x1, y1, x2 - x1, y2 - y1]
+                    aid = len(doc["annotations"]) + 1
+                    ann = {"id": aid, "image_id": image_id, "category_id": o["cls"], "bbox": box, "iscrowd": 0}
+                    doc["annotations"].append(ann | {"area": box[2] * box[3]})
+        for k, f in files.items():
+            write_json(f, docs[k])
+    return [f"data.{k}_annotations={f}" for k, f in files.items()] + ["data.format=coco", f"data.path={images}"]
 
 
 # === Ground-truth counts ===
@@ -170,17 +223,28 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="detector config overrides")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--detector-data",
+        choices=("scene", "synthetic"),
+        default="scene",
+        help="train the detector on other sequences of this scene (default) or on the built-in synthetic set",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from pipeline.core import config
     from pipeline.core.rundir import RunDir, write_json
+    from pipeline.data.synthetic import SHAPES
     from pipeline.runtime.runner import RunOptions, format_summary, run
     from pipeline.runtime.tracking import TrackOptions
     from pipeline.stages.chain import run_stage
 
     run_dir = RunDir(args.run_dir)
     sets = ["model.input_size=320", "data.synthetic_samples=800", "train.epochs=20", "model.width=0.75"]
+    if args.detector_data == "scene":
+        sets += training_set(
+            run_dir.path / "scene", SHAPES[: config.load(None, [], task="detection").data.synthetic_classes]
+        )
     sets += ["export.variants=int8", f"export.dir={run_dir.path / 'exports'}", *args.overrides]
     if not run_dir.has("float"):
         run_stage("train", run_dir, config.load(None, sets, task="detection"))

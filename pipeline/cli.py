@@ -110,7 +110,13 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument("--track", action="store_true", help="follow objects across frames: ids, trails (ByteTrack)")
     g.add_argument("--track-buffer", type=int, default=30, help="frames a lost track is kept (default 30)")
     g.add_argument("--track-threshold", type=float, default=0.4, help="score of a confident detection (default 0.4)")
-    g.add_argument("--match-iou", type=float, default=0.2, help="minimum IoU x score to continue a track (0.2)")
+    g.add_argument("--match-iou", type=float, default=0.1, help="minimum IoU x score to continue a track (0.1)")
+    g.add_argument(
+        "--track-refind",
+        type=float,
+        default=0.3,
+        help="how far a lost track reaches for its object, in box heights per frame lost (default 0.3; 0: off)",
+    )
     g.add_argument(
         "--count-line", action="append", default=[], metavar="X1,Y1,X2,Y2", help="count crossings (repeatable)"
     )
@@ -159,7 +165,12 @@ def _track_options(args):
             raise UsageError("--count-line and --zone count tracked objects: add --track")
         return None
     return TrackOptions(
-        args.track_buffer, args.track_threshold, args.match_iou, tuple(args.count_line), tuple(args.zone)
+        args.track_buffer,
+        args.track_threshold,
+        args.match_iou,
+        tuple(args.count_line),
+        tuple(args.zone),
+        refind=args.track_refind,
     )
 
 

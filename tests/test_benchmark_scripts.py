@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import ROOT, subprocess_env
 
@@ -39,3 +40,27 @@ def test_scale_benchmark_reads_every_task_from_files_and_reports_memory(tmp_path
     for r in rows:
         assert 0.85 * r["size"] <= r["images"] <= 0.95 * r["size"]  # data.val_split=0.1
         assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0 and r["pipeline_ips_epoch1"] > 0 and r["model_ips"] > 0
+
+
+def test_the_tracking_benchmarks_scene_set_is_coco_our_reader_takes(tmp_path):
+    """benchmarks/tracking.py trains its detector on other sequences of the scene: the
+    set is valid COCO, with the scene's visible boxes, and never the scored sequence."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import tracking as bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from pipeline.tasks.detection.readers import read_coco
+
+    names = ("circle", "square", "triangle", "cross")
+    sets = bench.training_set(tmp_path, names, sequences=6, frames=6, every=3)
+    opts = dict(s.split("=", 1) for s in sets)
+    train, got = read_coco(opts["data.train_annotations"], opts["data.path"])
+    val, _ = read_coco(opts["data.val_annotations"], opts["data.path"], got)
+    assert got == names and len(train) == 5 * 2 and len(val) == 1 * 2  # the last sixth of the sequences
+    objects = int(np.random.default_rng([1, 7]).integers(4, 11))  # as training_set draws them
+    _, truth = bench.render(6, 4, names, seed=1, objects=objects, every=3)
+    assert train.object_count() + val.object_count() > 0
+    assert [len(f) for f in truth] == [len(train.boxes[0]), len(train.boxes[1])]  # frames 0 and 3 of seed 1
+    files = sorted(p.name for p in (tmp_path / "images").iterdir())
+    assert files[0] == "s001_f000.jpg" and not any(f.startswith("s000") for f in files)

@@ -171,3 +171,136 @@ def test_tracking_50_objects_is_cheap():
         p = pos + k * vel
         out = t.update(np.concatenate([p - 10, p + 10], 1), np.full(50, 0.9), np.zeros(50, int), frame=k)
     assert len(out) == 50 and len(set(out.ids.tolist())) == 50 and out.ids.max() <= 50
+
+
+# === The vectorised parts against plain references ===
+
+
+def _greedy(cost: np.ndarray, limit: float) -> set[tuple[int, int]]:
+    """Greedy min-cost matching, the obvious loop."""
+    pairs, used_r, used_c = set(), set(), set()
+    for r, c in sorted(np.ndindex(*cost.shape), key=lambda rc: cost[rc]):
+        if cost[r, c] <= limit and r not in used_r and c not in used_c:
+            pairs.add((r, c))
+            used_r.add(r)
+            used_c.add(c)
+    return pairs
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_match_is_greedy_matching(seed):
+    from pipeline.runtime.tracking import match
+
+    rng = np.random.default_rng(seed)
+    cost = rng.random((int(rng.integers(1, 12)), int(rng.integers(1, 12))))
+    cost[rng.random(cost.shape) < 0.3] = 0.05 + rng.random() * 0.1  # crowded, contested rows and columns
+    cost += rng.random(cost.shape) * 1e-6  # no exact ties: greedy's order is then unique
+    r, c = match(cost, 0.6)
+    assert set(zip(r.tolist(), c.tolist())) == _greedy(cost, 0.6)
+    rows, cols = np.flatnonzero(rng.random(len(cost)) < 0.7), np.flatnonzero(rng.random(cost.shape[1]) < 0.7)
+    r, c = match(cost, 0.6, rows, cols)  # a part of the matrix, indices into the whole
+    part = _greedy(cost[np.ix_(rows, cols)], 0.6)
+    assert set(zip(r.tolist(), c.tolist())) == {(int(rows[i]), int(cols[j])) for i, j in part}
+
+
+def test_the_per_dimension_kalman_filter_equals_the_full_one():
+    """The tracker keeps four 2×2 covariance blocks instead of ByteTrack's 8×8 matrix."""
+    from pipeline.runtime import tracking as T
+
+    z0 = np.array([[100.0, 50.0, 0.5, 40.0], [300.0, 200.0, 1.2, 80.0]])
+    tracker = ByteTracker()
+    tracker._frame = 0
+    t = tracker._initiate(z0.T.copy(), np.ones(2), True)
+
+    def full(z):  # ByteTrack's KalmanFilter, one track
+        h = z[3]
+        std = [2 * T._SP * h, 2 * T._SP * h, 1e-2, 2 * T._SP * h, 10 * T._SV * h, 10 * T._SV * h, 1e-5, 10 * T._SV * h]
+        return np.r_[z, np.zeros(4)], np.diag(np.square(std))
+
+    ref = [full(z) for z in z0]
+    for dt, z in [(1, z0 + 3), (3, z0 + 12), (1, z0 + 14)]:
+        T.ByteTracker._predict(t, float(dt))
+        T.ByteTracker._correct(t, z.T.copy())
+        for k, (mean, cov) in enumerate(ref):
+            f = np.eye(8)
+            f[range(4), range(4, 8)] = dt
+            h = mean[3]
+            q = np.square([T._SP * h, T._SP * h, 1e-2, T._SP * h, T._SV * h, T._SV * h, 1e-5, T._SV * h])
+            mean, cov = f @ mean, f @ cov @ f.T + np.diag(q * dt)
+            h = mean[3]
+            s = cov[:4, :4] + np.diag(np.square([T._SP * h, T._SP * h, 1e-1, T._SP * h]))
+            gain = cov[:, :4] @ np.linalg.inv(s)
+            mean, cov = mean + gain @ (z[k] - mean[:4]), cov - gain @ s @ gain.T
+            ref[k] = (mean, cov)
+            assert np.allclose(t[:8, k], mean)
+            d = np.arange(4)
+            assert np.allclose(t[8:12, k], cov[d, d]) and np.allclose(t[12:16, k], cov[d, d + 4])
+            assert np.allclose(t[16:20, k], cov[d + 4, d + 4])
+            cross = cov.copy()
+            cross[d, d], cross[d, d + 4], cross[d + 4, d], cross[d + 4, d + 4] = 0, 0, 0, 0
+            assert np.allclose(cross, 0)  # nothing else: the dimensions stay independent
+
+
+def test_track_memory_keeps_values_across_gaps_and_forgets_old_tracks():
+    from pipeline.runtime.tracking import TrackMemory
+
+    m = TrackMemory(forget_after=300)
+    assert m.exchange(np.array([3, 5]), np.array([1, -1])).tolist() == [0, 0]  # never stored
+    assert m.exchange(np.array([5, 9, 4]), np.array([1, 1, -1])).tolist() == [-1, 0, 0]  # unsorted, new ids
+    assert m.exchange(np.array([3, 4, 5, 9]), np.array([0, 0, 0, 0])).tolist() == [1, -1, 1, 1]  # 0 keeps
+    for _ in range(600):  # track 3 unseen for 600 updates: forgotten; 9 seen all along: kept
+        m.exchange(np.array([9]), np.array([-1]))
+    assert m.exchange(np.array([3, 9]), np.array([0, 0])).tolist() == [0, -1]
+
+
+def test_trails_follow_each_track_back_to_its_last_gap():
+    tr = Tracking(TrackOptions(trail=5), ["p"])
+
+    def preds(xs):
+        return {"boxes": np.array([box(x, 50) for x in xs]).reshape(-1, 4), "scores": np.full(len(xs), 0.9),
+                "classes": np.zeros(len(xs), int)}  # fmt: skip
+
+    for k in range(8):
+        tr.step(preds([10 + 5 * k, 300]), k)
+    trails = tr.trails
+    assert len(trails) == 2 and all(len(p) == 5 for p in trails.values())  # the last 5 points
+    left = min(trails, key=lambda i: trails[i][0][0])
+    assert np.allclose(trails[left][:, 0], [25, 30, 35, 40, 45], atol=2)  # oldest first
+
+
+def _through_a_pillar(tracker: ByteTracker) -> list[set]:
+    """An object 40 px wide moving right 4 px per frame behind a pillar at x 200..240: its
+    visible box stops at the pillar and shrinks (the track's velocity drops), then it is
+    hidden, then it comes out, cut by the pillar's other edge. Returns the ids per frame."""
+    ids = []
+    for k in range(30):
+        x1, x2 = 100 + 4 * k, 140 + 4 * k
+        if x2 > 200 and x1 < 240:
+            x1, x2 = (x1, 200) if x1 < 200 else (240, x2)  # the visible part
+        if x2 - x1 < 8:
+            ids.append(set())
+            tracker.update(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int), frame=k)
+            continue
+        out = tracker.update(np.array([[x1, 80, x2, 120]], float), np.array([0.9]), np.array([0]), frame=k)
+        ids.append(set(out.ids.tolist()))
+    return ids
+
+
+def test_refind_gives_an_object_its_id_back_when_it_comes_out_off_its_predicted_path():
+    with_refind = _through_a_pillar(ByteTracker(refind=0.3))
+    plain = _through_a_pillar(ByteTracker(refind=0.0))
+    assert with_refind[0] == with_refind[-1] and len(set().union(*with_refind)) == 1
+    assert plain[0] != plain[-1]  # ByteTrack's IoU alone: a new id on the far side
+
+
+def test_refind_takes_only_its_class():
+    t = ByteTracker(refind=0.3)
+    for k in range(5):
+        first = t.update(np.array([box(50 + 3 * k, 50)]), np.array([0.9]), np.array([0]), frame=k)
+    for k in range(5, 9):
+        t.update(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int), frame=k)
+    other = t.update(np.array([box(90, 60)]), np.array([0.9]), np.array([1]), frame=9)  # another class, nearby
+    again = t.update(np.array([box(90, 60)]), np.array([0.9]), np.array([1]), frame=10)
+    assert not set(other.ids.tolist()) & set(first.ids.tolist()) and not set(again.ids.tolist()) & set(
+        first.ids.tolist()
+    )
