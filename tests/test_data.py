@@ -259,3 +259,26 @@ def test_synthetic_set_is_deterministic_and_balanced():
     assert not np.array_equal(a[0], c[0])
     assert np.bincount(a[1]).tolist() == [10, 10, 10, 10]
     assert a[2] == ["circle", "square", "triangle", "cross"]
+
+
+def test_skip_counter_attempt_counts_each_bad_file_once_and_names_it(caplog):
+    from pipeline.core.errors import ImageError
+    from pipeline.core.images import SkipCounter
+
+    skipped = SkipCounter()
+
+    def bad_decoder():
+        raise ValueError("cannot identify image")  # a decoder's own error, without the path
+
+    def bad_image():
+        raise ImageError("a.jpg: truncated JPEG")
+
+    assert skipped.attempt("ok.jpg", lambda: 7) == 7
+    with caplog.at_level("WARNING"):
+        assert skipped.attempt("x.png", bad_decoder) is None
+        assert skipped.attempt("x.png", bad_decoder) is None  # the same file again: counted once
+        assert skipped.attempt("a.jpg", bad_image) is None
+    assert len(skipped) == 2
+    assert (
+        "x.png: cannot identify image" in caplog.text and "skipped unreadable image 2: a.jpg: truncated" in caplog.text
+    )

@@ -10,15 +10,17 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import cv2
 import numpy as np
 
-from pipeline.core.errors import ImageError
+from pipeline.core.errors import DataError, ImageError
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -270,6 +272,18 @@ class SkipCounter:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def attempt(self, path, read: Callable[[], T]) -> T | None:
+        """``read()``, or None with ``path`` counted as skipped: what an input pipeline
+        does mid-epoch, where an exception would stop training. Our errors name the
+        file already; anything else a decoder raises gets the path in front."""
+        try:
+            return read()
+        except DataError as e:  # ImageError included
+            self.add(str(path), str(e))
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, not a crash
+            self.add(str(path), f"{path}: {e}")
+        return None
 
 
 def list_images(folder: Path) -> list[Path]:

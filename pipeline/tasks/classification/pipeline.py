@@ -14,7 +14,7 @@ import logging
 import numpy as np
 
 from pipeline._keras import tf
-from pipeline.core.images import ImageError, InputSpec, SkipCounter, normalize, prepare, read_image
+from pipeline.core.images import InputSpec, SkipCounter, normalize, prepare, read_image
 from pipeline.data.stream import IN_MEMORY, CachePlan, cached_and_shuffled, read_indexed, shard_source
 from pipeline.tasks.classification.readers import Split
 
@@ -35,13 +35,8 @@ def _decode_fn(split: Split, spec: InputSpec, skipped: SkipCounter):
     def load(i) -> tuple[np.ndarray, np.int32, bool]:
         i = int(i)
         p, label = split.paths[i], np.int32(split.labels[i])
-        try:
-            return prepare(read_image(p), spec), label, True
-        except ImageError as e:
-            skipped.add(p, str(e))
-        except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, not a crash
-            skipped.add(p, f"{p}: {e}")
-        return blank, label, False
+        x = skipped.attempt(p, lambda: prepare(read_image(p), spec))
+        return (blank, label, False) if x is None else (x, label, True)
 
     return load
 

@@ -66,11 +66,10 @@ def _sample_fn(split, spec, skipped: SkipCounter):
 
     def load(i):
         i = int(i)
-        try:
-            x, b, c = load_sample(split, i, spec)
-        except ImageError as e:
-            skipped.add(str(split.images[i]), str(e))
+        sample = skipped.attempt(split.images[i], lambda: load_sample(split, i, spec))
+        if sample is None:
             return blank, np.zeros((MAX_BOXES, 4), np.float32), np.full(MAX_BOXES, -1, np.float32), False
+        x, b, c = sample
         k = min(len(c), MAX_BOXES)
         boxes = np.zeros((MAX_BOXES, 4), np.float32)
         classes = np.full(MAX_BOXES, -1, np.float32)
@@ -189,11 +188,10 @@ class Detection(Task):
         n = len(data.val) if not limit else min(limit, len(data.val))
         xs, ts = [], []
         for i in range(n):
-            try:
-                x, b, c = load_sample(data.val, i, spec)
-            except ImageError as e:
-                data.skipped.add(str(data.val.images[i]), str(e))
+            sample = data.skipped.attempt(data.val.images[i], lambda: load_sample(data.val, i, spec))  # noqa: B023
+            if sample is None:
                 continue
+            x, b, c = sample
             xs.append(x)
             ts.append({"boxes": b, "classes": c})
             if len(xs) == batch_size:

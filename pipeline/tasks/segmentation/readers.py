@@ -195,13 +195,7 @@ class PairReader:
     def load_or_skip(self, pair) -> tuple[np.ndarray, np.ndarray] | None:
         """:meth:`read`, or ``None`` with the file counted as skipped: what the input
         pipeline does mid-epoch, where an exception would stop training."""
-        try:
-            return self.read(*pair)
-        except (ImageError, DataError) as e:
-            self.skipped.add(str(pair[0]), str(e))
-        except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file, not a crash
-            self.skipped.add(str(pair[0]), f"{pair[0]}: {e}")
-        return None
+        return self.skipped.attempt(pair[0], lambda: self.read(*pair))
 
 
 def prepare_mask(mask: np.ndarray, spec: InputSpec, ignore: int) -> np.ndarray:
