@@ -480,3 +480,24 @@ def test_a_rare_class_that_cannot_raise_the_count_is_inferred(tmp_path):
     assert infer_class_count(paths, 255) == 3
     with pytest.raises(DataError, match=r"data.ignore_index=1 lies among the mask ids \(up to 2"):
         infer_class_count(paths, 1)
+
+
+def test_class_balance_weighs_the_rare_class_up_and_zero_is_plain_cross_entropy():
+    from pipeline._keras import tf
+    from pipeline.tasks.segmentation import IGNORE
+    from pipeline.tasks.segmentation.task import segmentation_loss
+
+    y = np.zeros((1, 8, 8), np.int32)
+    y[0, :2, :2] = 1  # the object: 4 of 64 pixels
+    y[0, 7, 7] = IGNORE
+    logits = np.zeros((1, 8, 8, 2), np.float32)
+    logits[..., 0] = 2.0  # predicts background everywhere
+    plain, balanced = (float(segmentation_loss(2, IGNORE, b)(tf.constant(y), tf.constant(logits))) for b in (0.0, 1.0))
+    ce = np.log1p(np.exp(-2.0)), np.log1p(np.exp(2.0))  # background pixels right, object pixels wrong
+    dice_probs = 1 / (1 + np.exp(-2.0)), 1 / (1 + np.exp(2.0))
+    inter = (59 * dice_probs[0], 4 * dice_probs[1])
+    denom = (63 * dice_probs[0] + 59, 63 * dice_probs[1] + 4)
+    dice = 1 - np.mean([(2 * i + 1) / (d + 1) for i, d in zip(inter, denom)])
+    assert plain == pytest.approx((59 * ce[0] + 4 * ce[1]) / 63 + dice, rel=1e-5)
+    assert balanced == pytest.approx((ce[0] + ce[1]) / 2 + dice, rel=1e-5)  # each class the same total weight
+    assert balanced > plain

@@ -92,6 +92,9 @@ class TrainConfig:
     steps_per_epoch: int = field(default=0, metadata=_range(0, None))
     freeze_backbone_epochs: int = field(default=0, metadata=_range(0, 10_000))
     backbone_lr_mult: float = field(default=0.1, metadata=_range(0.0, 10.0))
+    # Segmentation: cross-entropy weight per pixel = its class's frequency in the batch
+    # to the power -class_balance (0: plain; 1: every class present weighs the same).
+    class_balance: float = field(default=0.0, metadata=_range(0.0, 2.0))
     # Several workers: how long each waits for the others to meet before it stops,
     # naming TF_CONFIG and the addresses it cannot reach.
     worker_timeout_s: float = field(default=300.0, metadata=_range(1.0, None))
