@@ -282,3 +282,33 @@ def test_skip_counter_attempt_counts_each_bad_file_once_and_names_it(caplog):
     assert (
         "x.png: cannot identify image" in caplog.text and "skipped unreadable image 2: a.jpg: truncated" in caplog.text
     )
+
+
+def _sideways_jpeg(path, orientation: int = 6):
+    """A 60×40 landscape JPEG stored with an EXIF orientation (as a phone stores a
+    portrait photo): white block in its stored top-left corner."""
+    from PIL import Image
+
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[:10, :20] = 255
+    im = Image.fromarray(img)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.save(path, "JPEG", exif=exif.tobytes(), quality=95)
+    return path
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_jpeg_is_decoded_upright_by_its_exif_orientation_everywhere(tmp_path, orientation):
+    from PIL import Image, ImageOps
+
+    from pipeline.core.images import read_image
+    from pipeline.tasks.detection.readers import _image_size
+    from pipeline.tasks.segmentation.readers import header_size
+
+    path = _sideways_jpeg(tmp_path / "phone.jpg", orientation)
+    want = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))  # what a labelling tool shows
+    got = read_image(path)
+    assert got.shape == want.shape == ((40, 60, 3) if orientation == 3 else (60, 40, 3))
+    assert np.abs(got.astype(int) - want).max() <= 2
+    assert _image_size(path) == header_size(path) == got.shape[:2]  # sizes from annotations' view too

@@ -65,7 +65,8 @@ class InputSpec:
 
 def decode_file(path: str | Path) -> np.ndarray:
     """The one definition of a readable image, shared by training, evaluation and the
-    runner: the file's pixels as OpenCV decodes them (BGR or BGRA, gray, 8 or 16 bit).
+    runner: the file's pixels as OpenCV decodes them (BGR or BGRA, gray, 8 or 16 bit),
+    a JPEG turned upright by its EXIF orientation.
 
     A JPEG cut short is refused although OpenCV would return its top half over gray:
     a half-frame is no training image, and the runner must agree with training.
@@ -80,9 +81,13 @@ def decode_file(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot read image ({e.strerror})") from e
     if data.size == 0:
         raise ImageError(f"{path}: empty file")
-    if data[:2].tobytes() == b"\xff\xd8" and not jpeg_complete(data.tobytes()):
+    jpeg = data[:2].tobytes() == b"\xff\xd8"
+    if jpeg and not jpeg_complete(data.tobytes()):
         raise ImageError(f"{path}: truncated JPEG (no end-of-image marker after its last scan)")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    # A phone stores a portrait photo sideways with an EXIF orientation, and labelling
+    # tools show (and annotate) it upright; IMREAD_UNCHANGED would ignore the tag. A JPEG
+    # has no alpha and 8 bits, so ANYCOLOR loses nothing and turns it upright.
+    img = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR if jpeg else cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ImageError(f"{path}: not a decodable image (corrupt or unsupported format)")
     return img

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from pipeline.core.errors import DataError
-from pipeline.core.images import IMAGE_SUFFIXES, SkipCounter, list_images
+from pipeline.core.images import IMAGE_SUFFIXES, SkipCounter, decode_file, list_images
 from pipeline.data.splits import split_indices
 from pipeline.data.synthetic import SHAPES, class_colour, paint, shape_mask, textured_background
 
@@ -87,11 +87,9 @@ def clean_boxes(boxes: np.ndarray, classes: np.ndarray, hw: tuple[int, int], whe
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    """``(h, w)`` of an image file, read from its header when OpenCV can't be avoided."""
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise DataError(f"{path}: cannot read image")
-    return img.shape[:2]
+    """``(h, w)`` of an image as training sees it (upright by its EXIF orientation), for
+    annotations that do not declare it."""
+    return decode_file(path).shape[:2]
 
 
 # === COCO ===

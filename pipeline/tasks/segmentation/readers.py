@@ -221,7 +221,10 @@ def header_size(path) -> tuple[int, int] | None:
 
     try:
         with Image.open(path) as im:
-            return im.size[1], im.size[0]
+            w, h = im.size
+            # EXIF orientations 5-8 turn the photo a quarter: it decodes upright (decode_file)
+            turned = im.format == "JPEG" and im.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+            return (w, h) if turned else (h, w)
     except Exception:  # noqa: BLE001 - any failure: the full decoder decides later
         return None
 
