@@ -205,7 +205,7 @@ def test_match_is_greedy_matching(seed):
 
 def test_the_per_dimension_kalman_filter_equals_the_full_one():
     """The tracker keeps four 2×2 covariance blocks instead of ByteTrack's 8×8 matrix."""
-    from pipeline.runtime import tracking as T
+    from pipeline.runtime import bytetrack as T
 
     z0 = np.array([[100.0, 50.0, 0.5, 40.0], [300.0, 200.0, 1.2, 80.0]])
     tracker = ByteTracker()

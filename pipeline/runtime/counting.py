@@ -1,0 +1,197 @@
+"""Line and zone counting of tracked objects: crossings once per track and direction,
+occupancy per class and entries; a track's last side or inside-ness is kept while it
+is hidden (``TrackMemory``), so an object that crosses while occluded still counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.runtime.bytetrack import Tracks
+
+
+def parse_points(text: str, what: str, n: int | None = None) -> np.ndarray:
+    """``"x1,y1,x2,y2,..."`` → ``(k, 2)`` float points; a ValueError naming ``what``."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{what} {text!r}: expected comma-separated numbers, e.g. 320,0,320,480") from None
+    if len(values) % 2 or (n is not None and len(values) != 2 * n) or len(values) < 2 * (n or 3):
+        want = f"{n} points ({2 * n} numbers)" if n else "at least 3 points"
+        raise ValueError(f"{what} {text!r}: expected {want} as x,y pairs")
+    return np.asarray(values, float).reshape(-1, 2)
+
+
+class TrackMemory:
+    """A small value per track (a side of a line, in or out of a zone) kept across
+    frames, also while a track is hidden: ids kept sorted with their values, so a
+    frame's tracks are looked up and stored in a few array operations, not a Python
+    loop per track. Tracks unseen for ``forget_after`` updates are forgotten (a 24/7
+    run sees millions of ids)."""
+
+    def __init__(self, forget_after: int = 10_000) -> None:
+        self.forget_after = forget_after
+        self.clear()
+
+    def clear(self) -> None:
+        self.m = np.zeros((3, 0), int)  # rows: id (sorted), value, update last stored
+        self.updates = 0
+
+    def exchange(self, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Stores ``values`` for the distinct ``ids`` where they are not 0 (0 keeps what
+        was stored); returns what was stored before, 0 for ids never stored."""
+        self.updates += 1
+        if self.updates % 256 == 0:
+            self.m = self.m.compress(self.m[2] > self.updates - self.forget_after, 1)
+        m, n = self.m, self.m.shape[1]
+        old = np.zeros(len(ids), int)
+        if n:
+            pos = np.searchsorted(m[0], ids)
+            pos[pos == n] = 0
+            known = m[0].take(pos) == ids
+            if known.all():  # the usual frame: every track seen before
+                old = m[1].take(pos)
+                m[1, pos] = np.where(values != 0, values, old)
+                m[2, pos] = self.updates
+                return old
+            at = pos[known]
+            old[known] = m[1].take(at)
+            m[1, at] = np.where(values[known] != 0, values[known], old[known])
+            m[2, at] = self.updates
+            ids, values = ids[~known], values[~known]
+        keep = values != 0
+        if not keep.all():
+            ids, values = ids[keep], values[keep]
+        if len(ids):
+            new = np.stack([ids, values, np.full(len(ids), self.updates)])
+            m = np.concatenate([m, new], 1)
+            # new tracks have the highest ids so far: appended, the ids stay sorted
+            if (np.diff(m[0, max(n - 1, 0) :]) < 0).any():
+                m = m.take(np.argsort(m[0], kind="stable"), 1)
+            self.m = m
+        return old
+
+
+def _label(class_names, k: int) -> str:
+    return class_names[k] if k < len(class_names) else str(k)
+
+
+@dataclass
+class LineCounter:
+    """Counts tracks whose box centre crosses a line segment, once per track and direction.
+
+    "in" is crossing towards the left-hand side of the line seen from its first point to
+    its second (in image coordinates, y down: for a line drawn left to right, moving up);
+    "out" the other way. A centre that touches the line and goes back is not a crossing,
+    and a crossing must pass between the segment's two ends.
+    """
+
+    start: np.ndarray
+    end: np.ndarray
+    index: int = 0
+    counts: dict = field(default_factory=lambda: {"in": {}, "out": {}})
+    _side: TrackMemory = field(default_factory=TrackMemory, repr=False)  # last side: +1 left, -1 right
+    _done: set = field(default_factory=set)  # (track id, direction) already counted
+
+    @classmethod
+    def parse(cls, text: str, index: int = 0) -> LineCounter:
+        p = parse_points(text, "--count-line", 2)
+        if np.allclose(p[0], p[1]):
+            raise ValueError(f"--count-line {text!r}: the two points are the same")
+        return cls(p[0], p[1], index)
+
+    def __post_init__(self) -> None:
+        d = self.end - self.start
+        # column 0: position along the segment (0 to 1 between its ends); column 1: minus
+        # the cross product (image y points down: a negative cross product is the left side)
+        self._frame = np.array([[d[0] / (d @ d), d[1]], [d[1] / (d @ d), -d[0]]])
+
+    def _project(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each point's side (+1 left, -1 right, 0 on the line) and whether it lies
+        between the segment's two ends, from one product with the line's frame."""
+        along, side = ((c - self.start) @ self._frame).T
+        return np.sign(side).astype(int), (along >= 0) & (along <= 1)
+
+    def update(self, tracks: Tracks, class_names) -> list[dict]:
+        """Count this frame's crossings; the crossing events."""
+        events = []
+        if not len(tracks):
+            return events
+        sides, within = self._project(tracks.centres)
+        # a side of 0 is on the line: wait for a side; an unknown before (0): no crossing
+        crossed = np.flatnonzero((sides * self._side.exchange(tracks.ids, sides) == -1) & within)
+        for k in crossed.tolist():
+            tid, direction = int(tracks.ids[k]), "in" if sides[k] > 0 else "out"
+            if (tid, direction) in self._done:
+                continue
+            self._done.add((tid, direction))
+            label = _label(class_names, int(tracks.classes[k]))
+            self.counts[direction][label] = self.counts[direction].get(label, 0) + 1
+            events.append({"type": "line", "line": self.index, "track_id": tid, "label": label, "direction": direction})
+        return events
+
+    def forget_tracks(self) -> None:
+        """Tracks were reset (a loop, a reconnect): sides are forgotten, counts kept."""
+        self._side.clear()
+
+    def summary(self) -> dict:
+        return {"line": [*self.start.tolist(), *self.end.tolist()], **self.counts}
+
+
+@dataclass
+class ZoneCounter:
+    """Occupancy of a polygon: tracks whose box centre is inside now, per class, and
+    entries (a track seen outside, then inside; counted once per track)."""
+
+    polygon: np.ndarray
+    index: int = 0
+    inside: dict = field(default_factory=dict)
+    entries: dict = field(default_factory=dict)
+    _was_inside: TrackMemory = field(default_factory=TrackMemory, repr=False)  # +1 inside, -1 outside
+    _entered: set = field(default_factory=set)
+
+    @classmethod
+    def parse(cls, text: str, index: int = 0) -> ZoneCounter:
+        return cls(parse_points(text, "--zone"), index)
+
+    def __post_init__(self) -> None:
+        a, b = self.polygon, np.roll(self.polygon, -1, axis=0)
+        dy = b[:, 1] - a[:, 1]
+        # per edge: its ends' y, and x where it meets a horizontal line: x0 + y * slope
+        slope = (b[:, 0] - a[:, 0]) / np.where(dy == 0, 1e-9, dy)
+        self._edges = (a[:, 1], b[:, 1], a[:, 0] - a[:, 1] * slope, slope)
+
+    def _contains(self, pts: np.ndarray) -> np.ndarray:
+        """Even-odd ray casting, vectorised over points and edges: a point is inside when
+        a ray to its right crosses an odd number of edges."""
+        ya, yb, x0, slope = self._edges
+        y = pts[:, 1:]
+        crosses = (ya > y) != (yb > y)
+        crosses &= pts[:, :1] < x0 + y * slope
+        return np.logical_xor.reduce(crosses, axis=1)
+
+    def update(self, tracks: Tracks, class_names) -> list[dict]:
+        self.inside = {}
+        events = []
+        if not len(tracks):
+            return events
+        now = self._contains(tracks.centres)
+        per_class = np.bincount(tracks.classes[now], minlength=1)
+        self.inside = {_label(class_names, k): int(n) for k, n in enumerate(per_class.tolist()) if n}
+        entered = np.flatnonzero(now & (self._was_inside.exchange(tracks.ids, now * 2 - 1) == -1))
+        for k in entered.tolist():
+            tid = int(tracks.ids[k])
+            if tid in self._entered:
+                continue
+            self._entered.add(tid)
+            label = _label(class_names, int(tracks.classes[k]))
+            self.entries[label] = self.entries.get(label, 0) + 1
+            events.append({"type": "zone", "zone": self.index, "track_id": tid, "label": label, "direction": "in"})
+        return events
+
+    def forget_tracks(self) -> None:
+        self._was_inside.clear()
+
+    def summary(self) -> dict:
+        return {"zone": self.polygon.tolist(), "inside": dict(self.inside), "entries": dict(self.entries)}
