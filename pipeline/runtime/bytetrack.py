@@ -276,7 +276,6 @@ class ByteTracker:
             b, scores, classes = b.compress(ok, 1), scores[ok], classes[ok]
         if len(classes) and classes.max() >= self.votes.shape[1]:
             self.votes = np.pad(self.votes, ((0, 0), (0, classes.max() + 1 - self.votes.shape[1])))
-        high = scores > self.track_threshold
         t = self.t
         confirmed, tracked = t[_CONFIRMED] > 0, t[_STATE] == TRACKED
         if confirmed.any():
@@ -288,6 +287,15 @@ class ByteTracker:
                 self._predict(p, float(dt))
                 t[:, confirmed] = p
         iou = _iou(_xyxy(t).astype(np.float32), b.astype(np.float32))  # every track × detection, once
+        hit_t, hit_d, newly_lost, remove, free_d = self._associate(iou, b, scores, classes, confirmed, tracked, frame)
+        return self._apply(hit_t, hit_d, newly_lost, remove, free_d, iou, b, scores, classes, frame, first)
+
+    def _associate(self, iou, b, scores, classes, confirmed, tracked, frame: int):
+        """ByteTrack's associations, and ours: the tracks that took a detection
+        (``hit_t[k]`` took ``hit_d[k]``), those newly lost, those to remove (new tracks
+        that found no detection), and the detections nobody took."""
+        t = self.t
+        high = scores > self.track_threshold
         weighted = 1 - iou * scores
         # 1: every confirmed track against the high-score detections (cost 1 - IoU·score)
         r1, c1 = match(weighted, 1 - self.match_iou, np.flatnonzero(confirmed), np.flatnonzero(high))
@@ -309,7 +317,12 @@ class ByteTracker:
         remove = ~confirmed
         remove[r3] = False
 
-        hit_t, hit_d = np.concatenate([r1, r2, r4, r3]), np.concatenate([c1, c2, c4, c3])
+        return np.concatenate([r1, r2, r4, r3]), np.concatenate([c1, c2, c4, c3]), stage2, remove, free_d
+
+    def _apply(self, hit_t, hit_d, newly_lost, remove, free_d, iou, b, scores, classes, frame: int, first: bool):
+        """Correct the tracks that took a detection, lose and drop tracks, start new
+        ones; the confirmed tracks of this frame."""
+        t = self.t
         if len(hit_t):
             rows = t.take(hit_t, 1)
             self._correct(rows, _xyah(b.take(hit_d, 1)))
@@ -317,7 +330,7 @@ class ByteTracker:
             rows[_SCORE] = scores[hit_d]
             t[:, hit_t] = rows
             self.votes[hit_t, classes[hit_d]] += 1  # each track once: no need for np.add.at
-        t[_STATE, stage2] = LOST
+        t[_STATE, newly_lost] = LOST
         remove |= (t[_STATE] == LOST) & (frame - t[_LAST] > self.track_buffer)
         # New tracks from high detections nobody took; confirmed at once on the first
         # frame, else when a high detection matches them in the next frame.
