@@ -1,4 +1,4 @@
-"""Multi-object tracking for the runner: ByteTrack on NumPy, and line / zone counting.
+"""ByteTrack on NumPy: the multi-object tracker behind ``edgepipe run --track``.
 
 ByteTrack (Zhang et al., 2022; ``ifzhang/ByteTrack``'s ``byte_tracker.py``) associates
 detections with tracks in two stages: high-score detections first, against every
