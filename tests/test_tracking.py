@@ -304,3 +304,34 @@ def test_refind_takes_only_its_class():
     assert not set(other.ids.tolist()) & set(first.ids.tolist()) and not set(again.ids.tolist()) & set(
         first.ids.tolist()
     )
+
+
+def test_refind_never_reaches_past_the_buffer_or_backwards_in_time():
+    def lose(t, start):
+        t.update(np.array([box(50, 50)]), np.array([0.9]), np.array([0]), frame=start)
+        t.update(np.array([box(52, 50)]), np.array([0.9]), np.array([0]), frame=start + 1)
+        t.update(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int), frame=start + 2)
+
+    t = ByteTracker(track_buffer=5, match_iou=0.1, refind=0.3)
+    lose(t, 1)
+    far = t.update(np.array([box(450, 50)]), np.array([0.9]), np.array([0]), frame=100)  # a stall, 10 heights away
+    assert 1 not in far.ids.tolist()
+    t = ByteTracker(match_iou=0.1, refind=0.3)
+    lose(t, 10)
+    back = t.update(np.array([box(900, 700)]), np.array([0.9]), np.array([0]), frame=3)  # the index went back
+    assert 1 not in back.ids.tolist()
+
+
+def test_a_track_threshold_below_the_low_threshold_still_tracks():
+    t = ByteTracker(track_threshold=0.05, match_iou=0.05)
+    t.update(np.array([box(50, 50)]), np.array([0.9]), np.array([0]), frame=0)
+    out = t.update(np.array([box(52, 50)]), np.array([0.08]), np.array([0]), frame=1)
+    assert out.ids.tolist() == [1]
+
+
+def test_match_on_an_empty_matrix_matches_nothing():
+    from pipeline.runtime.tracking import match
+
+    for shape in ((0, 3), (3, 0), (0, 0)):
+        r, c = match(np.zeros(shape), 1.0)
+        assert len(r) == len(c) == 0

@@ -98,6 +98,8 @@ def match(
         cost = cost.take(rows, 0).take(cols, 1)  # a copy, and 3x quicker than np.ix_
     else:
         cost = cost.copy()
+    if not cost.size:
+        return _NONE, _NONE
     if cost_of is not None:
         cost = cost_of(cost)
     every = np.arange(len(cost))
@@ -271,7 +273,8 @@ class ByteTracker:
         self._frame = frame
         b = np.array(np.reshape(boxes, (-1, 4)).T, float, order="C")  # coordinate-major, contiguous
         scores, classes = np.asarray(scores, float).reshape(-1), np.asarray(classes, int).reshape(-1)
-        ok = (b[2] > b[0]) & (b[3] > b[1]) & (scores > self.low_threshold)
+        # below both thresholds a detection takes part in no association
+        ok = (b[2] > b[0]) & (b[3] > b[1]) & (scores > min(self.low_threshold, self.track_threshold))
         if not ok.all():
             b, scores, classes = b.compress(ok, 1), scores[ok], classes[ok]
         if len(classes) and classes.max() >= self.votes.shape[1]:
@@ -357,17 +360,22 @@ class ByteTracker:
     def _refind(
         self, t: np.ndarray, b: np.ndarray, classes: np.ndarray, lost: np.ndarray, free: np.ndarray, frame: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Lost tracks ↔ free detections of the track's class and a similar height whose
-        centre lies within ``(0.5 + refind × frames lost)`` track heights of the
-        predicted centre; nearest first."""
+        """Lost tracks still within the buffer ↔ free detections of the track's class and
+        a similar height whose centre lies within ``(0.5 + refind × frames lost)`` track
+        heights of the predicted centre; nearest first."""
         dets = np.flatnonzero(free)
         if not self.refind or not len(lost) or not len(dets):
             return _NONE, _NONE
+        gap = frame - t[_LAST].take(lost)
+        lost = lost[gap <= self.track_buffer]  # past the buffer a track is gone: no reach, however long
+        if not len(lost):
+            return _NONE, _NONE
         tl, bd = t.take(lost, 1), b.take(dets, 1)
-        h = tl[3]
+        h = np.maximum(tl[3], 1e-6)
         centre = (bd[:2] + bd[2:]) / 2
         dist = np.hypot(tl[0][:, None] - centre[0], tl[1][:, None] - centre[1])
-        dist /= (h * (0.5 + self.refind * (frame - tl[_LAST])))[:, None]
+        reach = 0.5 + self.refind * np.clip(frame - tl[_LAST], 1, None)  # a frame index gone back: one step
+        dist /= (h * reach)[:, None]
         ratio = (bd[3] - bd[1]) / h[:, None]
         same = (self.votes[lost].argmax(1)[:, None] == classes[dets]) & (ratio > 0.5) & (ratio < 2)
         r, c = match(np.where(same, dist, np.inf), 1.0)
@@ -377,15 +385,16 @@ class ByteTracker:
         """A tracked and a lost track on the same object (IoU > 0.85): the younger goes.
 
         The tracked tracks are those that took a detection this frame (``tracked[k]``
-        took ``dets[k]``, new tracks included) and sit on it, so only the pairs whose
-        detection overlaps the lost track (``iou``: lost tracks' boxes do not move after
-        the prediction) are compared: a few pairs, not every tracked × lost one."""
+        took ``dets[k]``, new tracks included) and sit between their prediction and it,
+        so only the pairs whose detection overlaps the lost track at all (``iou``: lost
+        tracks' boxes do not move after the prediction) are compared: a few pairs, not
+        every tracked × lost one."""
         t = self.t
         n = len(iou)
         lost = np.flatnonzero((t[_STATE, :n] == LOST) & ~remove[:n])
         if not len(lost) or not len(dets):
             return
-        a, b = np.nonzero(iou.take(lost, 0).take(dets, 1) > 0.3)
+        a, b = np.nonzero(iou.take(lost, 0).take(dets, 1) > 0)
         if not len(a):
             return
         p, q = tracked[b], lost[a]

@@ -178,7 +178,9 @@ class ZoneCounter:
             return events
         now = self._contains(tracks.centres)
         per_class = np.bincount(tracks.classes[now], minlength=1)
-        self.inside = {_label(class_names, k): int(n) for k, n in enumerate(per_class.tolist()) if n}
+        for k in np.flatnonzero(per_class).tolist():  # classes may share a label: add them up
+            label = _label(class_names, k)
+            self.inside[label] = self.inside.get(label, 0) + int(per_class[k])
         entered = np.flatnonzero(now & (self._was_inside.exchange(tracks.ids, now * 2 - 1) == -1))
         for k in entered.tolist():
             tid = int(tracks.ids[k])
