@@ -54,7 +54,7 @@ def _frames(cfg, n: int = 4) -> list[np.ndarray]:
     return [np.repeat(img, 2, axis=1) for img in x]
 
 
-def _ours(path, frame: np.ndarray, threshold: float = MIN_SCORE) -> dict:
+def _ours(path, frame: np.ndarray, threshold: float = MIN_SCORE, in_frame: bool = True) -> dict:
     from pipeline.core.sidecar import read_sidecar
     from pipeline.runtime.tflite_model import TFLiteModel
     from pipeline.tasks import get_runtime
@@ -68,7 +68,7 @@ def _ours(path, frame: np.ndarray, threshold: float = MIN_SCORE) -> dict:
         out,
         names,
         spec=side.spec,
-        frame_shape=frame.shape[:2],
+        frame_shape=frame.shape[:2] if in_frame else None,  # else input pixels, where NMS ran
         score_threshold=threshold,
         iou_threshold=NMS_IOU,  # the op's: greedy NMS at another IoU keeps other boxes
     )
@@ -77,7 +77,9 @@ def _ours(path, frame: np.ndarray, threshold: float = MIN_SCORE) -> dict:
 def _explained(raw: dict, mob: dict, match_iou: float) -> np.ndarray:
     """Per detection of ours: it is in the op's output (same class, IoU ≥ ``match_iou``),
     or the op suppressed it with a box of its class that scores higher (a point's second
-    class, which our NMS drops before it starts)."""
+    class, which our NMS drops before it starts). Boxes in input pixels: clipped to a
+    letterboxed frame, two boxes that reach into the padding overlap less than the NMS
+    saw (measured: 0.587 on the frame where the op suppressed at 0.6)."""
     from pipeline.tasks.detection import boxes as B
     from pipeline.tasks.detection.task import NMS_IOU
 
@@ -114,13 +116,15 @@ def test_the_op_decodes_our_boxes_as_our_own_post_processing_does(trained):
             assert d[k] < 0.1 and abs(scores[k, cls] - score) < 1e-4, (box, decoded[k], scores[k, cls], score)
             checked += 1
         # Near MIN_SCORE the two NMS orders differ by luck; the confident detections agree.
-        raw, mob = _ours(exports["float32"], frame, CONFIDENT), _ours(exports["float32_mobile"], frame)
+        raw, mob = (
+            _ours(exports[k], frame, t, in_frame=False)
+            for k, t in (("float32", CONFIDENT), ("float32_mobile", MIN_SCORE))
+        )
         if raw["count"]:
-            # One in 11 was not, in one CI run of 3 (a class-1 box at 0.2154 missing from the
-            # op's output though no box of its class overlaps it above the NMS IoU: 0.587);
-            # not understood yet, so it is allowed once per frame, not hidden.
-            assert (~_explained(raw, mob, 0.9)).sum() <= 1
-        a, b = _ours(exports["int8"], frame, CONFIDENT), _ours(exports["int8_mobile"], frame)
+            assert _explained(raw, mob, 0.9).all()
+        a, b = (
+            _ours(exports[k], frame, t, in_frame=False) for k, t in (("int8", CONFIDENT), ("int8_mobile", MIN_SCORE))
+        )
         if a["count"]:  # int8 rounds the two forms' scores apart: NMS order can flip
             assert _explained(a, b, 0.8).mean() >= 0.75
     assert checked, "the trained detector found nothing to compare"

@@ -94,16 +94,21 @@ def nms(
     iou_threshold: float = 0.5,
     max_detections: int = 100,
     pre_nms: int = 1000,
+    size: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-class NMS over one image's decoded boxes (N, 4) and class scores (N, C).
 
     Each point votes for its best class (as YOLO-style heads do at inference); the
     ``pre_nms`` highest-scoring candidates above the threshold go through OpenCV's
-    batched (class-aware) NMS.
+    batched (class-aware) NMS. With ``size`` (the input's side) boxes are first clipped
+    to the input, as the mobile form does before its NMS op: both forms then suppress
+    by the same IoUs (unclipped, two boxes leaving the image overlap more).
 
     Returns:
         ``boxes`` (K, 4), ``scores`` (K,), ``classes`` (K,) sorted by score, and ``count`` K.
     """
+    if size is not None:
+        boxes = np.clip(boxes, 0, size)
     cls = scores.argmax(-1)
     best = scores[np.arange(len(scores)), cls]
     cand = np.nonzero(best >= score_threshold)[0]

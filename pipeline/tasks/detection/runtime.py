@@ -42,7 +42,8 @@ class DetectionRuntime(TaskRuntime):
             d = B.ssd_detections(outputs, 0, spec.size, score_threshold)
             d = {k: v[:max_detections] if k != "count" else np.int32(min(int(v), max_detections)) for k, v in d.items()}
         else:
-            d = B.nms(outputs[0][0], outputs[1][0], score_threshold, iou_threshold, max_detections)
+            size = spec.size if spec is not None else None
+            d = B.nms(outputs[0][0], outputs[1][0], score_threshold, iou_threshold, max_detections, size=size)
         boxes = d["boxes"]
         if frame_shape is not None and spec is not None:
             h, w = frame_shape[:2]

@@ -125,7 +125,7 @@ def _detections(outputs: list[np.ndarray], size: int, score_threshold: float, io
     the raw ``[boxes, scores]`` (NMS here) or the mobile form's four (NMS done in the op)."""
     if len(outputs) == 4:
         return [B.ssd_detections(outputs, k, size, score_threshold) for k in range(len(outputs[0]))]
-    return [B.nms(b, s, score_threshold, iou, MAX_DETECTIONS) for b, s in zip(outputs[0], outputs[1])]
+    return [B.nms(b, s, score_threshold, iou, MAX_DETECTIONS, size=size) for b, s in zip(outputs[0], outputs[1])]
 
 
 def _mobile_extras(cfg) -> dict:
