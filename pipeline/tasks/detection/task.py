@@ -292,6 +292,7 @@ class Detection(Task):
         return {
             "postprocess": {
                 "steps": [
+                    "clip the boxes to the model input (0 to size), as the mobile form does before its NMS",
                     "for each anchor point take its best class and score",
                     "drop points below score_threshold",
                     "non-max suppression per class (IoU above iou_threshold suppresses the lower score)",
