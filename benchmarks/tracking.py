@@ -194,7 +194,7 @@ def true_counts(truth: list[list[dict]], names) -> tuple[dict, dict]:
 
 def _iou_dist(a, b, max_d: float = 0.5) -> np.ndarray:
     """1 - IoU of x1y1x2y2 boxes; NaN where they may not pair (motmetrics' convention)."""
-    from pipeline.runtime.tracking import box_iou
+    from pipeline.tasks.detection.boxes import box_iou
 
     a, b = np.asarray(a, float).reshape(-1, 4), np.asarray(b, float).reshape(-1, 4)
     d = 1 - box_iou(a, b)

@@ -38,13 +38,9 @@ TRACKED, LOST = 1, 2
 _SP, _SV = 1.0 / 20, 1.0 / 160  # ByteTrack's position and velocity noise, per unit of box height
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of ``(n, 4)`` and ``(m, 4)`` x1 y1 x2 y2 boxes."""
-    return _iou(np.asarray(a, float).reshape(-1, 4).T, np.asarray(b, float).reshape(-1, 4).T)
-
-
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of boxes given coordinate-major, ``(4, n)`` and ``(4, m)``: x and y
+    """Pairwise IoU of boxes given coordinate-major, ``(4, n)`` and ``(4, m)`` (the
+    tracker's layout; ``pipeline.tasks.detection.boxes.box_iou`` is the row-major one): x and y
     together, contiguous rows, in place where possible. This is the tracker's largest
     array work: the tracker calls it in float32, which halves it."""
     if not a.shape[1] or not b.shape[1]:
@@ -223,10 +219,6 @@ class ByteTracker:
     def reset(self) -> None:
         """Forget every track (a video looped, a stream reconnected); ids keep counting up."""
         self._clear()
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self.t[_ID].astype(int)
 
     # === Kalman filter, every track at once, per dimension ===
     @staticmethod

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.runtime.bytetrack import ByteTracker, Tracks, box_iou, match
+from pipeline.runtime.bytetrack import ByteTracker, Tracks, match
 from pipeline.runtime.counting import LineCounter, TrackMemory, ZoneCounter, _label, parse_points
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "Tracking",
     "Tracks",
     "ZoneCounter",
-    "box_iou",
     "match",
     "parse_points",
 ]
