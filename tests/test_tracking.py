@@ -335,3 +335,48 @@ def test_match_on_an_empty_matrix_matches_nothing():
     for shape in ((0, 3), (3, 0), (0, 0)):
         r, c = match(np.zeros(shape), 1.0)
         assert len(r) == len(c) == 0
+
+
+def test_the_trackers_memory_follows_each_track_through_a_gap_and_starts_at_zero():
+    t = ByteTracker(memory_rows=2)
+    first = t.update(np.array([box(50, 50), box(300, 50)]), np.array([0.9, 0.9]), np.array([0, 0]), frame=0)
+    first.memory[1, first.slots] = [7.0, -1.0]  # a value per track in row 1
+    for k in range(1, 4):  # the second object hidden 3 frames, the first moves on
+        t.update(np.array([box(50 + 4 * k, 50)]), np.array([0.9]), np.array([0]), frame=k)
+    for k in (4, 5):  # the hidden one back; a new object, shown once confirmed (frame 5)
+        back = t.update(
+            np.array([box(50 + 4 * k, 50), box(300, 50), box(500, 300)]), np.full(3, 0.9), np.zeros(3, int), k
+        )
+    by_id = dict(zip(back.ids.tolist(), back.memory[1, back.slots].tolist()))
+    assert by_id == {**dict(zip(first.ids.tolist(), [7.0, -1.0])), 3: 0.0}  # kept while hidden; new: 0
+    assert not back.memory[0].any()
+    t.reset()
+    again = t.update(np.array([box(66, 50)]), np.array([0.9]), np.array([0]), frame=6)
+    assert again.memory[1, again.slots].tolist() == [0.0]  # forgotten with the tracks
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_counters_on_the_trackers_memory_count_as_on_their_own(seed):
+    """Tracking keeps the counters' state in the tracker's array; the same tracks given
+    to counters that keep it by id (hand-built tracks) count the same events."""
+    from pipeline.runtime.bytetrack import Tracks
+
+    rng = np.random.default_rng(seed)
+    opts = TrackOptions(lines=("320,0,320,480", "0,200,640,260"), zones=("100,100,500,100,500,400,100,400",))
+    tr = Tracking(opts, ["a", "b"])
+    alone = [LineCounter.parse(s, i) for i, s in enumerate(opts.lines)] + [ZoneCounter.parse(opts.zones[0])]
+    pos, vel = rng.uniform(0, 600, (30, 2)), rng.uniform(-8, 8, (30, 2))
+    events, events_alone = [], []
+    for k in range(120):
+        pos = (pos + vel) % 640
+        seen = rng.random(30) > 0.1  # occlusions: tracks lost and found again
+        p = pos[seen]
+        preds = {"boxes": np.concatenate([p, p + 30], 1), "scores": rng.uniform(0.3, 0.95, len(p)),
+                 "classes": (np.arange(30) % 2)[seen]}  # fmt: skip
+        out, ev = tr.step(preds, k)
+        events += ev
+        hand = Tracks(out["track_ids"], out["boxes"].astype(float), out["scores"], out["classes"])
+        events_alone += [e for c in alone for e in c.update(hand, ["a", "b"])]
+    assert len(events) > 20
+    key = lambda e: (e["type"], e.get("line", e.get("zone")), e["track_id"], e["direction"])  # noqa: E731
+    assert sorted(map(key, events)) == sorted(map(key, events_alone))

@@ -30,7 +30,6 @@ matplotlib, SciPy...) to a runtime install that is LiteRT, OpenCV and NumPy
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 
@@ -72,6 +71,27 @@ def _one_minus(x: np.ndarray) -> np.ndarray:
     return np.subtract(1.0, x, out=x)
 
 
+def _greedy(cost: np.ndarray, limit: float) -> tuple[list[int], list[int]]:
+    """Greedy min-cost matching by a Python loop over the pairs within ``limit``, in
+    order of cost (ties in row-major order, as a stable sort of the pairs gives them)."""
+    m = cost.shape[1]
+    flat = cost.ravel().tolist()
+    used_r, used_c, rows, cols = set(), set(), [], []
+    for k in sorted(range(len(flat)), key=flat.__getitem__):
+        if flat[k] > limit:
+            break
+        a, b = divmod(k, m)
+        if a not in used_r and b not in used_c:
+            used_r.add(a)
+            used_c.add(b)
+            rows.append(a)
+            cols.append(b)
+    return rows, cols
+
+
+_SMALL = 24  # pairs up to which the Python loop is quicker than the array operations
+
+
 def match(
     cost: np.ndarray,
     limit: float,
@@ -98,6 +118,10 @@ def match(
         return _NONE, _NONE
     if cost_of is not None:
         cost = cost_of(cost)
+    if cost.size <= _SMALL:  # the later associations: a few tracks and detections left
+        r, c = _greedy(cost, limit)
+        r, c = np.array(r, int), np.array(c, int)
+        return (r, c) if rows is None else (rows[r], cols[c])
     every = np.arange(len(cost))
     best = cost.argmin(1)
     low = cost[every, best] <= limit  # rows with any pair within the limit
@@ -108,18 +132,9 @@ def match(
         free_c = np.ones(cost.shape[1], bool)
         free_c[c] = False
         left_r, left_c = np.flatnonzero(low), np.flatnonzero(free_c)
-        part = cost.take(left_r, 0).take(left_c, 1)
-        i, j = np.nonzero(part <= limit)
-        used_r, used_c, more_r, more_c = set(), set(), [], []
-        for k in np.argsort(part[i, j], kind="stable").tolist():
-            a, b = int(left_r[i[k]]), int(left_c[j[k]])
-            if a not in used_r and b not in used_c:
-                used_r.add(a)
-                used_c.add(b)
-                more_r.append(a)
-                more_c.append(b)
+        more_r, more_c = _greedy(cost.take(left_r, 0).take(left_c, 1), limit)
         if more_r:
-            r, c = np.concatenate([r, more_r]).astype(int), np.concatenate([c, more_c]).astype(int)
+            r, c = np.concatenate([r, left_r[more_r]]), np.concatenate([c, left_c[more_c]])
     return (r, c) if rows is None else (rows[r], cols[c])
 
 
@@ -140,6 +155,9 @@ _FLAT = 1 - _H2
 # Per dimension: variance = height² × scale + floor (the aspect ratio's noise is a constant)
 _Q_POS, _Q_VEL, _R = (_H2 * _SP**2, _FLAT * 1e-4), (_H2 * _SV**2, _FLAT * 1e-10), (_H2 * _SP**2, _FLAT * 1e-2)
 _P0_POS, _P0_VEL = (_H2 * (2 * _SP) ** 2, _FLAT * 1e-4), (_H2 * (10 * _SV) ** 2, _FLAT * 1e-10)
+# The prediction's noise for the covariance rows (PP, PV, VV), as height² × _QH + _QF
+_QH = np.stack([_Q_POS[0], np.zeros((4, 1)), _Q_VEL[0]])
+_QF = np.stack([_Q_POS[1], np.zeros((4, 1)), _Q_VEL[1]])
 
 
 def _noise(h: np.ndarray, var: tuple[np.ndarray, np.ndarray], scale: float = 1.0) -> np.ndarray:
@@ -161,11 +179,14 @@ def _xyah(b: np.ndarray) -> np.ndarray:
     return z
 
 
-def _xyxy(t: np.ndarray) -> np.ndarray:
+def _xyxy(t: np.ndarray, dtype=float) -> np.ndarray:
     """cx, cy, aspect, height rows → coordinate-major x1 y1 x2 y2 ``(4, n)``."""
     half = t[2:4] * 0.5
     half[0] *= t[3]
-    return np.concatenate([t[:2] - half, t[:2] + half])
+    out = np.empty((4, t.shape[1]), dtype)
+    np.subtract(t[:2], half, out=out[:2])
+    np.add(t[:2], half, out=out[2:])
+    return out
 
 
 @dataclass(frozen=True)
@@ -176,14 +197,19 @@ class Tracks:
     boxes: np.ndarray  # (K, 4) x1 y1 x2 y2: the filtered box
     scores: np.ndarray  # (K,) the last matched detection's score
     classes: np.ndarray  # (K,) int, the majority class of the track's detections
+    # The tracker's per-track memory rows (``ByteTracker(memory_rows=...)``, a view into
+    # its state: writes stay with the track, hidden or not, and go with it) and each
+    # object's column in them. None for tracks built by hand.
+    memory: np.ndarray | None = None
+    slots: np.ndarray | None = None
+    centres: np.ndarray | None = None  # (K, 2) box centres, for every counter and the trails
+
+    def __post_init__(self) -> None:
+        if self.centres is None:  # the tracker passes its own (its state is centre-based)
+            object.__setattr__(self, "centres", (self.boxes[:, :2] + self.boxes[:, 2:]) / 2)
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    @cached_property
-    def centres(self) -> np.ndarray:
-        """(K, 2) box centres: computed once for every counter and the trails."""
-        return (self.boxes[:, :2] + self.boxes[:, 2:]) / 2
 
 
 @dataclass
@@ -198,6 +224,10 @@ class ByteTracker:
             match threshold of 0.8 on 1 − IoU·score is 0.2 here).
         refind: how far (in box heights per frame lost) a lost track reaches for a
             detection nobody took, of its class and height; 0: ByteTrack's IoU only.
+        memory_rows: float values per track kept for the caller (the counters' last
+            side of a line, inside or out of a zone), 0 for a new track; read and written
+            through ``Tracks.memory`` at ``Tracks.slots``. Kept in the tracks' own array,
+            they cost the counters no lookup by id and are forgotten with the track.
     """
 
     track_threshold: float = 0.5
@@ -205,6 +235,7 @@ class ByteTracker:
     match_iou: float = 0.2
     low_threshold: float = 0.1
     refind: float = 0.0
+    memory_rows: int = 0
     next_id: int = 1  # ids are never reused, even across reset()
     _frame: int | None = field(default=None, init=False)
 
@@ -212,7 +243,7 @@ class ByteTracker:
         self._clear()
 
     def _clear(self) -> None:
-        self.t = np.zeros((_FIELDS, 0))  # a column per track (the row layout above)
+        self.t = np.zeros((_FIELDS + self.memory_rows, 0))  # a column per track (the row layout above)
         self.votes = np.zeros((0, 0))  # (tracks, classes) detection counts
         self._frame = None
 
@@ -223,12 +254,20 @@ class ByteTracker:
     # === Kalman filter, every track at once, per dimension ===
     @staticmethod
     def _predict(t: np.ndarray, dt: float) -> None:
-        """Moves the tracks ``t`` (in place) ``dt`` frames on; process noise grows with the gap."""
-        h = t[3]
-        t[_PP] += (2 * dt) * t[_PV] + (dt * dt) * t[_VV] + _noise(h, _Q_POS, dt)
-        t[_PV] += dt * t[_VV]
-        t[_VV] += _noise(h, _Q_VEL, dt)
-        t[_POS] += dt * t[_VEL]
+        """Moves the tracks ``t`` (in place) ``dt`` frames on; process noise grows with the gap.
+
+        Per dimension, F = [[1, dt], [0, 1]]: PP += 2·dt·PV + dt²·VV + q_pos, PV +=
+        dt·VV, VV += q_vel, as one 3×3 product over the three covariance rows."""
+        n = t.shape[1]
+        q = np.multiply(t[3] * t[3], _QH)  # (3, 4, n), before the height moves
+        q += _QF
+        if dt != 1.0:
+            q *= dt
+        cov = t[8:20].reshape(3, 4 * n)  # PP, PV, VV: adjacent rows, a view
+        q = q.reshape(3, 4 * n)
+        q += np.array([[1.0, 2 * dt, dt * dt], [0.0, 1.0, dt], [0.0, 0.0, 1.0]]) @ cov
+        cov[...] = q
+        t[_POS] += t[_VEL] if dt == 1.0 else dt * t[_VEL]
 
     @staticmethod
     def _correct(t: np.ndarray, z: np.ndarray) -> None:
@@ -244,7 +283,7 @@ class ByteTracker:
 
     def _initiate(self, z: np.ndarray, scores: np.ndarray, confirmed: bool) -> np.ndarray:
         k = z.shape[1]
-        t = np.zeros((_FIELDS, k))
+        t = np.zeros((_FIELDS + self.memory_rows, k))
         t[_POS] = z
         t[_PP] = _noise(z[3], _P0_POS)
         t[_VV] = _noise(z[3], _P0_VEL)
@@ -263,7 +302,8 @@ class ByteTracker:
         frame = (self._frame or 0) + 1 if frame is None else int(frame)
         dt = 1 if first else max(1, frame - self._frame)
         self._frame = frame
-        b = np.array(np.reshape(boxes, (-1, 4)).T, float, order="C")  # coordinate-major, contiguous
+        # coordinate-major, contiguous; float32 (the detector's), which halves the IoU's work
+        b = np.array(np.reshape(boxes, (-1, 4)).T, np.float32, order="C")
         scores, classes = np.asarray(scores, float).reshape(-1), np.asarray(classes, int).reshape(-1)
         # below both thresholds a detection takes part in no association
         ok = (b[2] > b[0]) & (b[3] > b[1]) & (scores > min(self.low_threshold, self.track_threshold))
@@ -281,7 +321,7 @@ class ByteTracker:
                 p = t.compress(confirmed, 1)
                 self._predict(p, float(dt))
                 t[:, confirmed] = p
-        iou = _iou(_xyxy(t).astype(np.float32), b.astype(np.float32))  # every track × detection, once
+        iou = _iou(_xyxy(t, np.float32), b)  # every track × detection, once
         hit_t, hit_d, newly_lost, remove, free_d = self._associate(iou, b, scores, classes, confirmed, tracked, frame)
         return self._apply(hit_t, hit_d, newly_lost, remove, free_d, iou, b, scores, classes, frame, first)
 
@@ -347,7 +387,12 @@ class ByteTracker:
         shown, votes = t.compress(out, 1), self.votes[out]
         if not keep.all():
             self.t, self.votes = t.compress(keep, 1), self.votes[keep]
-        return Tracks(shown[_ID].astype(int), _xyxy(shown).T, shown[_SCORE], votes.argmax(1))
+            out = out[keep]
+        memory = self.t[_FIELDS:] if self.memory_rows else None
+        slots = np.flatnonzero(out) if self.memory_rows else None
+        return Tracks(
+            shown[_ID].astype(int), _xyxy(shown).T, shown[_SCORE], votes.argmax(1), memory, slots, shown[:2].T.copy()
+        )
 
     def _refind(
         self, t: np.ndarray, b: np.ndarray, classes: np.ndarray, lost: np.ndarray, free: np.ndarray, frame: int

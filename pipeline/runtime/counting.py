@@ -73,6 +73,18 @@ class TrackMemory:
         return old
 
 
+def _exchange(tracks: Tracks, row: int | None, by_id: TrackMemory, values: np.ndarray) -> np.ndarray:
+    """:meth:`TrackMemory.exchange` for this frame's tracks: in the tracker's memory
+    ``row`` when the tracks carry it (two array operations, no lookup by id), else in
+    ``by_id`` (tracks built by hand)."""
+    if row is None or tracks.memory is None:
+        return by_id.exchange(tracks.ids, values)
+    memory = tracks.memory[row]
+    old = memory.take(tracks.slots)
+    memory[tracks.slots] = np.where(values != 0, values, old)
+    return old
+
+
 def _label(class_names, k: int) -> str:
     return class_names[k] if k < len(class_names) else str(k)
 
@@ -93,6 +105,7 @@ class LineCounter:
     counts: dict = field(default_factory=lambda: {"in": {}, "out": {}})
     _side: TrackMemory = field(default_factory=TrackMemory, repr=False)  # last side: +1 left, -1 right
     _done: set = field(default_factory=set)  # (track id, direction) already counted
+    memory_row: int | None = None  # this counter's row of the tracker's memory (Tracking sets it)
 
     @classmethod
     def parse(cls, text: str, index: int = 0) -> LineCounter:
@@ -120,7 +133,7 @@ class LineCounter:
             return events
         sides, within = self._project(tracks.centres)
         # a side of 0 is on the line: wait for a side; an unknown before (0): no crossing
-        crossed = np.flatnonzero((sides * self._side.exchange(tracks.ids, sides) == -1) & within)
+        crossed = np.flatnonzero((sides * _exchange(tracks, self.memory_row, self._side, sides) == -1) & within)
         for k in crossed.tolist():
             tid, direction = int(tracks.ids[k]), "in" if sides[k] > 0 else "out"
             if (tid, direction) in self._done:
@@ -150,6 +163,7 @@ class ZoneCounter:
     entries: dict = field(default_factory=dict)
     _was_inside: TrackMemory = field(default_factory=TrackMemory, repr=False)  # +1 inside, -1 outside
     _entered: set = field(default_factory=set)
+    memory_row: int | None = None  # this counter's row of the tracker's memory (Tracking sets it)
 
     @classmethod
     def parse(cls, text: str, index: int = 0) -> ZoneCounter:
@@ -181,7 +195,7 @@ class ZoneCounter:
         for k in np.flatnonzero(per_class).tolist():  # classes may share a label: add them up
             label = _label(class_names, k)
             self.inside[label] = self.inside.get(label, 0) + int(per_class[k])
-        entered = np.flatnonzero(now & (self._was_inside.exchange(tracks.ids, now * 2 - 1) == -1))
+        entered = np.flatnonzero(now & (_exchange(tracks, self.memory_row, self._was_inside, now * 2 - 1) == -1))
         for k in entered.tolist():
             tid = int(tracks.ids[k])
             if tid in self._entered:

@@ -56,9 +56,17 @@ class Tracking:
     def __init__(self, opts: TrackOptions, class_names) -> None:
         opts.check()
         self.opts, self.class_names = opts, list(class_names)
-        self.tracker = ByteTracker(opts.threshold, opts.buffer, opts.match_iou, refind=opts.refind)
         self.lines = [LineCounter.parse(t, i) for i, t in enumerate(opts.lines)]
         self.zones = [ZoneCounter.parse(t, i) for i, t in enumerate(opts.zones)]
+        for row, counter in enumerate((*self.lines, *self.zones)):
+            counter.memory_row = row  # each counter's state lives in the tracks' own array
+        self.tracker = ByteTracker(
+            opts.threshold,
+            opts.buffer,
+            opts.match_iou,
+            refind=opts.refind,
+            memory_rows=len(self.lines) + len(self.zones),
+        )
         self._history: deque = deque(maxlen=max(1, opts.trail))  # (ids, centres) of recent frames
         self._labels: list[str] = []  # class id -> label, grown on demand
         self.live = 0
@@ -94,7 +102,7 @@ class Tracking:
             "boxes": t.boxes.astype(np.float32),
             "scores": t.scores.astype(np.float32),
             "classes": t.classes.astype(np.int32),
-            "labels": [self._labels[k] for k in classes],
+            "labels": list(map(self._labels.__getitem__, classes)),
             "count": len(t),
             "track_ids": t.ids,
         }
