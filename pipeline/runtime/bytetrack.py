@@ -194,7 +194,7 @@ class Tracks:
     """The confirmed, currently tracked objects of one frame."""
 
     ids: np.ndarray  # (K,) int, stable within a run and never reused
-    boxes: np.ndarray  # (K, 4) x1 y1 x2 y2: the filtered box
+    boxes: np.ndarray  # (K, 4) x1 y1 x2 y2: the filtered box (float32 from the tracker)
     scores: np.ndarray  # (K,) the last matched detection's score
     classes: np.ndarray  # (K,) int, the majority class of the track's detections
     # The tracker's per-track memory rows (``ByteTracker(memory_rows=...)``, a view into
@@ -391,7 +391,7 @@ class ByteTracker:
         memory = self.t[_FIELDS:] if self.memory_rows else None
         slots = np.flatnonzero(out) if self.memory_rows else None
         return Tracks(
-            shown[_ID].astype(int), _xyxy(shown).T, shown[_SCORE], votes.argmax(1), memory, slots, shown[:2].T.copy()
+            shown[_ID].astype(int), _xyxy(shown, np.float32).T, shown[_SCORE], votes.argmax(1), memory, slots, shown[:2].T.copy()
         )
 
     def _refind(

@@ -119,22 +119,22 @@ class LineCounter:
         # column 0: position along the segment (0 to 1 between its ends); column 1: minus
         # the cross product (image y points down: a negative cross product is the left side)
         self._frame = np.array([[d[0] / (d @ d), d[1]], [d[1] / (d @ d), -d[0]]])
-
-    def _project(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Each point's side (+1 left, -1 right, 0 on the line) and whether it lies
-        between the segment's two ends, from one product with the line's frame."""
-        along, side = ((c - self.start) @ self._frame).T
-        return np.sign(side).astype(int), (along >= 0) & (along <= 1)
+        self._origin = self.start @ self._frame
 
     def update(self, tracks: Tracks, class_names) -> list[dict]:
         """Count this frame's crossings; the crossing events."""
         events = []
         if not len(tracks):
             return events
-        sides, within = self._project(tracks.centres)
-        # a side of 0 is on the line: wait for a side; an unknown before (0): no crossing
-        crossed = np.flatnonzero((sides * _exchange(tracks, self.memory_row, self._side, sides) == -1) & within)
-        for k in crossed.tolist():
+        along_side = tracks.centres @ self._frame
+        along_side -= self._origin
+        sides = np.sign(along_side[:, 1])  # +1 left, -1 right, 0 on the line
+        # a side of 0 is on the line: wait for a side; an unknown before (0): no crossing.
+        # Changed sides are rare: only they are checked against the segment's ends.
+        changed = np.flatnonzero(sides * _exchange(tracks, self.memory_row, self._side, sides) < 0)
+        for k in changed.tolist():
+            if not 0.0 <= along_side[k, 0] <= 1.0:
+                continue
             tid, direction = int(tracks.ids[k]), "in" if sides[k] > 0 else "out"
             if (tid, direction) in self._done:
                 continue
@@ -191,11 +191,13 @@ class ZoneCounter:
         if not len(tracks):
             return events
         now = self._contains(tracks.centres)
-        per_class = np.bincount(tracks.classes[now], minlength=1)
-        for k in np.flatnonzero(per_class).tolist():  # classes may share a label: add them up
-            label = _label(class_names, k)
-            self.inside[label] = self.inside.get(label, 0) + int(per_class[k])
-        entered = np.flatnonzero(now & (_exchange(tracks, self.memory_row, self._was_inside, now * 2 - 1) == -1))
+        per_class = np.bincount(tracks.classes[now]).tolist()
+        for k, n in enumerate(per_class):  # classes may share a label: add them up
+            if n:
+                label = _label(class_names, k)
+                self.inside[label] = self.inside.get(label, 0) + n
+        was = _exchange(tracks, self.memory_row, self._was_inside, np.where(now, 1.0, -1.0))
+        entered = np.flatnonzero(now & (was < 0))
         for k in entered.tolist():
             tid = int(tracks.ids[k])
             if tid in self._entered:

@@ -424,9 +424,9 @@ class _Inference:
     handed on in frame order; with ``parallel="ops"`` one interpreter spreads each
     frame over its threads (lower latency per frame, lower throughput: XNNPACK's
     threads wait for each other, and the capture and drawing threads take their cores).
-    A one-slot output queue keeps at most one inferred frame waiting for drawing, so a
-    slow consumer holds inference back (and a live capture drops frames) instead of
-    building up latency. An error in ``invoke`` is re-raised on the main thread.
+    A one-slot output queue and at most one more finished frame keep the inferred frames
+    waiting for drawing few, so a slow consumer holds inference back (and a live capture
+    drops frames) instead of building up latency. An error in ``invoke`` is re-raised on the main thread.
     """
 
     def __init__(self, models: list[TFLiteModel], capture: Capture) -> None:
@@ -468,7 +468,12 @@ class _Inference:
         return item
 
     def _work(self, model: TFLiteModel) -> None:
-        ahead = len(self.models)  # results a worker may finish ahead of the main thread
+        # Frames taken but not yet handed to the main thread: one per interpreter, plus one
+        # finished result that may wait while both interpreters work on the next frames.
+        # Without that one, an interpreter idles whenever the main thread is a little
+        # late (2 threads: 0.80x of bare FPS against 0.82-0.85x, 1 thread 0.93x against
+        # 0.95x; docs/benchmarks.md). It adds at most one frame of latency.
+        ahead = len(self.models) + 1
         while not self._stop.is_set():
             with self._cond:  # back-pressure: at most `ahead` frames in flight or waiting
                 if not self._cond.wait_for(

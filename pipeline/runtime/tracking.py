@@ -99,7 +99,7 @@ class Tracking:
         if len(self._labels) <= max(classes, default=-1):
             self._labels = [_label(self.class_names, k) for k in range(max(classes) + 1)]
         tracked = {
-            "boxes": t.boxes.astype(np.float32),
+            "boxes": np.asarray(t.boxes, np.float32),  # a copy only for tracks built by hand
             "scores": t.scores.astype(np.float32),
             "classes": t.classes.astype(np.int32),
             "labels": list(map(self._labels.__getitem__, classes)),
