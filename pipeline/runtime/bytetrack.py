@@ -21,7 +21,7 @@ per dimension (its covariance is four independent 2×2 blocks), one IoU matrix s
 every association, and matching takes mutual best pairs in bulk.
 
 We wrote it rather than take ``supervision``'s ByteTrack: that one was removed from
-supervision 0.31, costs 4.7 ms per frame at 50 objects against 0.2-0.3 ms here with
+supervision 0.31, costs 4.7 ms per frame at 50 objects against 0.18-0.25 ms here with
 the counters, counts frames without gaps, and would add about 350 MB (PyAV,
 matplotlib, SciPy...) to a runtime install that is LiteRT, OpenCV and NumPy
 (docs/design.md).

@@ -1,6 +1,8 @@
 """Line and zone counting of tracked objects: crossings once per track and direction,
 occupancy per class and entries; a track's last side or inside-ness is kept while it
-is hidden (``TrackMemory``), so an object that crosses while occluded still counts."""
+is hidden (in the tracker's own per-track memory under ``edgepipe run``, by id in a
+``TrackMemory`` for tracks built by hand), so an object that crosses while occluded
+still counts."""
 
 from __future__ import annotations
 
