@@ -380,3 +380,25 @@ def test_counters_on_the_trackers_memory_count_as_on_their_own(seed):
     assert len(events) > 20
     key = lambda e: (e["type"], e.get("line", e.get("zone")), e["track_id"], e["direction"])  # noqa: E731
     assert sorted(map(key, events)) == sorted(map(key, events_alone))
+
+
+def test_a_run_that_starts_with_no_detections_tracks_once_they_come():
+    """A camera pointed at an empty door: no detections on the first frame, nor on the
+    first frame after the video loops (found by review: the class vote had no column)."""
+    tr = Tracking(TrackOptions(lines=("100,0,100,200",)), ["p"])
+    empty = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "classes": np.zeros(0, int)}
+    out, _ = tr.step(empty, 0)
+    assert out["count"] == 0 and out["track_ids"].tolist() == []
+    for k in (1, 2):
+        out, _ = tr.step({"boxes": np.array([box(50, 50)]), "scores": np.array([0.9]), "classes": np.array([0])}, k)
+    assert out["track_ids"].tolist() == [1]
+    out, _ = tr.step(empty, 0, session=1)  # looped: tracks reset, still nothing seen
+    assert out["count"] == 0 and tr.summary()["resets"] == 1
+
+
+def test_match_never_takes_a_nan_cost():
+    from pipeline.runtime.tracking import match
+
+    for cost in (np.array([[np.nan, 0.5], [0.9, 0.95]]), np.full((6, 6), np.nan)):  # the Python and the array path
+        r, c = match(cost, 0.6)
+        assert not np.isnan(cost[r, c]).any()

@@ -77,9 +77,7 @@ def _greedy(cost: np.ndarray, limit: float) -> tuple[list[int], list[int]]:
     m = cost.shape[1]
     flat = cost.ravel().tolist()
     used_r, used_c, rows, cols = set(), set(), [], []
-    for k in sorted(range(len(flat)), key=flat.__getitem__):
-        if flat[k] > limit:
-            break
+    for k in sorted((k for k, v in enumerate(flat) if v <= limit), key=flat.__getitem__):  # never NaN
         a, b = divmod(k, m)
         if a not in used_r and b not in used_c:
             used_r.add(a)
@@ -199,7 +197,8 @@ class Tracks:
     classes: np.ndarray  # (K,) int, the majority class of the track's detections
     # The tracker's per-track memory rows (``ByteTracker(memory_rows=...)``, a view into
     # its state: writes stay with the track, hidden or not, and go with it) and each
-    # object's column in them. None for tracks built by hand.
+    # object's column in them; valid until the tracker's next update. None for tracks
+    # built by hand.
     memory: np.ndarray | None = None
     slots: np.ndarray | None = None
     centres: np.ndarray | None = None  # (K, 2) box centres, for every counter and the trails
@@ -244,7 +243,7 @@ class ByteTracker:
 
     def _clear(self) -> None:
         self.t = np.zeros((_FIELDS + self.memory_rows, 0))  # a column per track (the row layout above)
-        self.votes = np.zeros((0, 0))  # (tracks, classes) detection counts
+        self.votes = np.zeros((0, 1))  # (tracks, classes) detection counts; one class column from the start
         self._frame = None
 
     def reset(self) -> None:
@@ -391,7 +390,13 @@ class ByteTracker:
         memory = self.t[_FIELDS:] if self.memory_rows else None
         slots = np.flatnonzero(out) if self.memory_rows else None
         return Tracks(
-            shown[_ID].astype(int), _xyxy(shown, np.float32).T, shown[_SCORE], votes.argmax(1), memory, slots, shown[:2].T.copy()
+            shown[_ID].astype(int),
+            _xyxy(shown, np.float32).T,
+            shown[_SCORE],
+            votes.argmax(1),
+            memory,
+            slots,
+            shown[:2].T.copy(),
         )
 
     def _refind(

@@ -121,15 +121,13 @@ class LineCounter:
         # column 0: position along the segment (0 to 1 between its ends); column 1: minus
         # the cross product (image y points down: a negative cross product is the left side)
         self._frame = np.array([[d[0] / (d @ d), d[1]], [d[1] / (d @ d), -d[0]]])
-        self._origin = self.start @ self._frame
 
     def update(self, tracks: Tracks, class_names) -> list[dict]:
         """Count this frame's crossings; the crossing events."""
         events = []
         if not len(tracks):
             return events
-        along_side = tracks.centres @ self._frame
-        along_side -= self._origin
+        along_side = (tracks.centres - self.start) @ self._frame
         sides = np.sign(along_side[:, 1])  # +1 left, -1 right, 0 on the line
         # a side of 0 is on the line: wait for a side; an unknown before (0): no crossing.
         # Changed sides are rare: only they are checked against the segment's ends.
