@@ -155,8 +155,11 @@ def test_mobile_exports_carry_the_ssd_metadata_and_the_runner_needs_no_sidecar(t
     for i, f in enumerate(_frames(cfg)):
         cv2.imwrite(str(frames / f"{i}.png"), cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
     jsonl = tmp_path / "p.jsonl"
+    # Any box the op keeps (its floor is 0.05): the detector trained above varies from run
+    # to run (detection reads its training files in parallel, out of order), and this test
+    # is about reading the model without a sidecar, not about how confident it is.
     s = run(
-        RunOptions(model=bare, source=str(frames), display=False, jsonl=jsonl, task_options={"score_threshold": 0.3})
+        RunOptions(model=bare, source=str(frames), display=False, jsonl=jsonl, task_options={"score_threshold": 0.05})
     )
     assert s["task"] == "detection" and s["frames"] == 4
     preds = [p for line in jsonl.read_text().splitlines() for p in json.loads(line)["predictions"]]
