@@ -158,6 +158,14 @@ _QH = np.stack([_Q_POS[0], np.zeros((4, 1)), _Q_VEL[0]])
 _QF = np.stack([_Q_POS[1], np.zeros((4, 1)), _Q_VEL[1]])
 
 
+def _transition(dt: float) -> np.ndarray:
+    """The covariance rows' (PP, PV, VV) step over ``dt`` frames, per dimension."""
+    return np.array([[1.0, 2 * dt, dt * dt], [0.0, 1.0, dt], [0.0, 0.0, 1.0]])
+
+
+_STEP = _transition(1.0)  # the usual frame: built once, not per frame
+
+
 def _noise(h: np.ndarray, var: tuple[np.ndarray, np.ndarray], scale: float = 1.0) -> np.ndarray:
     """``(4, n)`` variances for boxes of height ``h``."""
     v = np.multiply(h * h, var[0])
@@ -264,7 +272,7 @@ class ByteTracker:
             q *= dt
         cov = t[8:20].reshape(3, 4 * n)  # PP, PV, VV: adjacent rows, a view
         q = q.reshape(3, 4 * n)
-        q += np.array([[1.0, 2 * dt, dt * dt], [0.0, 1.0, dt], [0.0, 0.0, 1.0]]) @ cov
+        q += (_STEP if dt == 1.0 else _transition(dt)) @ cov
         cov[...] = q
         t[_POS] += t[_VEL] if dt == 1.0 else dt * t[_VEL]
 

@@ -426,7 +426,8 @@ class _Inference:
     threads wait for each other, and the capture and drawing threads take their cores).
     A one-slot output queue and at most one more finished frame keep the inferred frames
     waiting for drawing few, so a slow consumer holds inference back (and a live capture
-    drops frames) instead of building up latency. An error in ``invoke`` is re-raised on the main thread.
+    drops frames) instead of building up latency. An error in ``invoke`` is re-raised on
+    the main thread.
     """
 
     def __init__(self, models: list[TFLiteModel], capture: Capture) -> None:
