@@ -86,6 +86,38 @@ def test_qat_range_calibration_makes_a_fresh_qat_model_match_float():
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(kept, q.non_trainable_weights))
 
 
+@pytest.mark.parametrize("prune_preserving", [False, True])
+def test_the_qat_segmenter_keeps_its_concat_inputs_in_order_and_matches_float(prune_preserving):
+    """TFMOT's ConcatTransform reordered the ASPP concat's inputs (model-optimization
+    #1061): a calibrated QAT segmenter then computed something else than its float
+    model. The wrapped model takes them in the float model's order and, calibrated,
+    stays near the float output."""
+    from pipeline.core import config
+    from pipeline.core.images import InputSpec
+    from pipeline.models.segmenter import build_segmenter
+    from pipeline.stages.optimize import calibrate_ranges, quantize
+
+    keras.utils.set_random_seed(0)
+    model = build_segmenter(config.load(None, ["model.input_size=64"], task="segmentation").model, 4)
+    q = quantize(model, prune_preserving=prune_preserving)
+
+    def sources(layer, node: int):
+        return [t._keras_history.layer.name for t in tf.nest.flatten(layer._inbound_nodes[node].input_tensors)]
+
+    concats = [layer for layer in model.layers if isinstance(layer, layers.Concatenate)]
+    assert len(concats) == 3
+    for layer in concats:
+        wrapped = q.get_layer(f"quant_{layer.name}")
+        assert sources(wrapped, -1) == [f"quant_{s}" for s in sources(layer, 0)]
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 64, 3), np.uint8) for _ in range(16)]
+    x = np.stack(images).astype(np.float32) / 255.0
+    ref = model(x, training=False).numpy()
+    calibrate_ranges(q, iter(images), InputSpec(64, 3), batch=8)
+    err = np.abs(q(x, training=False).numpy() - ref).mean() / np.abs(ref).mean()
+    assert err < 0.1, err
+
+
 def test_width_and_depth_scale_the_model():
     from pipeline.tasks import get_task
 
