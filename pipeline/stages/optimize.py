@@ -219,7 +219,7 @@ def restore_concat_order(base: keras.Model, wrapped: keras.Model) -> keras.Model
     order (tensorflow/model-optimization#1061, open): the segmenter's ASPP concat
     ``[1×1, atrous, pooled]`` came out ``[pooled, 1×1, atrous]``, so the projection
     after it read permuted channels. The QAT model started 27 mIoU points below its
-    float model on real photos, and one QAT epoch won back a third of it. When that
+    float model on real photos, and one QAT epoch won back a quarter of it. When that
     happens the graph is replayed on the same (already wrapped) layer objects with
     the order put back, so weights, names and quantizers stay as they are.
     """
