@@ -199,16 +199,20 @@ def quantize(model: keras.Model, prune_preserving: bool) -> keras.Model:
     return restore_concat_order(model, wrapped)
 
 
-def _node(layer):
-    """The layer's one call in the graph (our models share no layer)."""
-    if len(layer._inbound_nodes) != 1:  # noqa: SLF001 - Keras keeps the graph there
-        raise ValueError(f"layer {layer.name} is called {len(layer._inbound_nodes)} times; expected once")
-    return layer._inbound_nodes[0]  # noqa: SLF001
+def _node(model: keras.Model, layer):
+    """``layer``'s call in ``model``'s graph. A layer can be called in several graphs
+    (TFMOT's wrappers call the original layers again), so the node is the one that
+    ``model`` lists as its own."""
+    own = model._network_nodes  # noqa: SLF001 - Keras keeps the graph there
+    nodes = [n for i, n in enumerate(layer._inbound_nodes) if f"{layer.name}_ib-{i}" in own]  # noqa: SLF001
+    if len(nodes) != 1:
+        raise ValueError(f"layer {layer.name} is called {len(nodes)} times in {model.name}; expected once")
+    return nodes[0]
 
 
-def _sources(layer) -> list[str]:
-    """Names of the layers whose outputs ``layer`` takes, in its input order."""
-    return [t._keras_history.layer.name for t in tf.nest.flatten(_node(layer).input_tensors)]  # noqa: SLF001
+def _sources(model: keras.Model, layer) -> list[str]:
+    """Names of the layers whose outputs ``layer`` takes in ``model``, in its input order."""
+    return [t._keras_history.layer.name for t in tf.nest.flatten(_node(model, layer).input_tensors)]  # noqa: SLF001
 
 
 def restore_concat_order(base: keras.Model, wrapped: keras.Model) -> keras.Model:
@@ -223,14 +227,14 @@ def restore_concat_order(base: keras.Model, wrapped: keras.Model) -> keras.Model
     happens the graph is replayed on the same (already wrapped) layer objects with
     the order put back, so weights, names and quantizers stay as they are.
     """
-    want = {c.name: _sources(c) for c in base.layers if isinstance(c, layers.Concatenate)}
+    want = {c.name: _sources(base, c) for c in base.layers if isinstance(c, layers.Concatenate)}
     inner = {w.name: getattr(w, "layer", w).name for w in wrapped.layers}
     fixes = {}
     for layer in wrapped.layers:
         name = inner[layer.name]
         if name not in want:
             continue
-        got = [inner[s] for s in _sources(layer)]
+        got = [inner[s] for s in _sources(wrapped, layer)]
         if got != want[name]:
             if sorted(got) != sorted(want[name]) or len(set(got)) != len(got):
                 raise ValueError(f"QAT model: {name} takes {got}, the float model {want[name]}")
@@ -242,7 +246,7 @@ def restore_concat_order(base: keras.Model, wrapped: keras.Model) -> keras.Model
         if isinstance(layer, keras.layers.InputLayer):
             out[layer.name] = [layer.output]
             continue
-        node = _node(layer)
+        node = _node(wrapped, layer)
         if node.call_kwargs:
             raise ValueError(f"QAT model: cannot replay {layer.name}, called with {sorted(node.call_kwargs)}")
         history = [t._keras_history for t in tf.nest.flatten(node.input_tensors)]  # noqa: SLF001
