@@ -117,3 +117,14 @@ def test_the_realphoto_pretraining_folder_holds_mnist_digits_on_training_photos(
     stamp = (a / files[0]).stat().st_mtime_ns
     realphoto.build_pretrain(a, glyphs, photos, per_class=5)  # exists: kept as it is
     assert (a / files[0]).stat().st_mtime_ns == stamp and len(list((a / "no_digit").iterdir())) == 3
+
+    # --pretrain-coco: the benchmark's kind of COCO set (boxes and masks) on these photos
+    from pycocotools.coco import COCO
+
+    paths = realphoto.build_pretrain_coco(tmp_path / "coco", glyphs, photos, n_train=6, n_val=2)
+    coco = COCO(str(paths["train_annotations"]))
+    assert len(coco.imgs) == 6 and coco.anns and len(COCO(str(paths["val_annotations"])).imgs) == 2
+    for a in coco.anns.values():
+        info = coco.imgs[a["image_id"]]
+        assert a["category_id"] in {1, 2, 3, 4, 5} and coco.annToMask(a).sum() == a["area"] > 0
+        assert cv2.imread(str(paths["train_images"] / info["file_name"])).shape == (info["height"], info["width"], 3)

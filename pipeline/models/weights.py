@@ -1,9 +1,12 @@
 """Pretrained weights for a backbone: ImageNet (keras.applications' files), a Keras
 ``.h5`` weights file, or an earlier edgepipe run.
 
-Layers are matched by name and shape, and only the backbone's layers load: the
-head of a new model stays new, so a classifier's run can seed a detector. What
-loaded, and what did not, is logged and returned for the manifest.
+Layers are matched by name. The backbone's layers must match in shape too (a
+mismatch is another backbone or width: an error); a head layer loads only where its
+name and every shape match, as when a segmenter pretrained on a large set seeds one
+for the user's set with the same classes, and stays new otherwise, so a classifier's
+run can seed a detector and a new class count gets a new output layer. What loaded,
+and what did not, is logged and returned for the manifest.
 """
 
 from __future__ import annotations
@@ -172,11 +175,12 @@ def _fit(value: np.ndarray, shape: tuple, layer: str, index: int, source: Path, 
 
 
 def load_backbone_weights(model: keras.Model, cfg: Config, source: Path) -> dict:
-    """Load the backbone layers of ``model`` from ``source`` by name and shape.
+    """Load the backbone layers of ``model`` from ``source`` by name and shape, and the
+    head layers whose name and shapes both match (a run of the same task).
 
     Returns:
         A summary for the manifest: layers and parameters loaded, backbone layers
-        not found in the file, and the (new) head layers.
+        not found in the file, the head layers loaded, and the (new) head layers.
 
     Raises:
         WeightsError: when nothing matches, or a backbone layer's shapes differ.
@@ -206,24 +210,39 @@ def load_backbone_weights(model: keras.Model, cfg: Config, source: Path) -> dict
             f"model.weights: {source}: no layer of the {cfg.model.backbone} backbone matches the file by name "
             f"({len(stored)} layers with weights in it, e.g. {example!r}); is it a file of another backbone?"
         )
+    head_loaded = []
+    for layer in model.layers:
+        if layer.name in backbone or not layer.weights:
+            continue
+        values = _values_for(layer, stored)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if values is None or [tuple(v.shape) for v in values] != shapes:
+            continue  # another task's or class count's head: it stays new
+        layer.set_weights(values)
+        head_loaded.append(layer.name)
+        params += sum(int(np.prod(s)) for s in shapes)
     head = [layer.name for layer in model.layers if layer.weights and layer.name not in backbone]
+    new = [name for name in head if name not in head_loaded]
     for note in notes:
         log.info(note)
     log.info(
-        "loaded %d backbone layers (%s parameters) from %s; %d backbone layers not in the file%s; new (head) layers: %s",
+        "loaded %d backbone and %d head layers (%s parameters) from %s; %d backbone layers not in the file%s; "
+        "new (head) layers: %s",
         len(loaded),
+        len(head_loaded),
         f"{params:,}",
         source,
         len(missing),
         f" ({', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''})" if missing else "",
-        ", ".join(head) or "none",
+        ", ".join(new) or "none",
     )
     return {
         "source": str(source),
         "loaded_layers": len(loaded),
         "loaded_params": params,
         "backbone_layers_not_loaded": missing,
-        "new_layers": head,
+        "head_layers_loaded": head_loaded,
+        "new_layers": new,
         "adapted": notes,
     }
 
