@@ -76,26 +76,52 @@ def _ours(path, frame: np.ndarray, threshold: float = MIN_SCORE, in_frame: bool 
 
 def _explained(raw: dict, mob: dict, match_iou: float) -> np.ndarray:
     """Per detection of ours: it is in the op's output (same class, IoU ≥ ``match_iou``),
-    or the op suppressed it with a box of its class that scores higher (a point's second
-    class, which our NMS drops before it starts). Boxes in input pixels: clipped to a
+    or the op suppressed it with a box that scores higher (the op's NMS is class-agnostic,
+    ours per class). Boxes in input pixels: clipped to a
     letterboxed frame, two boxes that reach into the padding overlap less than the NMS
     saw (measured: 0.587 on the frame where the op suppressed at 0.6)."""
     from pipeline.tasks.detection import boxes as B
     from pipeline.tasks.detection.task import NMS_IOU
 
-    iou = B.box_iou(raw["boxes"], mob["boxes"]) * (raw["classes"][:, None] == mob["classes"][None])
-    if not iou.size:
+    overlap = B.box_iou(raw["boxes"], mob["boxes"])
+    if not overlap.size:
         return np.zeros(raw["count"], bool)
+    same = overlap * (raw["classes"][:, None] == mob["classes"][None])
     higher = mob["scores"][None] >= raw["scores"][:, None] - 1e-4
-    return (iou.max(1) >= match_iou) | ((iou > NMS_IOU) & higher).any(1)
+    return (same.max(1) >= match_iou) | ((overlap > NMS_IOU) & higher).any(1)
+
+
+@pytest.mark.slow
+def test_the_op_finds_the_same_on_one_thread_as_on_two(trained):
+    """LiteRT's regular (per-class) NMS loses a whole class when the interpreter has more
+    than one thread (tensorflow/tensorflow#56058); the mobile form's detections must not
+    depend on the thread count, as phones run it on several."""
+    from pipeline.core.sidecar import read_sidecar
+    from pipeline.runtime.tflite_model import TFLiteModel
+    from pipeline.tasks.detection import boxes as B
+
+    _, cfg, exports = trained
+    frames = _frames(cfg, 8)
+    for variant in ("float32_mobile", "int8_mobile"):
+        spec = read_sidecar(exports[variant]).spec
+        one, two = (TFLiteModel(exports[variant], spec, threads=t) for t in (1, 2))
+        classes = set()
+        for frame in frames:
+            x = prepare(frame, spec)[None]
+            a, b = (B.ssd_detections(m(x), 0, spec.size) for m in (one, two))
+            assert a["count"] == b["count"] and np.array_equal(a["classes"], b["classes"]), variant
+            np.testing.assert_allclose(a["boxes"], b["boxes"], atol=1e-3)
+            np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
+            classes |= set(a["classes"].tolist())
+        assert len(classes) > 1, classes  # a class lost on two threads would show
 
 
 @pytest.mark.slow
 def test_the_op_decodes_our_boxes_as_our_own_post_processing_does(trained):
     """float32: every box the op returns is one of our decoded boxes (within 0.1 px) with
-    that class's score; our post-processing's detections are among the op's (per-class
-    NMS both; the op also keeps a point's second class, ours only its best). int8: the
-    same detections in the main."""
+    that class's score; our post-processing's detections are among the op's, or the op's
+    class-agnostic NMS suppressed them with a higher box. int8: the same detections in
+    the main."""
     from pipeline.core.sidecar import read_sidecar
     from pipeline.runtime.tflite_model import TFLiteModel
     from pipeline.tasks.detection import boxes as B
