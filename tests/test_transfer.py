@@ -41,9 +41,13 @@ def test_weights_file_loads_the_backbone_by_name_and_leaves_the_head_new(tmp_pat
     assert "logits" in summary["new_layers"] and not summary["backbone_layers_not_loaded"]
 
 
-def test_a_run_of_the_same_task_seeds_the_head_too_where_its_shapes_match(tmp_path):
+def test_a_run_of_the_same_classes_seeds_the_head_too_and_other_classes_get_a_new_one(tmp_path):
     """A segmenter pretrained on a large set seeds the user's segmenter whole (decoder
-    and classifier); with another class count the classifier alone stays new."""
+    and classifier) when its run recorded the same class names; with other names, as
+    many or not, or from a bare weights file, only the backbone loads."""
+    import json
+
+    from pipeline.models.backbones import backbone_layer_names
     from pipeline.models.weights import load_pretrained
     from pipeline.tasks import get_task
 
@@ -52,27 +56,32 @@ def test_a_run_of_the_same_task_seeds_the_head_too_where_its_shapes_match(tmp_pa
     source = task.build_model(tiny_config(task="segmentation"), 4)
     rng = np.random.default_rng(2)
     source.set_weights([rng.normal(0, 0.1, w.shape).astype(np.float32) for w in source.get_weights()])
-    path = tmp_path / "segmenter.h5"
+    (tmp_path / "run" / "models").mkdir(parents=True)
+    path = tmp_path / "run" / "models" / "float.h5"
     source.save_weights(str(path))
-    cfg = tiny_config(f"model.weights={path}", task="segmentation")
+    names = ["background", "a", "b", "c"]
+    train = {"stage": "train", "status": "ok", "results": {"class_names": names}}
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({"run": "run", "stages": [train]}))
+    cfg = tiny_config(f"model.weights={tmp_path / 'run'}", task="segmentation")
+    backbone = backbone_layer_names(cfg.model)
+    head = [x.name for x in source.layers if x.weights and x.name not in backbone]
 
     same = task.build_model(cfg, 4)
-    summary = load_pretrained(same, cfg)
+    summary = load_pretrained(same, cfg, names)
     for layer in (x for x in source.layers if x.weights):
         for got, want in zip(same.get_layer(layer.name).get_weights(), layer.get_weights()):
             np.testing.assert_array_equal(got, want, err_msg=layer.name)
-    assert summary["new_layers"] == [] and "classifier" in summary["head_layers_loaded"]
-    assert summary["loaded_params"] == source.count_params()
+    assert summary["new_layers"] == [] and summary["head_layers_loaded"] == head and "classifier" in head
+    assert summary["loaded_params"] + summary["head_params_loaded"] == source.count_params()
 
-    other = task.build_model(cfg, 6)  # another class count: a new output layer
-    before = [w.copy() for w in other.get_layer("classifier").get_weights()]
-    summary = load_pretrained(other, cfg)
-    assert summary["new_layers"] == ["classifier"]
-    for got, want in zip(other.get_layer("classifier").get_weights(), before):
-        np.testing.assert_array_equal(got, want)
-    np.testing.assert_array_equal(
-        other.get_layer("dec_fine_pw_conv").get_weights()[0], source.get_layer("dec_fine_pw_conv").get_weights()[0]
-    )
+    for classes in (["background", "x", "y", "z"], [*names, "d"], None):  # other names, count, or unknown
+        other = task.build_model(cfg, len(classes or names))
+        before = {n: [w.copy() for w in other.get_layer(n).get_weights()] for n in head}
+        summary = load_pretrained(other, cfg, classes)
+        assert summary["head_layers_loaded"] == [] and summary["new_layers"] == head, classes
+        for n in head:
+            for got, want in zip(other.get_layer(n).get_weights(), before[n]):
+                np.testing.assert_array_equal(got, want, err_msg=n)
 
 
 def test_grayscale_model_sums_the_rgb_stem_kernel(tmp_path, caplog):

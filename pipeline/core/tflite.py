@@ -111,3 +111,25 @@ def weight_sparsity(tflite: bytes) -> float:
     """Zero fraction of the conv / dense weight tensors of a model file (:func:`layer_sparsity`)."""
     layers = layer_sparsity(tflite)
     return sum(z for _, z, _ in layers) / max(sum(n for _, _, n in layers), 1)
+
+
+SSD_OP = b"TFLite_Detection_PostProcess"
+
+
+def ssd_op_options(tflite: bytes) -> dict | None:
+    """The options of the model's ``TFLite_Detection_PostProcess`` op (its flexbuffer
+    custom options: ``use_regular_nms``, ``num_classes``, ...); None without the op."""
+    from flatbuffers import flexbuffers
+
+    m = schema().Model.GetRootAs(tflite, 0)  # the lazy reader: no copy of the weights
+    customs = {i for i in range(m.OperatorCodesLength()) if m.OperatorCodes(i).CustomCode() == SSD_OP}
+    if not customs:
+        return None
+    for i in range(m.SubgraphsLength()):
+        g = m.Subgraphs(i)
+        for j in range(g.OperatorsLength()):
+            op = g.Operators(j)
+            if op.OpcodeIndex() in customs:
+                raw = op.CustomOptionsAsNumpy()
+                return dict(flexbuffers.Loads(bytes(raw))) if not isinstance(raw, int) else {}
+    return None

@@ -2,16 +2,19 @@
 ``.h5`` weights file, or an earlier edgepipe run.
 
 Layers are matched by name. The backbone's layers must match in shape too (a
-mismatch is another backbone or width: an error); a head layer loads only where its
-name and every shape match, as when a segmenter pretrained on a large set seeds one
-for the user's set with the same classes, and stays new otherwise, so a classifier's
-run can seed a detector and a new class count gets a new output layer. What loaded,
-and what did not, is logged and returned for the manifest.
+mismatch is another backbone or width: an error). The head loads too only from an
+edgepipe run of the same classes (its train stage records their names): a segmenter
+pretrained on a large set then seeds the whole segmenter for the user's set, layer by
+layer where name and every shape match. Otherwise the head stays new, so a
+classifier's run seeds a detector's backbone, and a model of other classes (even as
+many) gets a new head. What loaded, and what did not, is logged and returned for the
+manifest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -82,6 +85,21 @@ def imagenet_weights(cfg: Config) -> Path:
             f"model.weights=PATH to a Keras .h5 weights file of the backbone or an edgepipe run folder"
         ) from None
     return Path(path)
+
+
+def source_class_names(source: Path) -> list[str] | None:
+    """The class names an edgepipe run's train stage recorded, for its ``models/*.h5``
+    (None for other files, and for runs trained before the names were recorded)."""
+    manifest = source.parent.parent / "manifest.json"
+    if source.parent.name != "models" or not manifest.is_file():
+        return None
+    try:
+        stages = json.loads(manifest.read_text()).get("stages", [])
+    except (OSError, ValueError, AttributeError):
+        return None
+    trains = [s for s in stages if isinstance(s, dict) and s.get("stage") == "train" and s.get("status") == "ok"]
+    names = (trains[-1].get("results") or {}).get("class_names") if trains else None
+    return [str(n) for n in names] if isinstance(names, list) else None
 
 
 def resolve(cfg: Config) -> Path | None:
@@ -174,13 +192,15 @@ def _fit(value: np.ndarray, shape: tuple, layer: str, index: int, source: Path, 
     )
 
 
-def load_backbone_weights(model: keras.Model, cfg: Config, source: Path) -> dict:
-    """Load the backbone layers of ``model`` from ``source`` by name and shape, and the
-    head layers whose name and shapes both match (a run of the same task).
+def load_backbone_weights(model: keras.Model, cfg: Config, source: Path, class_names=None) -> dict:
+    """Load the backbone layers of ``model`` from ``source`` by name and shape; and, when
+    ``source`` is an edgepipe run of the same ``class_names``, the head layers whose name
+    and shapes both match.
 
     Returns:
-        A summary for the manifest: layers and parameters loaded, backbone layers
-        not found in the file, the head layers loaded, and the (new) head layers.
+        A summary for the manifest: backbone layers and parameters loaded, backbone
+        layers not found in the file, the head layers and parameters loaded, and the
+        (new) head layers.
 
     Raises:
         WeightsError: when nothing matches, or a backbone layer's shapes differ.
@@ -210,9 +230,10 @@ def load_backbone_weights(model: keras.Model, cfg: Config, source: Path) -> dict
             f"model.weights: {source}: no layer of the {cfg.model.backbone} backbone matches the file by name "
             f"({len(stored)} layers with weights in it, e.g. {example!r}); is it a file of another backbone?"
         )
-    head_loaded = []
+    head_loaded, head_params = [], 0
+    same_classes = class_names is not None and source_class_names(source) == list(class_names)
     for layer in model.layers:
-        if layer.name in backbone or not layer.weights:
+        if not same_classes or layer.name in backbone or not layer.weights:
             continue
         values = _values_for(layer, stored)
         shapes = [tuple(w.shape) for w in layer.weights]
@@ -220,17 +241,19 @@ def load_backbone_weights(model: keras.Model, cfg: Config, source: Path) -> dict
             continue  # another task's or class count's head: it stays new
         layer.set_weights(values)
         head_loaded.append(layer.name)
-        params += sum(int(np.prod(s)) for s in shapes)
+        head_params += sum(int(np.prod(s)) for s in shapes)
     head = [layer.name for layer in model.layers if layer.weights and layer.name not in backbone]
     new = [name for name in head if name not in head_loaded]
     for note in notes:
         log.info(note)
     log.info(
-        "loaded %d backbone and %d head layers (%s parameters) from %s; %d backbone layers not in the file%s; "
-        "new (head) layers: %s",
+        "loaded %d backbone layers (%s parameters) and %d head layers (%s; %s) from %s; %d backbone layers not in "
+        "the file%s; new (head) layers: %s",
         len(loaded),
-        len(head_loaded),
         f"{params:,}",
+        len(head_loaded),
+        f"{head_params:,} parameters",
+        "a run of the same classes" if same_classes else "the head loads only from a run of the same classes",
         source,
         len(missing),
         f" ({', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''})" if missing else "",
@@ -242,12 +265,13 @@ def load_backbone_weights(model: keras.Model, cfg: Config, source: Path) -> dict
         "loaded_params": params,
         "backbone_layers_not_loaded": missing,
         "head_layers_loaded": head_loaded,
+        "head_params_loaded": head_params,
         "new_layers": new,
         "adapted": notes,
     }
 
 
-def load_pretrained(model: keras.Model, cfg: Config) -> dict | None:
-    """Apply ``model.weights`` to a freshly built model (None for ``none``)."""
+def load_pretrained(model: keras.Model, cfg: Config, class_names=None) -> dict | None:
+    """Apply ``model.weights`` to a freshly built model of ``class_names`` (None for ``none``)."""
     source = resolve(cfg)
-    return None if source is None else load_backbone_weights(model, cfg, source)
+    return None if source is None else load_backbone_weights(model, cfg, source, class_names)

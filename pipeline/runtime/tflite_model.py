@@ -8,6 +8,7 @@ the input tensor's own dtype and quantization parameters.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,9 @@ import numpy as np
 from pipeline.core.errors import ModelFileError
 from pipeline.core.images import InputSpec, normalize
 from pipeline.core.metadata import ssd_output_order
-from pipeline.core.tflite import check_header, output_order
+from pipeline.core.tflite import check_header, output_order, ssd_op_options
+
+log = logging.getLogger(__name__)
 
 
 def open_interpreter(model_path: str | Path | None = None, model_content: bytes | None = None, threads: int = 1):
@@ -91,6 +94,25 @@ def ordered_outputs(interpreter) -> list[dict]:
     return [d for _, d in sorted(zip(order, details), key=lambda kd: kd[0])]
 
 
+def warn_regular_nms(path: Path, blob: bytes, threads: int) -> bool:
+    """Warn (and say True) when ``blob``'s SSD op runs regular NMS on more threads than
+    one: LiteRT then drops the class whose index equals the thread count
+    (tensorflow/tensorflow#56058). Our exports use fast NMS; older ones and other SSD
+    models may not."""
+    opts = ssd_op_options(blob)
+    if not opts or not opts.get("use_regular_nms") or threads < 2 or int(opts.get("num_classes", 0)) <= threads:
+        return False
+    log.warning(
+        "%s: its TFLite_Detection_PostProcess op runs regular (per-class) NMS, which LiteRT gets wrong on %d "
+        "threads: class %d is never detected (tensorflow/tensorflow#56058). Re-export it with this edgepipe "
+        "(fast NMS), or run it on 1 thread",
+        path,
+        threads,
+        threads,
+    )
+    return True
+
+
 class TFLiteModel:
     """One exported model: interpreter plus the input spec from its sidecar."""
 
@@ -100,7 +122,9 @@ class TFLiteModel:
         self.threads = threads
         self.interpreter = open_interpreter(self.path, threads=threads)
         self.input = self.interpreter.get_input_details()[0]
-        self._ssd_order = ssd_output_order(self.path.read_bytes())
+        blob = self.path.read_bytes()
+        self._ssd_order = ssd_output_order(blob)
+        warn_regular_nms(self.path, blob, threads)
         self.outputs = self._ordered()
         self._batch = int(self.input["shape"][0])
         self._fixed_batch = False

@@ -158,7 +158,7 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
         else:
             if chief:
                 _forget_previous_attempt(run)
-            transfer = load_pretrained(model, cfg)
+            transfer = load_pretrained(model, cfg, task.class_names(data))
         tuned = len(phases) > 1 or phases[-1].freeze_backbone or phases[-1].backbone_lr_mult != 1.0
         backbone = backbone_layer_names(cfg.model) if tuned else frozenset()
         for phase in phases:
@@ -190,13 +190,14 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
             stale.unlink(missing_ok=True)
         entry["results"] = {k: float(v) for k, v in results.items()}
         entry["results"]["skipped_images"] = len(data.skipped)
+        entry["results"]["class_names"] = list(task.class_names(data))  # a later run's model.weights reads them
         entry["results"]["hardware"] = {
             "gpus": hw.gpus, "mixed_precision": hw.mixed_precision, "xla": hw.xla,
             "strategy": type(hw.strategy).__name__, "replicas": hw.strategy.num_replicas_in_sync,
         }  # fmt: skip
         if transfer is not None:
             entry["results"]["pretrained"] = transfer
-    log.info("float model: %s", {k: v for k, v in entry["results"].items() if k != "pretrained"})
+    log.info("float model: %s", {k: v for k, v in entry["results"].items() if k not in ("pretrained", "class_names")})
     return entry["results"]
 
 

@@ -46,8 +46,9 @@ def implements(max_detections: int, num_classes: int, score_threshold: float, io
         ("num_classes", "i", num_classes),
         # Fast (class-agnostic) NMS, each box with its best class: LiteRT's regular
         # (per-class) NMS drops a whole class when the interpreter has more than one
-        # thread (tensorflow/tensorflow#56058, open; measured: one digit's AP 0.187 at 1
-        # thread, 0 at 2), and phones run detectors on several threads.
+        # thread, the class whose index is the thread count (tensorflow/tensorflow#56058,
+        # closed as stale, not fixed; measured: digit 2's AP 0.187 at 1 thread, 0 at 2),
+        # and phones run detectors on several threads.
         ("use_regular_nms", "b", "false"),
         ("nms_score_threshold", "f", f"{score_threshold:f}"),
         ("nms_iou_threshold", "f", f"{iou_threshold:f}"),

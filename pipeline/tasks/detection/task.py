@@ -132,8 +132,8 @@ def _mobile_extras(cfg) -> dict:
     letterbox = cfg.model.resize == "letterbox"
     return {
         "postprocess": {
-            "in_graph": "TFLite_Detection_PostProcess: anchor decoding, per-class NMS (IoU "
-            f"{NMS_IOU}), the {MAX_DETECTIONS} best with score >= {MOBILE_SCORE}",
+            "in_graph": "TFLite_Detection_PostProcess: anchor decoding, class-agnostic (fast) NMS (IoU "
+            f"{NMS_IOU}), each box with its best class, the {MAX_DETECTIONS} best with score >= {MOBILE_SCORE}",
             "mediapipe": "MediaPipe's ObjectDetector and the TFLite Task Library read this file as it is; they "
             "stretch the frame to the input size"
             + (
