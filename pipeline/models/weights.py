@@ -14,7 +14,6 @@ manifest.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -26,6 +25,7 @@ from pipeline._keras import keras
 from pipeline.core.backbones import backbone_info
 from pipeline.core.config import Config
 from pipeline.core.errors import WeightsError
+from pipeline.core.rundir import RunDir
 from pipeline.models.backbones import backbone_layer_names
 
 log = logging.getLogger(__name__)
@@ -89,14 +89,11 @@ def imagenet_weights(cfg: Config) -> Path:
 
 def source_class_names(source: Path) -> list[str] | None:
     """The class names an edgepipe run's train stage recorded, for its ``models/*.h5``
-    (None for other files, and for runs trained before the names were recorded)."""
-    manifest = source.parent.parent / "manifest.json"
-    if source.parent.name != "models" or not manifest.is_file():
+    (None for other files, and for runs trained before the names were recorded). A
+    broken manifest is the run folder's own error, naming the file."""
+    if source.parent.name != "models":
         return None
-    try:
-        stages = json.loads(manifest.read_text()).get("stages", [])
-    except (OSError, ValueError, AttributeError):
-        return None
+    stages = RunDir(source.parent.parent).manifest()["stages"]
     trains = [s for s in stages if isinstance(s, dict) and s.get("stage") == "train" and s.get("status") == "ok"]
     names = (trains[-1].get("results") or {}).get("class_names") if trains else None
     return [str(n) for n in names] if isinstance(names, list) else None

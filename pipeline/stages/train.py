@@ -141,7 +141,8 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
         if role.workers > 1:
             log.info("%s %d reads %d of the %d training samples (a share per worker)", role.task_type, role.index,
                      len(data.train) // role.workers, len(data.train))  # fmt: skip
-        num_classes = len(task.class_names(data))
+        class_names = task.class_names(data)
+        num_classes = len(class_names)
         # Every worker decides from the same files: read them all, then wait for every
         # worker before the chief changes anything (a worker deciding differently would
         # train from other weights, or call a collective the others never call).
@@ -158,7 +159,7 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
         else:
             if chief:
                 _forget_previous_attempt(run)
-            transfer = load_pretrained(model, cfg, task.class_names(data))
+            transfer = load_pretrained(model, cfg, class_names)
         tuned = len(phases) > 1 or phases[-1].freeze_backbone or phases[-1].backbone_lr_mult != 1.0
         backbone = backbone_layer_names(cfg.model) if tuned else frozenset()
         for phase in phases:
@@ -190,7 +191,7 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
             stale.unlink(missing_ok=True)
         entry["results"] = {k: float(v) for k, v in results.items()}
         entry["results"]["skipped_images"] = len(data.skipped)
-        entry["results"]["class_names"] = list(task.class_names(data))  # a later run's model.weights reads them
+        entry["results"]["class_names"] = list(class_names)  # a later run's model.weights reads them
         entry["results"]["hardware"] = {
             "gpus": hw.gpus, "mixed_precision": hw.mixed_precision, "xla": hw.xla,
             "strategy": type(hw.strategy).__name__, "replicas": hw.strategy.num_replicas_in_sync,
