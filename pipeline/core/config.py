@@ -54,6 +54,9 @@ class DataConfig:
     val_masks: str = ""
     ignore_index: int = field(default=255, metadata=_range(0, 255))
     augment: bool = True
+    # Mirroring in augmentation (keras-cv RandomFlip's modes). "none" where left and
+    # right differ: digits, text, signs, arrows (a mirrored 2 is a 5-like shape).
+    flip: Literal["horizontal", "vertical", "horizontal_and_vertical", "none"] = "horizontal"
     # Prepared samples after their first read: in memory when they fit the budget, else
     # on disk in RUN/cache, or read from the files every epoch (pipeline/data/stream.py).
     cache: Literal["auto", "memory", "disk", "off"] = "auto"

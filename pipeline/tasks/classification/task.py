@@ -10,14 +10,15 @@ from pipeline.tasks.classification import readers as cls_data
 from pipeline.tasks.classification.runtime import RUNTIME
 
 
-def _augmenter():
+def _augmenter(flip: str = "horizontal"):
     from pipeline._keras import keras, keras_cv
 
-    # keras-cv layers on [0, 255] floats; flips and small shifts keep labels valid.
+    # keras-cv layers on [0, 255] floats; flips (data.flip) and small shifts keep labels valid.
     # float32 whatever the global policy: augmentation is input work, not the model's.
+    mirror = [] if flip == "none" else [keras_cv.layers.RandomFlip(flip, dtype="float32")]
     return keras.Sequential(
         [
-            keras_cv.layers.RandomFlip("horizontal", dtype="float32"),
+            *mirror,
             keras_cv.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", dtype="float32"),
             keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2, dtype="float32"),
         ],
@@ -37,7 +38,7 @@ class Classification(Task):
         from pipeline.tasks.classification.pipeline import training_dataset
 
         d = cfg.data
-        augment = _augmenter() if d.augment else None
+        augment = _augmenter(d.flip) if d.augment else None
         kw = dict(shuffle_buffer=d.shuffle_buffer, seed=d.seed, skipped=data.skipped)
         sample_bytes = spec.size * spec.size * spec.channels + 4
         train, val = (

@@ -1,7 +1,7 @@
 """tf.data for segmentation: image and mask augmented together, then normalized.
 
 Geometric augmentation draws one random box per sample (a zoom-in crop, mirrored
-at random) and samples image and mask through the same
+at random as ``data.flip`` says) and samples image and mask through the same
 ``tf.image.crop_and_resize`` call geometry: bilinear for the image, nearest for the
 mask, so a class id is never blended and the mask stays on its pixels. Photometric
 jitter touches the image only.
@@ -22,26 +22,28 @@ from pipeline.tasks.segmentation.readers import SegSplit
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def random_boxes(batch, max_zoom: float = 1.5, flip: bool = True, seed=None):
-    """``(batch, 4)`` normalized ``y1 x1 y2 x2`` crop boxes; ``x1 > x2`` mirrors the crop."""
+def random_boxes(batch, max_zoom: float = 1.5, flip: str = "horizontal", seed=None):
+    """``(batch, 4)`` normalized ``y1 x1 y2 x2`` crop boxes; ``x1 > x2`` mirrors the crop
+    left-right, ``y1 > y2`` upside down. ``flip``: ``data.flip``'s modes."""
     side = 1.0 / tf.random.uniform([batch], 1.0, max_zoom, seed=seed)
     y1 = tf.random.uniform([batch], 0, 1, seed=seed) * (1 - side)
     x1 = tf.random.uniform([batch], 0, 1, seed=seed) * (1 - side)
     boxes = tf.stack([y1, x1, y1 + side, x1 + side], axis=1)
-    if flip:
-        mirror = tf.random.uniform([batch], 0, 1, seed=seed) < 0.5
-        boxes = tf.where(mirror[:, None], tf.gather(boxes, [0, 3, 2, 1], axis=1), boxes)
+    for mode, swap in (("horizontal", [0, 3, 2, 1]), ("vertical", [2, 1, 0, 3])):
+        if mode in flip:  # "horizontal_and_vertical" draws each on its own
+            mirror = tf.random.uniform([batch], 0, 1, seed=seed) < 0.5
+            boxes = tf.where(mirror[:, None], tf.gather(boxes, swap, axis=1), boxes)
     return boxes
 
 
-def augment_pair(images, masks, boxes=None, photometric: bool = True):
+def augment_pair(images, masks, boxes=None, photometric: bool = True, flip: str = "horizontal"):
     """Augment a batch of float images in [0, 255] ``(N,S,S,C)`` and their masks
     ``(N,S,S)`` together. ``boxes`` (see :func:`random_boxes`) may be given to make the
     geometry reproducible; the output is the input's size."""
     shape = tf.shape(images)
     n, size = shape[0], shape[1:3]
     if boxes is None:
-        boxes = random_boxes(n)
+        boxes = random_boxes(n, flip=flip)
     ind = tf.range(n)
     out = tf.image.crop_and_resize(images, boxes, ind, size, method="bilinear")
     m = tf.image.crop_and_resize(tf.cast(masks[..., None], tf.float32), boxes, ind, size, method="nearest")
@@ -92,11 +94,13 @@ def training_dataset(
     *,
     training: bool,
     augment: bool = True,
+    flip: str = "horizontal",
     shuffle_buffer: int = 2048,
     seed: int = 0,
     cache: CachePlan | None = None,
 ):
-    """Batched ``(normalized float image, int32 mask)`` for Keras ``fit``/``evaluate``."""
+    """Batched ``(normalized float image, int32 mask)`` for Keras ``fit``/``evaluate``;
+    ``flip`` is ``data.flip``."""
     ds = sample_dataset(split, spec, training=training, seed=seed, shuffle_buffer=shuffle_buffer, cache=cache)
     ds = ds.batch(batch_size, drop_remainder=training and len(split) >= batch_size)
 
@@ -104,7 +108,7 @@ def training_dataset(
         x = tf.cast(x, tf.float32)
         y = tf.cast(y, tf.int32)
         if training and augment:
-            x, y = augment_pair(x, y)
+            x, y = augment_pair(x, y, flip=flip)
         return normalize(x, spec), y
 
     return ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -77,7 +77,7 @@ class Segmentation(Task):
             for s, name in ((data.train, "train"), (data.val, "val"))
         ]
         train = training_dataset(data.train, spec, cfg.train.batch_size, training=True, augment=d.augment,
-                                 cache=plans[0], **kw)  # fmt: skip
+                                 flip=d.flip, cache=plans[0], **kw)  # fmt: skip
         val = training_dataset(data.val, spec, cfg.train.batch_size, training=False, cache=plans[1], **kw)
         return train, val
 
