@@ -57,6 +57,12 @@ class DataConfig:
     # Mirroring in augmentation (keras-cv RandomFlip's modes). "none" where left and
     # right differ: digits, text, signs, arrows (a mirrored 2 is a 5-like shape).
     flip: Literal["horizontal", "vertical", "horizontal_and_vertical", "none"] = "horizontal"
+    # Random rotation and shear, ± degrees (Ultralytics' degrees and shear); 0: none.
+    rotation: float = field(default=0.0, metadata=_range(0.0, 180.0))
+    shear: float = field(default=0.0, metadata=_range(0.0, 45.0))
+    # Segmentation and detection: the random zoom (input size over window size); below 1
+    # zooms out, padding with background. Detection's default is (0.75, 1.3).
+    zoom: tuple[float, float] = field(default=(1.0, 1.5), metadata=_range(0.25, 4.0))
     # Prepared samples after their first read: in memory when they fit the budget, else
     # on disk in RUN/cache, or read from the files every epoch (pipeline/data/stream.py).
     cache: Literal["auto", "memory", "disk", "off"] = "auto"
@@ -358,6 +364,8 @@ def load(
             f"data.num_classes={d.num_classes} but data.class_names lists {len(d.class_names)} names; "
             "give one of them, or make them agree"
         )
+    if d.zoom[0] > d.zoom[1]:
+        raise ConfigError(f"data.zoom: expected low,high with low <= high, got {list(d.zoom)}")
     check_variant_names(cfg.export.variants)
     return cfg
 

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.data.augment import Affine
 from pipeline.tasks.base import Task
 from pipeline.tasks.classification import SPEC
 from pipeline.tasks.classification import readers as cls_data
 from pipeline.tasks.classification.runtime import RUNTIME
 
 
-def _augmenter(flip: str = "horizontal"):
+def _augmenter(affine: Affine | None = None):
     from pipeline._keras import keras, keras_cv
 
-    # keras-cv layers on [0, 255] floats; flips (data.flip) and small shifts keep labels valid.
-    # float32 whatever the global policy: augmentation is input work, not the model's.
-    mirror = [] if flip == "none" else [keras_cv.layers.RandomFlip(flip, dtype="float32")]
+    affine = affine or Affine()
+
+    # keras-cv layers on [0, 255] floats; flips, rotations, shears (data.*) and small
+    # shifts keep labels valid. float32 whatever the global policy: input work.
     return keras.Sequential(
         [
-            *mirror,
+            *affine.keras_cv_layers(),
             keras_cv.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", dtype="float32"),
             keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2, dtype="float32"),
         ],
@@ -38,7 +40,7 @@ class Classification(Task):
         from pipeline.tasks.classification.pipeline import training_dataset
 
         d = cfg.data
-        augment = _augmenter(d.flip) if d.augment else None
+        augment = _augmenter(Affine.of(d)) if d.augment else None
         kw = dict(shuffle_buffer=d.shuffle_buffer, seed=d.seed, skipped=data.skipped)
         sample_bytes = spec.size * spec.size * spec.channels + 4
         train, val = (

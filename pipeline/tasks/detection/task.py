@@ -8,6 +8,7 @@ import logging
 import numpy as np
 
 from pipeline.core.images import ImageError, SkipCounter, geometry, prepare, read_image
+from pipeline.data.augment import Affine
 from pipeline.tasks.base import Task
 from pipeline.tasks.detection import SPEC
 from pipeline.tasks.detection import boxes as B
@@ -35,18 +36,19 @@ MOBILE_SIGNATURE = [  # the SSD op's output ports, in order
 # === Data ===
 
 
-def _augmenter(size: int, flip: str = "horizontal"):
+def _augmenter(size: int, affine: Affine | None = None):
     from pipeline._keras import keras, keras_cv
+
+    affine = affine or Affine(zoom=(0.75, 1.3))  # the task's default zoom
 
     fmt = "xyxy"
     # float32 whatever the global policy: under mixed_float16, JitteredResize would get
     # float16 boxes and fail multiplying them by its float32 scales (a GPU run's default).
     f32 = {"dtype": "float32"}
-    mirror = [] if flip == "none" else [keras_cv.layers.RandomFlip(flip, bounding_box_format=fmt, **f32)]
     return keras.Sequential(
         [
-            *mirror,
-            keras_cv.layers.JitteredResize((size, size), scale_factor=(0.75, 1.3), bounding_box_format=fmt, **f32),
+            *affine.keras_cv_layers(bounding_box_format=fmt),
+            keras_cv.layers.JitteredResize((size, size), scale_factor=affine.zoom, bounding_box_format=fmt, **f32),
             keras_cv.layers.RandomBrightness(0.15, value_range=(0, 255), **f32),
             keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2, **f32),
         ],
@@ -108,7 +110,7 @@ def box_batches(split, cfg, spec, training: bool, skipped: SkipCounter, cache=No
     )
     ds = cached_and_shuffled(ds, cache, training=training, n=len(split), shuffle_buffer=d.shuffle_buffer, seed=d.seed)
     ds = ds.map(lambda x, b, c: (tf.cast(x, tf.float32), b, c)).batch(cfg.train.batch_size, drop_remainder=training)
-    augment = _augmenter(size, d.flip) if training and d.augment else None
+    augment = _augmenter(size, Affine.of(d)) if training and d.augment else None
 
     def augmented(x, b, c):
         if augment is not None:

@@ -1,9 +1,10 @@
 """tf.data for segmentation: image and mask augmented together, then normalized.
 
-Geometric augmentation draws one random box per sample (a zoom-in crop, mirrored
-at random as ``data.flip`` says) and samples image and mask through the same
-``tf.image.crop_and_resize`` call geometry: bilinear for the image, nearest for the
-mask, so a class id is never blended and the mask stays on its pixels. Photometric
+Geometric augmentation draws one affine map per sample (zoom, rotation, shear and
+mirroring, as ``data.zoom``, ``data.rotation``, ``data.shear`` and ``data.flip`` say)
+and warps image and mask through the same ``ImageProjectiveTransform``: bilinear for
+the image, nearest for the mask, so a class id is never blended and the mask stays on
+its pixels. Photometric
 jitter touches the image only.
 
 Samples stream from their files (:mod:`pipeline.data.stream`): parallel reads, the
@@ -12,41 +13,72 @@ cache that ``data.cache`` chooses, prefetch; the synthetic set is in memory alre
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from pipeline._keras import tf
 from pipeline.core.images import InputSpec, normalize
+from pipeline.data.augment import Affine
 from pipeline.data.stream import IN_MEMORY, CachePlan, cached_and_shuffled, read_indexed, shard_source
 from pipeline.tasks.segmentation.readers import SegSplit
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def random_boxes(batch, max_zoom: float = 1.5, flip: str = "horizontal", seed=None):
-    """``(batch, 4)`` normalized ``y1 x1 y2 x2`` crop boxes; ``x1 > x2`` mirrors the crop
-    left-right, ``y1 > y2`` upside down. ``flip``: ``data.flip``'s modes."""
-    side = 1.0 / tf.random.uniform([batch], 1.0, max_zoom, seed=seed)
-    y1 = tf.random.uniform([batch], 0, 1, seed=seed) * (1 - side)
-    x1 = tf.random.uniform([batch], 0, 1, seed=seed) * (1 - side)
-    boxes = tf.stack([y1, x1, y1 + side, x1 + side], axis=1)
-    for mode, swap in (("horizontal", [0, 3, 2, 1]), ("vertical", [2, 1, 0, 3])):
-        if mode in flip:  # "horizontal_and_vertical" draws each on its own
-            mirror = tf.random.uniform([batch], 0, 1, seed=seed) < 0.5
-            boxes = tf.where(mirror[:, None], tf.gather(boxes, swap, axis=1), boxes)
-    return boxes
+def random_transforms(batch, size, affine: Affine):
+    """``(batch, 8)`` ``ImageProjectiveTransform`` rows, each mapping an output pixel to
+    the input point it samples: about the image's centre, a zoom (log-uniform in
+    ``affine.zoom``), a horizontal shear and a rotation, mirrored as ``affine.flip`` says,
+    shifted at random as far as keeps the window inside the image (zoom in) or the image
+    inside the window (zoom out)."""
+    rand = lambda lo, hi: tf.random.uniform([batch], lo, hi)  # noqa: E731
+    lo, hi = affine.zoom
+    s = tf.exp(rand(math.log(lo), math.log(hi)))
+    sx, sy = s, s
+    for mode in ("horizontal", "vertical"):
+        if mode in affine.flip:  # "horizontal_and_vertical" draws each on its own
+            sign = tf.where(rand(0.0, 1.0) < 0.5, -1.0, 1.0)
+            sx, sy = (sx * sign, sy) if mode == "horizontal" else (sx, sy * sign)
+    theta = rand(-1.0, 1.0) * math.radians(affine.rotation)
+    k = tf.tan(rand(-1.0, 1.0) * math.radians(affine.shear))
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    # Forward A = rotation @ [[1, k], [0, 1]] @ diag(sx, sy): input offsets -> output offsets.
+    a00, a01 = cos * sx, (cos * k - sin) * sy
+    a10, a11 = sin * sx, (sin * k + cos) * sy
+    det = a00 * a11 - a01 * a10
+    i00, i01, i10, i11 = a11 / det, -a01 / det, -a10 / det, a00 / det
+    size = tf.cast(size, tf.float32)
+    centre = (size - 1.0) / 2.0
+    span = tf.abs(s - 1.0) * size / 2.0
+    ox, oy = centre + rand(-1.0, 1.0) * span, centre + rand(-1.0, 1.0) * span  # where the centre lands
+    # input = A^-1 (output - (ox, oy)) + centre
+    zero = tf.zeros([batch])
+    return tf.stack(
+        [i00, i01, centre - i00 * ox - i01 * oy, i10, i11, centre - i10 * ox - i11 * oy, zero, zero], axis=1
+    )
 
 
-def augment_pair(images, masks, boxes=None, photometric: bool = True, flip: str = "horizontal"):
+def _warp(x, transforms, interpolation: str):
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=x,
+        transforms=transforms,
+        output_shape=tf.shape(x)[1:3],
+        fill_value=0.0,  # outside the image: black, and background in the mask
+        interpolation=interpolation,
+        fill_mode="CONSTANT",
+    )
+
+
+def augment_pair(images, masks, affine: Affine | None = None, photometric: bool = True, transforms=None):
     """Augment a batch of float images in [0, 255] ``(N,S,S,C)`` and their masks
-    ``(N,S,S)`` together. ``boxes`` (see :func:`random_boxes`) may be given to make the
-    geometry reproducible; the output is the input's size."""
-    shape = tf.shape(images)
-    n, size = shape[0], shape[1:3]
-    if boxes is None:
-        boxes = random_boxes(n, flip=flip)
-    ind = tf.range(n)
-    out = tf.image.crop_and_resize(images, boxes, ind, size, method="bilinear")
-    m = tf.image.crop_and_resize(tf.cast(masks[..., None], tf.float32), boxes, ind, size, method="nearest")
+    ``(N,S,S)`` together. ``transforms`` (see :func:`random_transforms`) may be given to
+    make the geometry reproducible; the output is the input's size."""
+    n = tf.shape(images)[0]
+    if transforms is None:
+        transforms = random_transforms(n, tf.shape(images)[1], affine or Affine())
+    out = _warp(images, transforms, "BILINEAR")
+    m = _warp(tf.cast(masks[..., None], tf.float32), transforms, "NEAREST")
     m = tf.cast(tf.round(m[..., 0]), masks.dtype)
     if photometric:
         # Per-sample brightness and contrast, so the colour bands of the classes stay learnable.
@@ -94,13 +126,12 @@ def training_dataset(
     *,
     training: bool,
     augment: bool = True,
-    flip: str = "horizontal",
+    affine: Affine | None = None,
     shuffle_buffer: int = 2048,
     seed: int = 0,
     cache: CachePlan | None = None,
 ):
-    """Batched ``(normalized float image, int32 mask)`` for Keras ``fit``/``evaluate``;
-    ``flip`` is ``data.flip``."""
+    """Batched ``(normalized float image, int32 mask)`` for Keras ``fit``/``evaluate``."""
     ds = sample_dataset(split, spec, training=training, seed=seed, shuffle_buffer=shuffle_buffer, cache=cache)
     ds = ds.batch(batch_size, drop_remainder=training and len(split) >= batch_size)
 
@@ -108,7 +139,7 @@ def training_dataset(
         x = tf.cast(x, tf.float32)
         y = tf.cast(y, tf.int32)
         if training and augment:
-            x, y = augment_pair(x, y, flip=flip)
+            x, y = augment_pair(x, y, affine)
         return normalize(x, spec), y
 
     return ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

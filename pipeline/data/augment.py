@@ -1,0 +1,52 @@
+"""Geometric augmentation settings shared by the three tasks: ``data.flip``,
+``data.rotation``, ``data.shear`` and ``data.zoom``.
+
+Classification and detection run them as keras-cv layers (which move boxes with the
+pixels); segmentation warps image and mask through one affine map per sample
+(:mod:`pipeline.tasks.segmentation.pipeline`), nearest-neighbour for the mask.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Affine:
+    """What the geometric augmentation may do to a sample.
+
+    Attributes:
+        flip: keras-cv ``RandomFlip``'s modes, or ``"none"`` (digits, text, signs).
+        rotation: ± degrees, uniform.
+        shear: ± degrees of horizontal shear, uniform.
+        zoom: input size over window size (log-uniform); below 1 zooms out, padding.
+    """
+
+    flip: str = "horizontal"
+    rotation: float = 0.0
+    shear: float = 0.0
+    zoom: tuple[float, float] = (1.0, 1.5)
+
+    @classmethod
+    def of(cls, d) -> Affine:
+        """From a ``DataConfig``."""
+        return cls(d.flip, d.rotation, d.shear, tuple(d.zoom))
+
+    def keras_cv_layers(self, bounding_box_format: str | None = None) -> list:
+        """keras-cv layers for the flip, rotation and shear (the zoom is the task's own:
+        detection's ``JitteredResize``). Filled with black, never by reflection, which
+        would show mirrored objects that no box or label covers."""
+        from pipeline._keras import keras_cv
+
+        # float32 whatever the global policy: augmentation is input work, not the model's.
+        kw = {"dtype": "float32", **({"bounding_box_format": bounding_box_format} if bounding_box_format else {})}
+        out = []
+        if self.flip != "none":
+            out.append(keras_cv.layers.RandomFlip(self.flip, **kw))
+        if self.rotation:
+            out.append(keras_cv.layers.RandomRotation(self.rotation / 360.0, fill_mode="constant", **kw))
+        if self.shear:
+            k = math.tan(math.radians(self.shear))
+            out.append(keras_cv.layers.RandomShear(x_factor=k, fill_mode="constant", **kw))
+        return out

@@ -1,0 +1,181 @@
+"""Geometric augmentation as the config says, per task: ``data.flip`` (never with "none":
+digits, text and signs change meaning when mirrored), ``data.rotation``, ``data.shear``
+and ``data.zoom``, with masks and boxes kept on their pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.data.augment import Affine
+
+N, S = 48, 32
+
+
+def _ramp(axis: int) -> np.ndarray:
+    """N images bright at the left (axis 2) or the top (axis 1), dark at the other side."""
+    ramp = np.linspace(250.0, 5.0, S, dtype=np.float32)
+    shape = [1, 1, 1, 1]
+    shape[axis] = S
+    return np.broadcast_to(ramp.reshape(shape), (N, S, S, 3)).copy()
+
+
+def _reversed(images: np.ndarray, axis: int) -> np.ndarray:
+    """Per image: is the far side (right or bottom) now the brighter one?"""
+    images = np.moveaxis(np.asarray(images, np.float32), axis, 1)
+    q = S // 4
+    return images[:, -q:].mean(axis=(1, 2, 3)) > images[:, :q].mean(axis=(1, 2, 3)) + 5
+
+
+def _classification(images, flip):
+    from pipeline.tasks.classification.task import _augmenter
+
+    return _augmenter(Affine(flip))(images, training=True)
+
+
+def _detection(images, flip):
+    from pipeline.tasks.detection.task import _augmenter
+
+    boxes = np.tile(np.array([[[2.0, 2.0, 12.0, 12.0]]], np.float32), (N, 1, 1))
+    classes = np.zeros((N, 1), np.float32)
+    out = _augmenter(S, Affine(flip, zoom=(0.75, 1.3)))(
+        {"images": images, "bounding_boxes": {"boxes": boxes, "classes": classes}}, training=True
+    )
+    return out["images"]
+
+
+def _segmentation(images, flip):
+    from pipeline._keras import tf
+    from pipeline.tasks.segmentation.pipeline import augment_pair
+
+    masks = np.zeros((N, S, S), np.uint8)
+    return augment_pair(tf.constant(images), tf.constant(masks), Affine(flip), photometric=False)[0]
+
+
+@pytest.mark.parametrize("augment", [_classification, _detection, _segmentation], ids=lambda f: f.__name__[1:])
+def test_flip_none_never_mirrors_and_horizontal_does(augment):
+    images = _ramp(axis=2)
+    assert not _reversed(augment(images, "none"), 2).any()
+    assert _reversed(augment(images, "horizontal"), 2).sum() >= N // 8  # about half, allowing for zoom and crop
+
+
+def test_segmentation_flips_vertically_on_its_own_or_with_horizontal():
+    rows, cols = _ramp(axis=1), _ramp(axis=2)
+    assert _reversed(_segmentation(rows, "vertical"), 1).sum() >= N // 8
+    assert not _reversed(_segmentation(cols, "vertical"), 2).any()  # vertical only: left stays left
+    assert not _reversed(_segmentation(rows, "horizontal"), 1).any()
+    assert _reversed(_segmentation(rows, "horizontal_and_vertical"), 1).sum() >= N // 8
+    assert _reversed(_segmentation(cols, "horizontal_and_vertical"), 2).sum() >= N // 8
+
+
+def test_an_unknown_flip_mode_is_a_config_error():
+    from pipeline.core import config
+
+    with pytest.raises(config.ConfigError, match="data.flip"):
+        config.load(None, ["data.flip=diagonal"])
+
+
+# === Rotation, shear and zoom (data.rotation, data.shear, data.zoom) ===
+
+
+def _bar(n: int = N, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A horizontal bar of class 2 across the middle, its class written in the red channel."""
+    masks = np.zeros((n, size, size), np.uint8)
+    masks[:, size // 2 - 3 : size // 2 + 3, 8:-8] = 2
+    images = np.zeros((n, size, size, 3), np.float32)
+    images[..., 0] = masks * 100.0
+    return images, masks
+
+
+def _tilt(mask: np.ndarray) -> float:
+    """The angle (degrees, 0 = horizontal) of the principal axis of a mask's pixels."""
+    ys, xs = np.nonzero(mask)
+    cov = np.cov(np.stack([xs, ys]).astype(float))
+    vals, vecs = np.linalg.eigh(cov)
+    vx, vy = vecs[:, -1]
+    return float(np.degrees(np.arctan2(abs(vy), abs(vx))))
+
+
+def test_segmentation_rotates_shears_and_zooms_image_and_mask_together():
+    from pipeline._keras import tf
+    from pipeline.tasks.segmentation.pipeline import augment_pair
+
+    images, masks = _bar()
+    plain = Affine("none", zoom=(1.0, 1.0))
+    x, y = (a.numpy() for a in augment_pair(tf.constant(images), tf.constant(masks), plain, photometric=False))
+    np.testing.assert_array_equal(y, masks)  # the identity map is exact
+    np.testing.assert_allclose(x, images, atol=1e-3)
+
+    x, y = augment_pair(tf.constant(images), tf.constant(masks), Affine("none", 40.0, 10.0), photometric=False)
+    x, y = x.numpy(), y.numpy()
+    tilts = [_tilt(m) for m in y if m.any()]
+    assert max(tilts) > 15 and min(tilts) < 15  # rotated by up to 40 degrees, some little
+    assert set(np.unique(y)) <= {0, 2}  # nearest: no blended ids
+    assert (np.round(x[..., 0] / 100) == y).mean() > 0.98  # the mask stays on its pixels
+
+    _, y = augment_pair(tf.constant(images), tf.constant(masks), Affine("none", zoom=(0.5, 0.5)), photometric=False)
+    area = (y.numpy() == 2).sum(axis=(1, 2)) / (masks == 2).sum(axis=(1, 2))
+    np.testing.assert_allclose(area, 0.25, atol=0.05)  # half the size: a quarter of the pixels
+
+
+@pytest.mark.parametrize("task", ["classification", "detection"])
+def test_keras_cv_tasks_rotate_as_data_rotation_says(task):
+    images, _ = _bar()
+    run = _classification_affine if task == "classification" else _detection_affine
+    assert (
+        max(_tilt(m[..., 0] > 0.5 * m[..., 0].max()) for m in np.asarray(run(images, Affine("none", zoom=(1.0, 1.0)))))
+        < 2
+    )
+    assert (
+        max(
+            _tilt(m[..., 0] > 0.5 * m[..., 0].max())
+            for m in np.asarray(run(images, Affine("none", 40.0, zoom=(1.0, 1.0))))
+        )
+        > 15
+    )
+
+
+def _classification_affine(images, affine):
+    from pipeline.tasks.classification.task import _augmenter
+
+    return _augmenter(affine)(images, training=True)
+
+
+def test_detection_boxes_follow_rotated_pixels():
+    from pipeline.tasks.detection.task import _augmenter
+
+    images, masks = _bar()
+    ys, xs = np.nonzero(masks[0])
+    boxes = np.tile(np.array([[[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]]], np.float32), (N, 1, 1))
+    out = _augmenter(64, Affine("none", 30.0, 10.0, zoom=(1.0, 1.0)))(
+        {"images": images, "bounding_boxes": {"boxes": boxes, "classes": np.zeros((N, 1), np.float32)}},
+        training=True,
+    )
+    from pipeline._keras import keras_cv
+
+    dense = keras_cv.bounding_box.to_dense(out["bounding_boxes"], max_boxes=1)
+    for img, box in zip(np.asarray(out["images"]), np.asarray(dense["boxes"])):
+        ys, xs = np.nonzero(img[..., 0] > 0.5 * img[..., 0].max())  # brightness and contrast jitter
+        x1, y1, x2, y2 = box[0]
+        assert xs.min() >= x1 - 2 and xs.max() <= x2 + 2 and ys.min() >= y1 - 2 and ys.max() <= y2 + 2
+
+
+def _detection_affine(images, affine):
+    from pipeline.tasks.detection.task import _augmenter
+
+    boxes = np.tile(np.array([[[8.0, 29.0, 56.0, 35.0]]], np.float32), (N, 1, 1))
+    out = _augmenter(64, affine)(
+        {"images": images, "bounding_boxes": {"boxes": boxes, "classes": np.zeros((N, 1), np.float32)}}, training=True
+    )
+    return out["images"]
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [("data.zoom=1.5,1.0", "low <= high"), ("data.rotation=200", "above the maximum"), ("data.zoom=0.1,1", "below")],
+)
+def test_bad_augmentation_settings_are_config_errors(item, message):
+    from pipeline.core import config
+
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(None, [item])
