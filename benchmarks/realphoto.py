@@ -39,6 +39,11 @@ boxes and masks, the same composition) with MNIST's handwriting on the *training
 photos only, ``--pretrain-images`` of them (4,000) and 200 for validation: the
 stand-in for the COCO-pretrained detectors and segmenters a user would fine-tune,
 which seed the whole model, head included, through ``model.weights=RUN``.
+
+Each folder records the settings it was built from (``OUT/recipe.json``). A folder that
+exists is reused when they match; when they differ (another ``--train``,
+``--pretrain-images``, ``--seed``...) the script stops and says which, rather than
+handing back the old set as if it were the new one.
 """
 
 from __future__ import annotations
@@ -273,11 +278,43 @@ def compose_crop(rng: np.random.Generator, photos, glyphs, digit: int | None) ->
     return np.clip(img + rng.normal(0, rng.uniform(1, 5), img.shape), 0, 255).astype(np.uint8)
 
 
+RECIPE = "recipe.json"
+
+
+def _built(out: Path, done: bool, recipe: dict) -> bool:
+    """Whether ``out`` already holds the set ``recipe`` describes (``done``: its last file
+    exists). A set built from other settings stops the run, naming the folder and the
+    difference, rather than being used as if it were the one asked for; a set from before
+    recipes were recorded is kept, with a note."""
+    if not done:
+        return False
+    path = out / RECIPE
+    if not path.is_file():
+        print(f"{out}: built before its settings were recorded ({RECIPE}); kept as it is")
+        return True
+    try:
+        have = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{path}: unreadable ({e}); delete {out} to rebuild it") from None
+    diff = {k: (have.get(k), v) for k, v in recipe.items() if have.get(k) != v}
+    if diff:
+        said = ", ".join(f"{k} {a!r} there, {b!r} asked" for k, (a, b) in diff.items())
+        raise SystemExit(f"{out}: holds a set built with other settings ({said}); delete it or choose another folder")
+    return True
+
+
+def _record(out: Path, recipe: dict) -> None:
+    tmp = out / (RECIPE + ".tmp")
+    tmp.write_text(json.dumps(recipe, indent=1))
+    tmp.replace(out / RECIPE)
+
+
 def build_pretrain(out: Path, glyphs, photos, per_class: int = 1500, seed: int = 0) -> Path:
-    """Write ``OUT/<class>/*.jpg`` (skipped when ``OUT/no_digit`` exists): ``per_class``
-    windows for each of the 10 digits and for no digit."""
+    """Write ``OUT/<class>/*.jpg`` (skipped when ``OUT/no_digit`` exists and was built from
+    the same settings): ``per_class`` windows for each of the 10 digits and for no digit."""
     out = Path(out)
-    if (out / "no_digit").is_dir():
+    recipe = {"kind": "pretrain", "per_class": per_class, "seed": seed}
+    if _built(out, (out / "no_digit").is_dir(), recipe):
         return out
     rng = np.random.default_rng(seed)
     tmp = out.with_name(out.name + ".tmp")
@@ -288,6 +325,7 @@ def build_pretrain(out: Path, glyphs, photos, per_class: int = 1500, seed: int =
             img = compose_crop(rng, photos, glyphs, digit)
             q = int(rng.integers(75, 96))
             cv2.imwrite(str(folder / f"{k:02d}_{i:05d}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, q])
+    _record(tmp, recipe)
     tmp.replace(out)  # the whole folder appears at once: an interrupted build leaves only OUT.tmp
     return out
 
@@ -314,8 +352,11 @@ def _annotation(ann_id: int, image_id: int, t: dict) -> dict:
     }
 
 
-def build(out: Path, n_train: int = 800, n_val: int = 200, seed: int = 0, photos=None, glyphs=None) -> dict:
-    """Write the set (skipped when its annotation files already exist); the paths a config needs."""
+def build(
+    out: Path, n_train: int = 800, n_val: int = 200, seed: int = 0, photos=None, glyphs=None, kind: str = "benchmark"
+) -> dict:
+    """Write the set (skipped when its annotation files exist and were built from the same
+    settings: ``kind`` names the photos and glyphs); the paths a config needs."""
     out = Path(out)
     paths = {
         "train_annotations": out / "annotations" / "train.json",
@@ -323,10 +364,13 @@ def build(out: Path, n_train: int = 800, n_val: int = 200, seed: int = 0, photos
         "train_images": out / "images" / "train",
         "val_images": out / "images" / "val",
     }
-    if paths["train_annotations"].is_file() and paths["val_annotations"].is_file():
+    recipe = {"kind": kind, "n_train": n_train, "n_val": n_val, "seed": seed}
+    if _built(out, paths["train_annotations"].is_file() and paths["val_annotations"].is_file(), recipe):
         return paths
     photos = load_photos() if photos is None else photos
     glyphs = load_digits() if glyphs is None else glyphs
+    out.mkdir(parents=True, exist_ok=True)
+    _record(out, recipe)  # first: the set counts as built only once both annotation files exist
     for split, n, split_seed in (("train", n_train, seed), ("val", n_val, seed + 1)):
         rng = np.random.default_rng(split_seed)
         folder = paths[f"{split}_images"]
@@ -354,7 +398,9 @@ def build_pretrain_coco(out: Path, glyphs, photos, n_train: int = 4000, n_val: i
     """The benchmark's kind of set with other glyphs (MNIST's) on the *training* photos
     only, validation included (other glyphs of the same writers' pool: MNIST's last
     fifth); ``seed`` differs from the benchmark's so no composition repeats."""
-    return build(out, n_train, n_val, seed, photos={"train": photos, "val": photos}, glyphs=glyphs)
+    return build(
+        out, n_train, n_val, seed, photos={"train": photos, "val": photos}, glyphs=glyphs, kind="pretrain_coco"
+    )
 
 
 def config_overrides(paths: dict) -> list[str]:

@@ -115,13 +115,20 @@ def test_the_realphoto_pretraining_folder_holds_mnist_digits_on_training_photos(
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)  # same seed, same bytes
     assert cv2.imread(str(a / files[0])).shape == (64, 64, 3)
     stamp = (a / files[0]).stat().st_mtime_ns
-    realphoto.build_pretrain(a, glyphs, photos, per_class=5)  # exists: kept as it is
+    realphoto.build_pretrain(a, glyphs, photos, per_class=3)  # exists, same settings: kept as it is
     assert (a / files[0]).stat().st_mtime_ns == stamp and len(list((a / "no_digit").iterdir())) == 3
+    with pytest.raises(SystemExit, match=r"a: holds a set built with other settings \(per_class 3 there, 5 asked\)"):
+        realphoto.build_pretrain(a, glyphs, photos, per_class=5)  # never used as if it were the one asked for
+    assert len(list((a / "no_digit").iterdir())) == 3
 
     # --pretrain-coco: the benchmark's kind of COCO set (boxes and masks) on these photos
     from pycocotools.coco import COCO
 
     paths = realphoto.build_pretrain_coco(tmp_path / "coco", glyphs, photos, n_train=6, n_val=2)
+    with pytest.raises(SystemExit, match="n_train 6 there, 8 asked"):
+        realphoto.build_pretrain_coco(tmp_path / "coco", glyphs, photos, n_train=8, n_val=2)
+    with pytest.raises(SystemExit, match="kind 'pretrain_coco' there, 'benchmark' asked"):
+        realphoto.build(tmp_path / "coco", 6, 2, 100, photos={"train": photos, "val": photos}, glyphs=glyphs)
     coco = COCO(str(paths["train_annotations"]))
     assert len(coco.imgs) == 6 and coco.anns and len(COCO(str(paths["val_annotations"])).imgs) == 2
     for a in coco.anns.values():
