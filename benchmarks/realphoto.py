@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tarfile
 from pathlib import Path
@@ -318,6 +319,7 @@ def build_pretrain(out: Path, glyphs, photos, per_class: int = 1500, seed: int =
         return out
     rng = np.random.default_rng(seed)
     tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # an interrupted build's files, maybe from other settings
     for k, digit in enumerate([*range(10), None]):
         folder = tmp / ("no_digit" if digit is None else f"digit_{digit}")
         folder.mkdir(parents=True, exist_ok=True)

@@ -108,10 +108,16 @@ def test_segmentation_rotates_shears_and_zooms_image_and_mask_together():
 
     x, y = augment_pair(tf.constant(images), tf.constant(masks), Affine("none", 40.0, 10.0), photometric=False)
     x, y = x.numpy(), y.numpy()
-    tilts = [_tilt(m) for m in y if m.any()]
+    tilts = [_tilt(m == 2) for m in y if (m == 2).any()]
     assert max(tilts) > 15 and min(tilts) < 15  # rotated by up to 40 degrees, some little
-    assert set(np.unique(y)) <= {0, 2}  # nearest: no blended ids
-    assert (np.round(x[..., 0] / 100) == y).mean() > 0.98  # the mask stays on its pixels
+    assert set(np.unique(y)) <= {0, 2, 255}  # nearest: no blended ids
+    known = y != 255
+    assert (np.round(x[..., 0] / 100)[known] == y[known]).mean() > 0.98  # the mask stays on its pixels
+    assert (~known).any() and (x[~known] == 0).mean() > 0.9  # the corners rotated in: black, label unknown
+
+    flat_x, flat_y = np.full_like(images, 200.0), np.ones_like(masks)
+    x, y = augment_pair(tf.constant(flat_x), tf.constant(flat_y), Affine("none", zoom=(1.5, 2.0)), photometric=False)
+    assert np.asarray(x).min() > 199.9 and (np.asarray(y) == 1).all()  # zoomed in: every sample inside the image
 
     _, y = augment_pair(tf.constant(images), tf.constant(masks), Affine("none", zoom=(0.5, 0.5)), photometric=False)
     area = (y.numpy() == 2).sum(axis=(1, 2)) / (masks == 2).sum(axis=(1, 2))
@@ -158,6 +164,7 @@ def test_detection_boxes_follow_rotated_pixels():
         ys, xs = np.nonzero(img[..., 0] > 0.5 * img[..., 0].max())  # brightness and contrast jitter
         x1, y1, x2, y2 = box[0]
         assert xs.min() >= x1 - 2 and xs.max() <= x2 + 2 and ys.min() >= y1 - 2 and ys.max() <= y2 + 2
+        assert (x2 - x1) * (y2 - y1) < 1.6 * (np.ptp(xs) + 3) * (np.ptp(ys) + 3)  # and tight around it
 
 
 def _detection_affine(images, affine):
@@ -179,3 +186,30 @@ def test_bad_augmentation_settings_are_config_errors(item, message):
 
     with pytest.raises(config.ConfigError, match=message):
         config.load(None, [item])
+
+
+def test_the_config_reaches_segmentation_training_batches():
+    """``data.zoom`` (and the rest, through the same object) reaches ``Task.datasets``: at
+    half size every training mask holds a quarter of its objects' pixels, the rest of
+    the window ignored."""
+    from pipeline.core import config
+    from pipeline.core.images import InputSpec
+    from pipeline.tasks import get_task
+
+    task = get_task("segmentation")
+    sets = ["data.synthetic_samples=32", "model.input_size=64", "train.batch_size=8", "data.flip=none"]
+    cfg = config.load(None, [*sets, "data.zoom=0.5,0.5"], task="segmentation")
+    data = task.load_data(cfg)
+    train, _ = task.datasets(data, cfg, InputSpec(64))
+    masks = np.concatenate([np.asarray(y) for _, y in train])
+    raw = np.asarray(data.train.masks)
+    ratio = ((masks > 0) & (masks < 255)).sum() / len(masks) / ((raw > 0) & (raw < 255)).sum() * len(raw)
+    assert 0.2 < ratio < 0.3
+    assert ((masks == 255).mean(axis=(1, 2)) > 0.7).all()  # three quarters of each window lie outside
+
+
+def test_flip_off_in_yaml_reads_as_none(tmp_path):
+    from pipeline.core import config
+
+    (tmp_path / "c.yaml").write_text("data:\n  flip: off\n")  # YAML 1.1 reads off as false
+    assert config.load(tmp_path / "c.yaml").data.flip == "none"

@@ -199,6 +199,8 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
         if isinstance(value, bool) and "off" in choices:
             # YAML 1.1 reads a bare on/off as a bool (and data.cache was a bool once)
             value = ("on" if "on" in choices else "auto") if value else "off"
+        elif value is False and "none" in choices:  # data.flip: off / no / false
+            value = "none"
         if value not in choices or type(value) is not type(choices[0]):
             raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
         return value

@@ -19,8 +19,11 @@ class Affine:
     Attributes:
         flip: keras-cv ``RandomFlip``'s modes, or ``"none"`` (digits, text, signs).
         rotation: ± degrees, uniform.
-        shear: ± degrees of horizontal shear, uniform.
-        zoom: input size over window size (log-uniform); below 1 zooms out, padding.
+        shear: ± degrees of horizontal shear, uniform. Segmentation shears about the
+            image's centre; keras-cv's ``RandomShear`` (classification, detection) about
+            its top-left corner, so there the bottom rows move furthest.
+        zoom: input size over window size; below 1 zooms out, padding. Segmentation
+            draws it log-uniform, detection's ``JitteredResize`` uniform.
     """
 
     flip: str = "horizontal"

@@ -21,6 +21,7 @@ from pipeline._keras import tf
 from pipeline.core.images import InputSpec, normalize
 from pipeline.data.augment import Affine
 from pipeline.data.stream import IN_MEMORY, CachePlan, cached_and_shuffled, read_indexed, shard_source
+from pipeline.tasks.segmentation import IGNORE
 from pipeline.tasks.segmentation.readers import SegSplit
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -50,7 +51,7 @@ def random_transforms(batch, size, affine: Affine):
     i00, i01, i10, i11 = a11 / det, -a01 / det, -a10 / det, a00 / det
     size = tf.cast(size, tf.float32)
     centre = (size - 1.0) / 2.0
-    span = tf.abs(s - 1.0) * size / 2.0
+    span = tf.abs(s - 1.0) * (size - 1.0) / 2.0  # pixel centres: zoomed in, no sample falls outside
     ox, oy = centre + rand(-1.0, 1.0) * span, centre + rand(-1.0, 1.0) * span  # where the centre lands
     # input = A^-1 (output - (ox, oy)) + centre
     zero = tf.zeros([batch])
@@ -59,12 +60,12 @@ def random_transforms(batch, size, affine: Affine):
     )
 
 
-def _warp(x, transforms, interpolation: str):
+def _warp(x, transforms, interpolation: str, fill: float):
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=x,
         transforms=transforms,
         output_shape=tf.shape(x)[1:3],
-        fill_value=0.0,  # outside the image: black, and background in the mask
+        fill_value=fill,
         interpolation=interpolation,
         fill_mode="CONSTANT",
     )
@@ -77,8 +78,10 @@ def augment_pair(images, masks, affine: Affine | None = None, photometric: bool 
     n = tf.shape(images)[0]
     if transforms is None:
         transforms = random_transforms(n, tf.shape(images)[1], affine or Affine())
-    out = _warp(images, transforms, "BILINEAR")
-    m = _warp(tf.cast(masks[..., None], tf.float32), transforms, "NEAREST")
+    # Outside the image: black, and ignored in the mask (as letterbox padding is): class 0
+    # may be a real class, and no label is known there.
+    out = _warp(images, transforms, "BILINEAR", 0.0)
+    m = _warp(tf.cast(masks[..., None], tf.float32), transforms, "NEAREST", float(IGNORE))
     m = tf.cast(tf.round(m[..., 0]), masks.dtype)
     if photometric:
         # Per-sample brightness and contrast, so the colour bands of the classes stay learnable.
