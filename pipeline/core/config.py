@@ -61,7 +61,8 @@ class DataConfig:
     rotation: float = field(default=0.0, metadata=_range(0.0, 180.0))
     shear: float = field(default=0.0, metadata=_range(0.0, 45.0))
     # Segmentation and detection: the random zoom (input size over window size); below 1
-    # zooms out, padding with background. Detection's default is (0.75, 1.3).
+    # zooms out, padding with black (ignored in segmentation masks). Detection's default
+    # is (0.75, 1.3); classification ignores it.
     zoom: tuple[float, float] = field(default=(1.0, 1.5), metadata=_range(0.25, 4.0))
     # Prepared samples after their first read: in memory when they fit the budget, else
     # on disk in RUN/cache, or read from the files every epoch (pipeline/data/stream.py).

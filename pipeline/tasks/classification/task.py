@@ -11,10 +11,8 @@ from pipeline.tasks.classification import readers as cls_data
 from pipeline.tasks.classification.runtime import RUNTIME
 
 
-def _augmenter(affine: Affine | None = None):
+def _augmenter(affine: Affine):
     from pipeline._keras import keras, keras_cv
-
-    affine = affine or Affine()
 
     # keras-cv layers on [0, 255] floats; flips, rotations, shears (data.*) and small
     # shifts keep labels valid. float32 whatever the global policy: input work.

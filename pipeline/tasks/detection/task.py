@@ -36,10 +36,9 @@ MOBILE_SIGNATURE = [  # the SSD op's output ports, in order
 # === Data ===
 
 
-def _augmenter(size: int, affine: Affine | None = None):
+def _augmenter(size: int, affine: Affine):
+    """``affine``: ``Affine.of(cfg.data)`` (the task's default zoom lives in its config)."""
     from pipeline._keras import keras, keras_cv
-
-    affine = affine or Affine(zoom=(0.75, 1.3))  # the task's default zoom
 
     fmt = "xyxy"
     # float32 whatever the global policy: under mixed_float16, JitteredResize would get

@@ -71,13 +71,12 @@ def _warp(x, transforms, interpolation: str, fill: float):
     )
 
 
-def augment_pair(images, masks, affine: Affine | None = None, photometric: bool = True, transforms=None):
+def augment_pair(images, masks, affine: Affine | None = None, photometric: bool = True):
     """Augment a batch of float images in [0, 255] ``(N,S,S,C)`` and their masks
-    ``(N,S,S)`` together. ``transforms`` (see :func:`random_transforms`) may be given to
-    make the geometry reproducible; the output is the input's size."""
+    ``(N,S,S)`` together, as ``affine`` says (default: ``data``'s defaults); the output
+    is the input's size."""
     n = tf.shape(images)[0]
-    if transforms is None:
-        transforms = random_transforms(n, tf.shape(images)[1], affine or Affine())
+    transforms = random_transforms(n, tf.shape(images)[1], affine or Affine())
     # Outside the image: black, and ignored in the mask (as letterbox padding is): class 0
     # may be a real class, and no label is known there.
     out = _warp(images, transforms, "BILINEAR", 0.0)
