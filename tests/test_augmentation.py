@@ -188,6 +188,15 @@ def test_bad_augmentation_settings_are_config_errors(item, message):
         config.load(None, [item])
 
 
+@pytest.mark.parametrize("task", ["classification", "detection"])
+def test_batch_mixing_outside_segmentation_is_a_config_error(task):
+    from pipeline.core import config
+
+    with pytest.raises(config.ConfigError, match="data.mosaic: segmentation only"):
+        config.load(None, ["data.mosaic=0.5"], task=task)
+    assert config.load(None, ["data.copy_paste=0.5"], task="segmentation").data.copy_paste == 0.5
+
+
 def test_the_config_reaches_segmentation_training_batches():
     """``data.zoom`` (and the rest, through the same object) reaches ``Task.datasets``: at
     half size every training mask holds a quarter of its objects' pixels, the rest of
@@ -213,3 +222,65 @@ def test_flip_off_in_yaml_reads_as_none(tmp_path):
 
     (tmp_path / "c.yaml").write_text("data:\n  flip: off\n")  # YAML 1.1 reads off as false
     assert config.load(tmp_path / "c.yaml").data.flip == "none"
+
+
+def _sources(n: int = 4, size: int = 64):
+    """``n`` flat images ``10 + 50·i`` whose masks are class ``i + 1`` on their left half
+    (class 0 on the right, 255 in the top rows): whose pixel each output pixel is."""
+    images = np.broadcast_to((10.0 + 50.0 * np.arange(n))[:, None, None, None], (n, size, size, 3)).astype(np.float32)
+    masks = np.zeros((n, size, size), np.int32)
+    masks[:, :, : size // 2] = (np.arange(n) + 1)[:, None, None]
+    masks[:, :4] = 255
+    return images, masks
+
+
+def test_mosaic_makes_each_sample_four_quarters_of_the_batch_pixel_for_pixel():
+    from pipeline.data.augment import Mix
+    from pipeline.tasks.segmentation.pipeline import mix_batch
+
+    images, masks = _sources()
+    out, m = (np.asarray(t) for t in mix_batch(images, masks, Mix(mosaic=1.0)))
+    source = np.rint((out[..., 0] - 10) / 50).astype(int)  # (n, S, S): whose image each pixel is
+    assert np.allclose(out[..., 0], 10 + 50 * source) and (out == out[..., :1]).all()
+    # the mask comes from the same sample as the image, at the same place
+    assert (m == np.take_along_axis(masks, source, 0)).all()
+    for j in range(4):
+        s = source[j]
+        col, row = int(np.argmax(s[0] != j)), int(np.argmax(s[:, 0] != j))  # the cut
+        assert 16 <= col <= 48 and 16 <= row <= 48
+        quarters = [s[:row, :col], s[:row, col:], s[row:, :col], s[row:, col:]]
+        assert [np.unique(q).tolist() for q in quarters] == [[j], [(j + 1) % 4], [(j + 2) % 4], [(j + 3) % 4]]
+
+
+def test_copy_paste_pastes_another_samples_objects_and_nothing_else():
+    from pipeline.data.augment import Mix
+    from pipeline.tasks.segmentation.pipeline import mix_batch
+
+    images, masks = _sources()
+    masks[1, :, :16] = 0  # sample 1's object on a quarter only: it shows what is pasted onto 2
+    out, m = (np.asarray(t) for t in mix_batch(images, masks, Mix(copy_paste=1.0)))
+    other = np.roll(masks, 1, 0)
+    pasted = (other != 0) & (other != 255)
+    assert (m[pasted] == other[pasted]).all() and (m[~pasted] == masks[~pasted]).all()
+    assert (out[pasted] == np.roll(images, 1, 0)[pasted]).all() and (out[~pasted] == images[~pasted]).all()
+    assert (m[2, 4:, :16] == 3).all() and (m[2, 4:, 16:32] == 2).all() and (m[2, :4] == 255).all()
+    unchanged = (np.asarray(t) for t in mix_batch(images, masks, Mix()))
+    assert all((a == b).all() for a, b in zip(unchanged, (images, masks)))
+
+
+@pytest.mark.parametrize("mosaic, mixed", [(0.0, False), (1.0, True)])
+def test_data_mosaic_reaches_segmentation_training_batches(mosaic, mixed):
+    """With the affine map the identity (zoom 1, no flip), a training mask is one of the
+    set's masks unless ``data.mosaic`` mixed it."""
+    from pipeline.core import config
+    from pipeline.core.images import InputSpec
+    from pipeline.tasks import get_task
+
+    task = get_task("segmentation")
+    sets = ["data.synthetic_samples=24", "model.input_size=64", "train.batch_size=8", "data.flip=none"]
+    cfg = config.load(None, [*sets, "data.zoom=1,1", f"data.mosaic={mosaic}"], task="segmentation")
+    data = task.load_data(cfg)
+    train, _ = task.datasets(data, cfg, InputSpec(64))
+    raw = {np.asarray(r).tobytes() for r in np.asarray(data.train.masks).astype(np.int32)}
+    masks = np.concatenate([np.asarray(y) for _, y in train])
+    assert np.mean([y.tobytes() in raw for y in masks]) == (0.0 if mixed else 1.0)

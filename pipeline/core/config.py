@@ -64,6 +64,13 @@ class DataConfig:
     # zooms out, padding with black (ignored in segmentation masks). Detection's default
     # is (0.75, 1.3); classification ignores it.
     zoom: tuple[float, float] = field(default=(1.0, 1.5), metadata=_range(0.25, 4.0))
+    # Segmentation: fresh compositions from each training batch's own samples, against a
+    # few hundred photos being memorised. mosaic: the chance that a sample becomes four
+    # (its own and three others' quarters, split at a random point, each at its own
+    # place and scale); copy_paste: the chance that another sample's objects (every class
+    # but 0, the background) are pasted over it where they stand.
+    mosaic: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    copy_paste: float = field(default=0.0, metadata=_range(0.0, 1.0))
     # Prepared samples after their first read: in memory when they fit the budget, else
     # on disk in RUN/cache, or read from the files every epoch (pipeline/data/stream.py).
     cache: Literal["auto", "memory", "disk", "off"] = "auto"
@@ -369,6 +376,9 @@ def load(
         )
     if d.zoom[0] > d.zoom[1]:
         raise ConfigError(f"data.zoom: expected low,high with low <= high, got {list(d.zoom)}")
+    for key in ("mosaic", "copy_paste"):
+        if getattr(d, key) and chosen != "segmentation":  # silently ignored would mislead an A/B
+            raise ConfigError(f"data.{key}: segmentation only (the {chosen} task does not mix batches); leave it 0")
     check_variant_names(cfg.export.variants)
     return cfg
 

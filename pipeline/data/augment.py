@@ -53,3 +53,18 @@ class Affine:
             k = math.tan(math.radians(self.shear))
             out.append(keras_cv.layers.RandomShear(x_factor=k, fill_mode="constant", **kw))
         return out
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Batch mixing for segmentation (``data.mosaic``, ``data.copy_paste``): the chance
+    per sample of becoming a mosaic of four, and of having another sample's objects
+    pasted over it."""
+
+    mosaic: float = 0.0
+    copy_paste: float = 0.0
+
+    @classmethod
+    def of(cls, d) -> Mix:
+        """From a ``DataConfig``."""
+        return cls(d.mosaic, d.copy_paste)

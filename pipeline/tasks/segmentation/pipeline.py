@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline._keras import tf
 from pipeline.core.images import InputSpec, normalize
-from pipeline.data.augment import Affine
+from pipeline.data.augment import Affine, Mix
 from pipeline.data.stream import IN_MEMORY, CachePlan, cached_and_shuffled, read_indexed, shard_source
 from pipeline.tasks.segmentation import IGNORE
 from pipeline.tasks.segmentation.readers import SegSplit
@@ -71,10 +71,40 @@ def _warp(x, transforms, interpolation: str, fill: float):
     )
 
 
-def augment_pair(images, masks, affine: Affine | None = None, photometric: bool = True):
+def mix_batch(images, masks, mix: Mix):
+    """New compositions from a batch's own samples, pixel for pixel (so a mask stays on
+    its image): with chance ``mix.mosaic`` a sample's image is cut at a random point
+    (a quarter to three quarters across and down) and three of its quarters come from the
+    next three samples of the batch; with chance ``mix.copy_paste`` the object pixels
+    (every class but 0 and the ignored) of another sample are pasted over it. Each sample
+    keeps its own place and scale: the affine warp before this drew them."""
+    n, size = tf.shape(images)[0], tf.shape(images)[1]
+    draw = lambda p: tf.random.uniform([n, 1, 1]) < p  # noqa: E731
+    if mix.mosaic:
+        cut = tf.cast(size, tf.float32) * tf.random.uniform([n, 2, 1, 1], 0.25, 0.75)
+        at = tf.cast(tf.range(size), tf.float32)
+        right = tf.cast(at[None, None, :] >= cut[:, 0], tf.int32)  # (n, 1, S)
+        below = tf.cast(at[None, :, None] >= cut[:, 1], tf.int32)  # (n, S, 1)
+        quarter = tf.where(draw(mix.mosaic), right + 2 * below, 0)  # (n, S, S): whose pixel
+        img_out, mask_out = images, masks
+        for k in (1, 2, 3):
+            take = quarter == k
+            img_out = tf.where(take[..., None], tf.roll(images, -k, 0), img_out)
+            mask_out = tf.where(take, tf.roll(masks, -k, 0), mask_out)
+        images, masks = img_out, mask_out
+    if mix.copy_paste:
+        # The last sample's objects for the first: a different sample while the batch has two.
+        other = tf.roll(masks, 1, 0)
+        paste = draw(mix.copy_paste) & (other != 0) & (other != IGNORE)
+        images = tf.where(paste[..., None], tf.roll(images, 1, 0), images)
+        masks = tf.where(paste, other, masks)
+    return images, masks
+
+
+def augment_pair(images, masks, affine: Affine | None = None, photometric: bool = True, mix: Mix | None = None):
     """Augment a batch of float images in [0, 255] ``(N,S,S,C)`` and their masks
-    ``(N,S,S)`` together, as ``affine`` says (default: ``data``'s defaults); the output
-    is the input's size."""
+    ``(N,S,S)`` together, as ``affine`` and ``mix`` say (default: ``data``'s defaults);
+    the output is the input's size."""
     n = tf.shape(images)[0]
     transforms = random_transforms(n, tf.shape(images)[1], affine or Affine())
     # Outside the image: black, and ignored in the mask (as letterbox padding is): class 0
@@ -82,6 +112,8 @@ def augment_pair(images, masks, affine: Affine | None = None, photometric: bool 
     out = _warp(images, transforms, "BILINEAR", 0.0)
     m = _warp(tf.cast(masks[..., None], tf.float32), transforms, "NEAREST", float(IGNORE))
     m = tf.cast(tf.round(m[..., 0]), masks.dtype)
+    if mix is not None:
+        out, m = mix_batch(out, m, mix)
     if photometric:
         # Per-sample brightness and contrast, so the colour bands of the classes stay learnable.
         gain = tf.random.uniform([n, 1, 1, 1], 0.75, 1.25)
@@ -129,6 +161,7 @@ def training_dataset(
     training: bool,
     augment: bool = True,
     affine: Affine | None = None,
+    mix: Mix | None = None,
     shuffle_buffer: int = 2048,
     seed: int = 0,
     cache: CachePlan | None = None,
@@ -141,7 +174,7 @@ def training_dataset(
         x = tf.cast(x, tf.float32)
         y = tf.cast(y, tf.int32)
         if training and augment:
-            x, y = augment_pair(x, y, affine)
+            x, y = augment_pair(x, y, affine, mix=mix)
         return normalize(x, spec), y
 
     return ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -66,7 +66,7 @@ class Segmentation(Task):
         return _read(cfg.data, cfg.input_spec())
 
     def datasets(self, data, cfg, spec, cache_dir=None):
-        from pipeline.data.augment import Affine
+        from pipeline.data.augment import Affine, Mix
         from pipeline.data.stream import plan_split
         from pipeline.tasks.segmentation.pipeline import training_dataset
 
@@ -78,7 +78,7 @@ class Segmentation(Task):
             for s, name in ((data.train, "train"), (data.val, "val"))
         ]
         train = training_dataset(data.train, spec, cfg.train.batch_size, training=True, augment=d.augment,
-                                 affine=Affine.of(d), cache=plans[0], **kw)  # fmt: skip
+                                 affine=Affine.of(d), mix=Mix.of(d), cache=plans[0], **kw)  # fmt: skip
         val = training_dataset(data.val, spec, cfg.train.batch_size, training=False, cache=plans[1], **kw)
         return train, val
 
