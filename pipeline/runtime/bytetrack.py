@@ -67,7 +67,7 @@ def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 _NONE = np.zeros(0, int)
 
 
-def _index(mask: np.ndarray) -> np.ndarray:
+def set_indices(mask: np.ndarray) -> np.ndarray:
     """The indices where a 1-D ``mask`` is set: ``np.flatnonzero`` without its ravel and
     Python wrapper (0.2 against 1 µs a call, and the tracker makes a dozen a frame)."""
     return mask.nonzero()[0]
@@ -129,13 +129,13 @@ def match(
     every = np.arange(len(cost))
     best = cost.argmin(1)
     low = cost[every, best] <= limit  # rows with any pair within the limit
-    r = _index((cost.argmin(0)[best] == every) & low)
+    r = set_indices((cost.argmin(0)[best] == every) & low)
     c = best[r]
     low[r] = False
     if low.any() and len(c) < cost.shape[1]:  # rows and columns left: greedy on their few pairs
         free_c = np.ones(cost.shape[1], bool)
         free_c[c] = False
-        left_r, left_c = _index(low), _index(free_c)
+        left_r, left_c = set_indices(low), set_indices(free_c)
         more_r, more_c = _greedy(cost.take(left_r, 0).take(left_c, 1), limit)
         if more_r:
             r, c = np.concatenate([r, left_r[more_r]]), np.concatenate([c, left_c[more_c]])
@@ -346,21 +346,21 @@ class ByteTracker:
         high = scores > self.track_threshold
         weighted = 1 - iou * scores
         # 1: every confirmed track against the high-score detections (cost 1 - IoU·score)
-        r1, c1 = match(weighted, 1 - self.match_iou, _index(confirmed), _index(high))
+        r1, c1 = match(weighted, 1 - self.match_iou, set_indices(confirmed), set_indices(high))
         free_t, free_d = np.ones(t.shape[1], bool), np.ones(len(scores), bool)
         free_t[r1], free_d[c1] = False, False
         # 2: tracks still tracked (not lost) against the low-score ones: an occluded object dips
         stage2 = free_t & confirmed & tracked
-        r2, c2 = match(iou, 0.5, _index(stage2), _index(~high), cost_of=_one_minus)
+        r2, c2 = match(iou, 0.5, set_indices(stage2), set_indices(~high), cost_of=_one_minus)
         stage2[r2] = False  # what is left of it is newly lost
         free_d[c2] = False
         # 4 (ours): tracks lost before this frame against the high detections left, by
         # distance: an object that comes out from behind something is rarely where its
         # track predicts (its visible box shrank and slowed as it went in).
-        r4, c4 = self._refind(t, b, classes, _index(free_t & confirmed & ~tracked), high & free_d, frame)
+        r4, c4 = self._refind(t, b, classes, set_indices(free_t & confirmed & ~tracked), high & free_d, frame)
         free_d[c4] = False
         # 3: last frame's new tracks confirm with a high-score detection, or go
-        r3, c3 = match(weighted, 0.7, _index(~confirmed), _index(high & free_d))
+        r3, c3 = match(weighted, 0.7, set_indices(~confirmed), set_indices(high & free_d))
         free_d[c3] = False
         remove = ~confirmed
         remove[r3] = False
@@ -382,7 +382,7 @@ class ByteTracker:
         remove |= (t[_STATE] == LOST) & (frame - t[_LAST] > self.track_buffer)
         # New tracks from high detections nobody took; confirmed at once on the first
         # frame, else when a high detection matches them in the next frame.
-        new = _index(free_d & (scores >= self.track_threshold + 0.1))
+        new = set_indices(free_d & (scores >= self.track_threshold + 0.1))
         if len(new):
             t = self.t = np.concatenate([t, self._initiate(_xyah(b.take(new, 1)), scores[new], first)], 1)
             votes = np.zeros((len(new), self.votes.shape[1]))
@@ -402,7 +402,7 @@ class ByteTracker:
             self.t, self.votes = t.compress(keep, 1), self.votes[keep]
             out = out[keep]
         memory = self.t[_FIELDS:] if self.memory_rows else None
-        slots = _index(out) if self.memory_rows else None
+        slots = set_indices(out) if self.memory_rows else None
         return Tracks(
             shown[_ID].astype(int),
             _xyxy(shown, np.float32).T,
@@ -419,7 +419,7 @@ class ByteTracker:
         """Lost tracks still within the buffer ↔ free detections of the track's class and
         a similar height whose centre lies within ``(0.5 + refind × frames lost)`` track
         heights of the predicted centre; nearest first."""
-        dets = _index(free)
+        dets = set_indices(free)
         if not self.refind or not len(lost) or not len(dets):
             return _NONE, _NONE
         gap = frame - t[_LAST].take(lost)
@@ -447,7 +447,7 @@ class ByteTracker:
         every tracked × lost one."""
         t = self.t
         n = len(iou)
-        lost = _index((t[_STATE, :n] == LOST) & ~remove[:n])
+        lost = set_indices((t[_STATE, :n] == LOST) & ~remove[:n])
         if not len(lost) or not len(dets):
             return
         a, b = np.nonzero(iou.take(lost, 0).take(dets, 1) > 0)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.runtime.bytetrack import Tracks, _index
+from pipeline.runtime.bytetrack import Tracks, set_indices
 
 
 def parse_points(text: str, what: str, n: int | None = None) -> np.ndarray:
@@ -131,7 +131,7 @@ class LineCounter:
         sides = np.sign(along_side[:, 1])  # +1 left, -1 right, 0 on the line
         # a side of 0 is on the line: wait for a side; an unknown before (0): no crossing.
         # Changed sides are rare: only they are checked against the segment's ends.
-        changed = _index(sides * _exchange(tracks, self.memory_row, self._side, sides) < 0)
+        changed = set_indices(sides * _exchange(tracks, self.memory_row, self._side, sides) < 0)
         for k in changed.tolist():
             if not 0.0 <= along_side[k, 0] <= 1.0:
                 continue
@@ -197,7 +197,7 @@ class ZoneCounter:
                 label = _label(class_names, k)
                 self.inside[label] = self.inside.get(label, 0) + n
         was = _exchange(tracks, self.memory_row, self._was_inside, np.where(now, 1.0, -1.0))
-        entered = _index(now & (was < 0))
+        entered = set_indices(now & (was < 0))
         for k in entered.tolist():
             tid = int(tracks.ids[k])
             if tid in self._entered:
