@@ -192,9 +192,9 @@ def test_bad_augmentation_settings_are_config_errors(item, message):
 def test_batch_mixing_outside_segmentation_is_a_config_error(task):
     from pipeline.core import config
 
-    with pytest.raises(config.ConfigError, match="data.mosaic: segmentation only"):
-        config.load(None, ["data.mosaic=0.5"], task=task)
-    assert config.load(None, ["data.copy_paste=0.5"], task="segmentation").data.copy_paste == 0.5
+    for key in ("mosaic", "copy_paste"):
+        with pytest.raises(config.ConfigError, match=f"data.{key}: segmentation only"):
+            config.load(None, [f"data.{key}=0.5"], task=task)
 
 
 def test_the_config_reaches_segmentation_training_batches():
@@ -250,6 +250,28 @@ def test_mosaic_makes_each_sample_four_quarters_of_the_batch_pixel_for_pixel():
         assert 16 <= col <= 48 and 16 <= row <= 48
         quarters = [s[:row, :col], s[:row, col:], s[row:, :col], s[row:, col:]]
         assert [np.unique(q).tolist() for q in quarters] == [[j], [(j + 1) % 4], [(j + 2) % 4], [(j + 3) % 4]]
+
+
+@pytest.mark.parametrize("mix", [{"mosaic": 0.5}, {"copy_paste": 0.5}])
+def test_each_sample_is_mixed_on_its_own_draw(mix):
+    """At a chance of 0.5, about half the samples of a batch are mixed, not all or none."""
+    from pipeline.data.augment import Mix
+    from pipeline.tasks.segmentation.pipeline import mix_batch
+
+    images, masks = _sources(64, 32)
+    masks[:, :, 16:] = 0  # the right half background in every sample
+    masks[:, :, 24:] = np.arange(64)[:, None, None] % 2 + 1  # ...but a strip that copy-paste can bring
+    _, m = mix_batch(images, masks, Mix(**mix))
+    mixed = (np.asarray(m) != masks).any(axis=(1, 2))
+    assert 0.25 < mixed.mean() < 0.75
+
+
+def test_mix_settings_come_from_their_own_keys():
+    from pipeline.core import config
+    from pipeline.data.augment import Mix
+
+    d = config.load(None, ["data.mosaic=0.25", "data.copy_paste=0.75"], task="segmentation").data
+    assert Mix.of(d) == Mix(mosaic=0.25, copy_paste=0.75)
 
 
 def test_copy_paste_pastes_another_samples_objects_and_nothing_else():

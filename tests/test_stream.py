@@ -108,6 +108,20 @@ def test_cache_plan_follows_the_budget_and_names_the_data(tmp_path):
                           {}).mode == mode  # fmt: skip
 
 
+def test_the_disk_cache_is_named_by_what_the_samples_are_not_how_they_are_augmented(tmp_path):
+    from pipeline.core.images import InputSpec
+    from pipeline.data.stream import plan_split
+
+    def path(*extra, size=32):
+        cfg = tiny_config("data.cache=disk", *extra, task="segmentation")
+        return plan_split(cfg, InputSpec(size), "train", ["a.jpg", "b.jpg"], 100, tmp_path).path
+
+    base = path()
+    augmented = ("data.mosaic=0.5", "data.copy_paste=0.5", "data.flip=none", "data.rotation=10", "data.zoom=0.5,2")
+    assert path(*augmented) == base
+    assert path(size=64) != base and path("data.ignore_index=0") != base
+
+
 def test_data_cache_takes_the_old_booleans_and_refuses_other_words():
     assert tiny_config("data.cache=true").data.cache == "auto"
     assert tiny_config("data.cache=off").data.cache == "off"  # YAML 1.1 reads a bare off as false

@@ -68,7 +68,7 @@ class DataConfig:
     # few hundred photos being memorised. mosaic: the chance that a sample becomes four
     # (its own and three others' quarters, split at a random point, each at its own
     # place and scale); copy_paste: the chance that another sample's objects (every class
-    # but 0, the background) are pasted over it where they stand.
+    # but 0, which must be the background) are pasted over it where they stand.
     mosaic: float = field(default=0.0, metadata=_range(0.0, 1.0))
     copy_paste: float = field(default=0.0, metadata=_range(0.0, 1.0))
     # Prepared samples after their first read: in memory when they fit the budget, else

@@ -129,8 +129,11 @@ def plan_split(cfg, spec, split: str, names, sample_bytes: int, cache_dir: Path 
     """:func:`plan_cache` for one split of a task read from the files ``names``; the
     disk cache is named by the task, the data config, the input spec and the files."""
     d = dataclasses.asdict(cfg.data)
-    for k in ("cache", "cache_budget_mb", "shuffle_buffer", "augment"):
-        d.pop(k)  # they change how the samples are used, not what they are
+    # They change how the prepared samples are used (augmentation runs after the cache),
+    # not what they are: an A/B of augmentation settings reuses the cache.
+    for k in ("cache", "cache_budget_mb", "shuffle_buffer", "augment", "flip", "rotation", "shear", "zoom", "mosaic",
+              "copy_paste"):  # fmt: skip
+        d.pop(k)
     identity = {"task": cfg.task, "data": d, "spec": spec, "names": [str(n) for n in names]}
     identity["shard"] = _SHARD.get() if split == "train" else None  # a worker's cache holds its share only
     return plan_cache(cfg.data, split, len(names), sample_bytes, cache_dir, identity)

@@ -77,7 +77,9 @@ def mix_batch(images, masks, mix: Mix):
     (a quarter to three quarters across and down) and three of its quarters come from the
     next three samples of the batch; with chance ``mix.copy_paste`` the object pixels
     (every class but 0 and the ignored) of another sample are pasted over it. Each sample
-    keeps its own place and scale: the affine warp before this drew them."""
+    keeps its own place and scale: the affine warp before this drew them. The others are
+    the batch's next samples (a batch of fewer than four repeats some, one mixes nothing);
+    class 0 is taken for the background."""
     n, size = tf.shape(images)[0], tf.shape(images)[1]
     draw = lambda p: tf.random.uniform([n, 1, 1]) < p  # noqa: E731
     if mix.mosaic:
