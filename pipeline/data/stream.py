@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline._keras import tf
+from pipeline.data.augment import Affine, Mix
 
 log = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
@@ -129,10 +130,11 @@ def plan_split(cfg, spec, split: str, names, sample_bytes: int, cache_dir: Path 
     """:func:`plan_cache` for one split of a task read from the files ``names``; the
     disk cache is named by the task, the data config, the input spec and the files."""
     d = dataclasses.asdict(cfg.data)
-    # They change how the prepared samples are used (augmentation runs after the cache),
-    # not what they are: an A/B of augmentation settings reuses the cache.
-    for k in ("cache", "cache_budget_mb", "shuffle_buffer", "augment", "flip", "rotation", "shear", "zoom", "mosaic",
-              "copy_paste"):  # fmt: skip
+    # They change how the prepared samples are used, not what they are; so do the
+    # augmentation settings (their data.* keys are the fields of Affine and Mix), which
+    # act after the cache: an A/B of augmentation settings reuses it.
+    augmentation = [f.name for cls in (Affine, Mix) for f in dataclasses.fields(cls)]
+    for k in ("cache", "cache_budget_mb", "shuffle_buffer", "augment", *augmentation):
         d.pop(k)
     identity = {"task": cfg.task, "data": d, "spec": spec, "names": [str(n) for n in names]}
     identity["shard"] = _SHARD.get() if split == "train" else None  # a worker's cache holds its share only
