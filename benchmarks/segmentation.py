@@ -90,13 +90,13 @@ def run_peer(cfg, run_dir: Path, epochs: int) -> dict:
     from pipeline.runtime.tflite_model import TFLiteModel, undelegated_ops
     from pipeline.stages.evaluate import _stack
     from pipeline.stages.export import convert
-    from pipeline.stages.fit import make_optimizer, steps_per_epoch
+    from pipeline.stages.fit import make_optimizer, seed_everything, steps_per_epoch
     from pipeline.tasks import get_task
     from pipeline.tasks.segmentation.task import segmentation_loss
 
     task = get_task("segmentation")
     spec = cfg.input_spec()
-    keras.utils.set_random_seed(cfg.train.seed)
+    seed_everything(cfg.train.seed)
     data = task.load_data(cfg)
     names = task.class_names(data)
     model = build_peer(cfg, len(names))

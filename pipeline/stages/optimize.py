@@ -20,7 +20,7 @@ import numpy as np
 from pipeline._keras import keras, layers, tf, tfmot
 from pipeline.core.config import Config
 from pipeline.core.rundir import RunDir, read_json, write_json
-from pipeline.stages.fit import best_so_far, fit, fit_batch, make_optimizer, steps_per_epoch
+from pipeline.stages.fit import best_so_far, fit, fit_batch, make_optimizer, seed_everything, steps_per_epoch
 from pipeline.stages.weights import load_weights, rebuild, save_weights
 from pipeline.tasks import get_task
 
@@ -155,7 +155,7 @@ def prune(run: RunDir, cfg: Config) -> dict:
     task = get_task(cfg.task)
     src = run.require("float")
     p = cfg.prune
-    keras.utils.set_random_seed(cfg.train.seed)
+    seed_everything(cfg.train.seed)
     with run.stage("prune", inputs=[src, run.config_path]) as entry:
         data = task.load_data(cfg)
         cfg = fit_batch(cfg, len(data.train))
@@ -339,7 +339,7 @@ def qat(run: RunDir, cfg: Config) -> dict:
     out = {}
     spec = cfg.input_spec()
     for name, src in jobs:
-        keras.utils.set_random_seed(cfg.train.seed)
+        seed_everything(cfg.train.seed)
         with run.stage(f"qat:{name}", inputs=[src, run.config_path]) as entry:
             data = task.load_data(cfg)
             cfg = fit_batch(cfg, len(data.train))

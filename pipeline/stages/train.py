@@ -21,6 +21,7 @@ from pipeline.stages.fit import (
     fit,
     fit_batch,
     make_optimizer,
+    seed_everything,
     setup_hardware,
     shard_by_data,
     sharded_at_source,
@@ -123,7 +124,7 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
     out = out or run
     chief = out is run
     task = get_task(cfg.task)
-    keras.utils.set_random_seed(cfg.train.seed)
+    seed_everything(cfg.train.seed)
     hw = setup_hardware(cfg)
     spec = cfg.input_spec()
     ckpt = run.path / "checkpoints"

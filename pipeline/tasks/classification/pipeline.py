@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline._keras import tf
 from pipeline.core.images import InputSpec, SkipCounter, normalize, prepare, read_image
-from pipeline.data.stream import IN_MEMORY, CachePlan, cached_and_shuffled, read_indexed, shard_source
+from pipeline.data.stream import IN_MEMORY, CachePlan, augmented, cached_and_shuffled, read_indexed, shard_source
 from pipeline.tasks.classification.readers import Split
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def training_dataset(
     # unreadable files leave no full batch, train.explain_empty_epochs says so.
     ds = ds.batch(batch_size, drop_remainder=training and len(split) >= batch_size)
     if training and augment is not None:
-        ds = ds.map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y), num_parallel_calls=AUTOTUNE)
+        ds = augmented(ds, lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y))
     ds = ds.map(lambda x, y: (normalize(tf.cast(x, tf.float32), spec), y), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 

@@ -92,7 +92,7 @@ def box_batches(split, cfg, spec, training: bool, skipped: SkipCounter, cache=No
     epoch); the synthetic set's arrays are in memory already."""
     from pipeline._keras import keras_cv, tf
     from pipeline.core.images import normalize
-    from pipeline.data.stream import CachePlan, cached_and_shuffled, read_indexed
+    from pipeline.data.stream import CachePlan, augmented, cached_and_shuffled, read_indexed
 
     d = cfg.data
     size, ch = spec.size, spec.channels
@@ -104,22 +104,20 @@ def box_batches(split, cfg, spec, training: bool, skipped: SkipCounter, cache=No
         ((size, size, ch), (MAX_BOXES, 4), (MAX_BOXES,)),
         shuffle_seed=d.seed if training else None,  # indices: a full shuffle for free (once, before a cache)
         reshuffle=not cache.cached,
-        deterministic=not training,
         training=training,
     )
     ds = cached_and_shuffled(ds, cache, training=training, n=len(split), shuffle_buffer=d.shuffle_buffer, seed=d.seed)
     ds = ds.map(lambda x, b, c: (tf.cast(x, tf.float32), b, c)).batch(cfg.train.batch_size, drop_remainder=training)
     augment = _augmenter(size, Affine.of(d)) if training and d.augment else None
 
-    def augmented(x, b, c):
-        if augment is not None:
-            out = augment({"images": x, "bounding_boxes": {"boxes": b, "classes": c}}, training=True)
-            x = out["images"]
-            dense = keras_cv.bounding_box.to_dense(out["bounding_boxes"], max_boxes=MAX_BOXES)
-            b, c = dense["boxes"], dense["classes"]
-        return normalize(x, spec), b, c
+    def augment_batch(x, b, c):
+        out = augment({"images": x, "bounding_boxes": {"boxes": b, "classes": c}}, training=True)
+        dense = keras_cv.bounding_box.to_dense(out["bounding_boxes"], max_boxes=MAX_BOXES)
+        return out["images"], dense["boxes"], dense["classes"]
 
-    return ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
+    if augment is not None:
+        ds = augmented(ds, augment_batch)
+    return ds.map(lambda x, b, c: (normalize(x, spec), b, c), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _detections(outputs: list[np.ndarray], size: int, score_threshold: float, iou: float = 0.5) -> list[dict]:

@@ -20,7 +20,7 @@ import numpy as np
 from pipeline._keras import tf
 from pipeline.core.images import InputSpec, normalize
 from pipeline.data.augment import Affine, Mix
-from pipeline.data.stream import IN_MEMORY, CachePlan, cached_and_shuffled, read_indexed, shard_source
+from pipeline.data.stream import IN_MEMORY, CachePlan, augmented, cached_and_shuffled, read_indexed, shard_source
 from pipeline.tasks.segmentation import IGNORE
 from pipeline.tasks.segmentation.readers import SegSplit
 
@@ -172,14 +172,10 @@ def training_dataset(
     ds = sample_dataset(split, spec, training=training, seed=seed, shuffle_buffer=shuffle_buffer, cache=cache)
     ds = ds.batch(batch_size, drop_remainder=training and len(split) >= batch_size)
 
-    def finish(x, y):
-        x = tf.cast(x, tf.float32)
-        y = tf.cast(y, tf.int32)
-        if training and augment:
-            x, y = augment_pair(x, y, affine, mix=mix)
-        return normalize(x, spec), y
-
-    return ds.map(finish, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), tf.cast(y, tf.int32)))
+    if training and augment:
+        ds = augmented(ds, lambda x, y: augment_pair(x, y, affine, mix=mix))
+    return ds.map(lambda x, y: (normalize(x, spec), y), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
 def iterate_numpy(split: SegSplit, spec: InputSpec, batch_size: int, limit: int = 0):
