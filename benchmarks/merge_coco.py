@@ -39,9 +39,11 @@ def merge(out: Path, sources: list[tuple[Path, int | None]]) -> dict:
         for im in coco["images"][:limit]:
             ids[im["id"]] = len(merged["images"]) + 1
             name = f"{root.name}_{im['file_name']}"
-            link = images / name
+            link, target = images / name, (root / "images" / "train" / im["file_name"]).resolve()
             if not link.is_symlink():
-                os.symlink((root / "images" / "train" / im["file_name"]).resolve(), link)
+                os.symlink(target, link)
+            elif Path(os.readlink(link)) != target:  # two sets of one folder name, or another OUT's links
+                raise SystemExit(f"{link}: already links {os.readlink(link)}, not {target}; choose an empty OUT")
             merged["images"].append({**im, "id": ids[im["id"]], "file_name": name})
         for a in coco["annotations"]:
             if a["image_id"] in ids:
@@ -63,7 +65,9 @@ def main() -> int:
     args = ap.parse_args()
     sources = []
     for s in args.sets:
-        folder, _, n = s.partition(":")
+        folder, _, n = s.rpartition(":") if ":" in s else (s, "", "")
+        if n and (not n.isdigit() or int(n) < 1):
+            ap.error(f"{s}: N must be a positive number of images")
         sources.append((Path(folder), int(n) if n else None))
     merged = merge(Path(args.out), sources)
     print(f"{args.out}: {len(merged['images'])} images, {len(merged['annotations'])} objects")

@@ -210,3 +210,7 @@ def test_merge_coco_joins_training_splits_with_new_ids(tmp_path):
     (tmp_path / "b" / "annotations" / "train.json").write_text(json.dumps(coco))
     with pytest.raises(SystemExit, match="categories differ"):
         merge_coco.merge(tmp_path / "m2", [(tmp_path / "a", None), (tmp_path / "b", 2)])
+    (tmp_path / "x").mkdir()
+    (tmp_path / "a").rename(tmp_path / "x" / "a")  # another set of the same folder name
+    with pytest.raises(SystemExit, match="a_train_00000.jpg: already links"):
+        merge_coco.merge(tmp_path / "m", [(tmp_path / "x" / "a", None)])

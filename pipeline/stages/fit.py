@@ -28,7 +28,9 @@ def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow, and TensorFlow's global ``tf.random.Generator``:
     keras-cv's augmentation layers draw from that one, and ``keras.utils.set_random_seed``
     leaves it seeded from the OS, so without this two runs of one config augment
-    differently and train different models (the demo's detection mAP spread 0.11-0.20)."""
+    differently and train different models (the demo's detection mAP spread 0.11-0.20).
+    Call it after the distribution strategy is made: creating the generator starts
+    TensorFlow's runtime, after which a multi-worker strategy can no longer set up."""
     keras.utils.set_random_seed(seed)
     tf.random.set_global_generator(tf.random.Generator.from_seed(seed))
 

@@ -124,8 +124,8 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
     out = out or run
     chief = out is run
     task = get_task(cfg.task)
-    seed_everything(cfg.train.seed)
-    hw = setup_hardware(cfg)
+    hw = setup_hardware(cfg)  # first: a multi-worker strategy must set up before TF's runtime starts
+    seed_everything(cfg.train.seed)  # (the generator it makes starts the runtime)
     spec = cfg.input_spec()
     ckpt = run.path / "checkpoints"
     phases = plan_phases(cfg)
