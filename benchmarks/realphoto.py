@@ -115,13 +115,19 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 
 def load_extra_photos(folder: Path, max_side: int = 1280, frames_per_video: int = 12) -> list[np.ndarray]:
     """More backgrounds for the pretraining sets (BGR): every image in ``folder`` with a
-    short side of 200 px or more, shrunk to ``max_side``, and ``frames_per_video`` frames
-    spread over each video. Files that cannot be read are skipped with a count."""
+    short side of 200 px or more and ``frames_per_video`` frames spread over each video,
+    all shrunk to ``max_side``. Files that cannot be read are skipped with a count."""
     if not folder.is_dir():
         raise SystemExit(f"--extra-photos {folder}: not a folder")
     out, skipped = [], []
+
+    def shrunk(img: np.ndarray) -> np.ndarray:
+        scale = max_side / max(img.shape[:2])
+        return cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else img
+
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        if path.suffix.lower() in VIDEO_SUFFIXES:
+        video = path.suffix.lower() in VIDEO_SUFFIXES
+        if video:
             cap = cv2.VideoCapture(str(path))
             n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
             wanted = set(np.linspace(0, max(n - 1, 0), frames_per_video).astype(int).tolist())
@@ -134,14 +140,14 @@ def load_extra_photos(folder: Path, max_side: int = 1280, frames_per_video: int 
                     frames.append(frame)
                 k += 1
             cap.release()
-            (out.extend(frames) if frames else skipped.append(path.name))
-            continue
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None or min(img.shape[:2]) < 200:
+        else:
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            frames = [] if img is None else [img]
+        # the 200 px floor is for stills (thumbnails, icons); a clip's frames are scenes
+        if frames and (video or min(frames[0].shape[:2]) >= 200):
+            out.extend(shrunk(f) for f in frames)
+        else:
             skipped.append(path.name)
-            continue
-        scale = max_side / max(img.shape[:2])
-        out.append(cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else img)
     if skipped:
         print(
             f"--extra-photos {folder}: skipped {len(skipped)} file(s) not readable or under 200 px: {', '.join(skipped)}"

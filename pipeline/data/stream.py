@@ -183,8 +183,8 @@ def augmented(ds: tf.data.Dataset, fn: Callable) -> tf.data.Dataset:
     a time on a CPU-only machine, since parallel calls take their draws from the shared
     generators in whatever order the threads run, and the same seed would give other
     batches, and another model, on every run. There the model, not the augmentation, is
-    the bottleneck (segmentation's augmentation on 2 cores: 440 batched images/s in
-    order, 610 in parallel, against 10-20 a training step takes). With a GPU, which
+    the bottleneck (segmentation's augmentation on 2 cores: 440 images/s in order, 610
+    in parallel, against the 10-20 images/s its training takes). With a GPU, which
     training can outrun it and whose kernels are not bit-reproducible anyway, in
     parallel. What follows it (normalising) stays parallel."""
     if tf.config.list_physical_devices("GPU"):
