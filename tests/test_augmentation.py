@@ -306,3 +306,92 @@ def test_data_mosaic_reaches_segmentation_training_batches(mosaic, mixed):
     raw = {np.asarray(r).tobytes() for r in np.asarray(data.train.masks).astype(np.int32)}
     masks = np.concatenate([np.asarray(y) for _, y in train])
     assert np.mean([y.tobytes() in raw for y in masks]) == (0.0 if mixed else 1.0)
+
+
+def _seg_case(affine: Affine, photometric: bool = False, mix=None):
+    def run(x):
+        from pipeline._keras import tf
+        from pipeline.tasks.segmentation.pipeline import augment_pair
+
+        masks = tf.cast(x[..., 0] > 128, tf.uint8)
+        return augment_pair(x, masks, affine, photometric=photometric, mix=mix)[0]
+
+    return run
+
+
+def _keras_cv_case(make):
+    def run(x):
+        from pipeline.data.augment import on_generator
+
+        return on_generator([make()])[0](x, training=True)
+
+    return run
+
+
+def _contrast():
+    from pipeline._keras import keras_cv
+
+    return keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.3, dtype="float32")
+
+
+def _brightness():
+    from pipeline._keras import keras_cv
+
+    return keras_cv.layers.RandomBrightness(0.2, value_range=(0, 255), dtype="float32")
+
+
+def _draw_cases():
+    from pipeline.data.augment import Mix
+
+    return {
+        "seg-affine": _seg_case(Affine("none", 20.0, 10.0, (0.8, 1.3))),
+        "seg-photometric": _seg_case(Affine("none", zoom=(1.0, 1.0)), photometric=True),
+        "seg-mosaic": _seg_case(Affine("none", zoom=(1.0, 1.0)), mix=Mix(mosaic=1.0)),
+        "contrast": _keras_cv_case(_contrast),
+        "brightness": _keras_cv_case(_brightness),
+    }
+
+
+@pytest.mark.parametrize("case", ["seg-affine", "seg-photometric", "seg-mosaic", "contrast", "brightness"])
+def test_each_epoch_draws_new_transforms(case):
+    """Keras makes a new dataset iterator every epoch. Draws with the legacy
+    ``tf.random.uniform`` restart with each one, so under a seed every epoch would repeat
+    the first epoch's transforms; drawn from the global generator, they move on (and a
+    seed still gives the same sequence)."""
+    from pipeline._keras import tf
+    from pipeline.data.stream import augmented
+    from pipeline.stages.fit import seed_everything
+
+    images = np.random.default_rng(0).uniform(0, 255, (8, S, S, 3)).astype(np.float32)  # all different
+    fn = _draw_cases()[case]
+
+    def epochs(seed: int) -> list[np.ndarray]:
+        seed_everything(seed)
+        ds = augmented(tf.data.Dataset.from_tensors(tf.constant(images)), fn)
+        return [next(iter(ds)).numpy() for _ in range(2)]
+
+    first, second = epochs(0)
+    assert not np.allclose(first, second), "the second epoch repeated the first one's transforms"
+    again = epochs(0)
+    np.testing.assert_array_equal(first, again[0])
+    np.testing.assert_array_equal(second, again[1])
+
+
+@pytest.mark.parametrize("task", ["classification", "detection"])
+def test_keras_cv_augmenters_draw_every_strength_from_the_generator(task):
+    """Shear, zoom, contrast and brightness strengths come from ``on_generator``'s
+    sampler, never keras-cv's legacy ``UniformFactorSampler`` (repeats every epoch)."""
+    from pipeline._keras import keras_cv
+    from pipeline.data.augment import GeneratorUniform
+
+    if task == "classification":
+        from pipeline.tasks.classification.task import _augmenter
+
+        model = _augmenter(Affine("horizontal", 10.0, 10.0))
+    else:
+        from pipeline.tasks.detection.task import _augmenter
+
+        model = _augmenter(S, Affine("horizontal", 10.0, 10.0, (0.75, 1.3)))
+    samplers = [v for layer in model.layers for v in vars(layer).values()]
+    assert not [v for v in samplers if isinstance(v, keras_cv.core.UniformFactorSampler)]
+    assert sum(isinstance(v, GeneratorUniform) for v in samplers) >= (2 if task == "classification" else 4)

@@ -12,6 +12,47 @@ import math
 from dataclasses import dataclass
 
 
+def uniform(shape, lo: float = 0.0, hi: float = 1.0):
+    """Uniform draws for augmentation, from TensorFlow's global generator (seeded by
+    ``seed_everything``). The legacy ``tf.random.uniform`` in a dataset function restarts
+    its sequence with every new iterator, and Keras makes one per epoch, so every epoch
+    would draw the same transforms; the generator's state moves on instead."""
+    from pipeline._keras import tf
+
+    return tf.random.get_global_generator().uniform(shape, lo, hi)
+
+
+class GeneratorUniform:
+    """A keras-cv factor sampler (``keras_cv.core.FactorSampler``'s interface) that draws
+    through :func:`uniform`; keras-cv's own ``UniformFactorSampler`` draws with the
+    legacy op and would repeat every epoch's strengths."""
+
+    def __init__(self, lower: float, upper: float):
+        self.lower, self.upper = lower, upper
+
+    def __call__(self, shape=(), dtype="float32"):
+        from pipeline._keras import tf
+
+        return tf.cast(uniform(shape, self.lower, self.upper), dtype)
+
+    def get_config(self) -> dict:
+        return {"lower": self.lower, "upper": self.upper}
+
+
+def on_generator(layers: list) -> list:
+    """``layers`` (keras-cv augmentation layers) with every ``UniformFactorSampler``
+    strength (contrast, brightness, shear, ``JitteredResize``'s scale) swapped for a
+    :class:`GeneratorUniform` of the same range. Their other draws already come from the
+    global generator."""
+    from pipeline._keras import keras_cv
+
+    for layer in layers:
+        for name, value in list(vars(layer).items()):
+            if isinstance(value, keras_cv.core.UniformFactorSampler):
+                setattr(layer, name, GeneratorUniform(value.lower, value.upper))
+    return layers
+
+
 @dataclass(frozen=True)
 class Affine:
     """What the geometric augmentation may do to a sample.
@@ -52,7 +93,7 @@ class Affine:
         if self.shear:
             k = math.tan(math.radians(self.shear))
             out.append(keras_cv.layers.RandomShear(x_factor=k, fill_mode="constant", **kw))
-        return out
+        return on_generator(out)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.data.augment import Affine
+from pipeline.data.augment import Affine, on_generator
 from pipeline.tasks.base import Task
 from pipeline.tasks.classification import SPEC
 from pipeline.tasks.classification import readers as cls_data
@@ -20,7 +20,7 @@ def _augmenter(affine: Affine):
         [
             *affine.keras_cv_layers(),
             keras_cv.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", dtype="float32"),
-            keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2, dtype="float32"),
+            *on_generator([keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2, dtype="float32")]),
         ],
         name="augment",
     )

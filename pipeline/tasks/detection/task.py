@@ -8,7 +8,7 @@ import logging
 import numpy as np
 
 from pipeline.core.images import ImageError, SkipCounter, geometry, prepare, read_image
-from pipeline.data.augment import Affine
+from pipeline.data.augment import Affine, on_generator
 from pipeline.tasks.base import Task
 from pipeline.tasks.detection import SPEC
 from pipeline.tasks.detection import boxes as B
@@ -47,9 +47,15 @@ def _augmenter(size: int, affine: Affine):
     return keras.Sequential(
         [
             *affine.keras_cv_layers(bounding_box_format=fmt),
-            keras_cv.layers.JitteredResize((size, size), scale_factor=affine.zoom, bounding_box_format=fmt, **f32),
-            keras_cv.layers.RandomBrightness(0.15, value_range=(0, 255), **f32),
-            keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2, **f32),
+            *on_generator(
+                [
+                    keras_cv.layers.JitteredResize(
+                        (size, size), scale_factor=affine.zoom, bounding_box_format=fmt, **f32
+                    ),
+                    keras_cv.layers.RandomBrightness(0.15, value_range=(0, 255), **f32),
+                    keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2, **f32),
+                ]
+            ),
         ],
         name="augment",
     )

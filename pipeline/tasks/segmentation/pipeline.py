@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline._keras import tf
 from pipeline.core.images import InputSpec, normalize
-from pipeline.data.augment import Affine, Mix
+from pipeline.data.augment import Affine, Mix, uniform
 from pipeline.data.stream import IN_MEMORY, CachePlan, augmented, cached_and_shuffled, read_indexed, shard_source
 from pipeline.tasks.segmentation import IGNORE
 from pipeline.tasks.segmentation.readers import SegSplit
@@ -33,7 +33,7 @@ def random_transforms(batch, size, affine: Affine):
     ``affine.zoom``), a horizontal shear and a rotation, mirrored as ``affine.flip`` says,
     shifted at random as far as keeps the window inside the image (zoom in) or the image
     inside the window (zoom out)."""
-    rand = lambda lo, hi: tf.random.uniform([batch], lo, hi)  # noqa: E731
+    rand = lambda lo, hi: uniform([batch], lo, hi)  # noqa: E731
     lo, hi = affine.zoom
     s = tf.exp(rand(math.log(lo), math.log(hi)))
     sx, sy = s, s
@@ -81,9 +81,9 @@ def mix_batch(images, masks, mix: Mix):
     the batch's next samples (a batch of fewer than four repeats some, one mixes nothing);
     class 0 is taken for the background."""
     n, size = tf.shape(images)[0], tf.shape(images)[1]
-    draw = lambda p: tf.random.uniform([n, 1, 1]) < p  # noqa: E731
+    draw = lambda p: uniform([n, 1, 1]) < p  # noqa: E731
     if mix.mosaic:
-        cut = tf.cast(size, tf.float32) * tf.random.uniform([n, 2, 1, 1], 0.25, 0.75)
+        cut = tf.cast(size, tf.float32) * uniform([n, 2, 1, 1], 0.25, 0.75)
         at = tf.cast(tf.range(size), tf.float32)
         right = tf.cast(at[None, None, :] >= cut[:, 0], tf.int32)  # (n, 1, S)
         below = tf.cast(at[None, :, None] >= cut[:, 1], tf.int32)  # (n, S, 1)
@@ -118,8 +118,8 @@ def augment_pair(images, masks, affine: Affine | None = None, photometric: bool 
         out, m = mix_batch(out, m, mix)
     if photometric:
         # Per-sample brightness and contrast, so the colour bands of the classes stay learnable.
-        gain = tf.random.uniform([n, 1, 1, 1], 0.75, 1.25)
-        shift = tf.random.uniform([n, 1, 1, 1], -20.0, 20.0)
+        gain = uniform([n, 1, 1, 1], 0.75, 1.25)
+        shift = uniform([n, 1, 1, 1], -20.0, 20.0)
         mean = tf.reduce_mean(out, axis=[1, 2, 3], keepdims=True)
         out = tf.clip_by_value((out - mean) * gain + mean + shift, 0.0, 255.0)
     return out, m
