@@ -95,11 +95,13 @@ def run_peer(cfg, out_dir: Path, threads: int, runs: int) -> dict:
     from pipeline.core.rundir import write_bytes
     from pipeline.runtime.tflite_model import TFLiteModel
     from pipeline.stages.export import convert
+    from pipeline.stages.fit import seed_everything
     from pipeline.tasks import get_task
     from pipeline.tasks.detection import boxes as B
 
     task = get_task("detection")
     spec = cfg.input_spec()
+    seed_everything(cfg.train.seed)  # the peer's weights and keras-cv's draws, as ours
     data = task.load_data(cfg)
     model = yolov8_peer(cfg, len(data.class_names))
     t0 = time.time()
