@@ -112,7 +112,9 @@ def test_segmentation_rotates_shears_and_zooms_image_and_mask_together():
     assert max(tilts) > 15 and min(tilts) < 15  # rotated by up to 40 degrees, some little
     assert set(np.unique(y)) <= {0, 2, 255}  # nearest: no blended ids
     known = y != 255
-    assert (np.round(x[..., 0] / 100)[known] == y[known]).mean() > 0.98  # the mask stays on its pixels
+    # The mask stays on its pixels: only the bar's edges, blended by the bilinear image
+    # and not by the nearest mask, disagree (0.980 ± 0.001 over 60 seeds' draws).
+    assert (np.round(x[..., 0] / 100)[known] == y[known]).mean() > 0.97
     assert (~known).any() and (x[~known] == 0).mean() > 0.9  # the corners rotated in: black, label unknown
 
     flat_x, flat_y = np.full_like(images, 200.0), np.ones_like(masks)

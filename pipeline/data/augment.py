@@ -11,6 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pipeline.core.config import DataConfig
+
+_DATA = DataConfig()  # the config's defaults are the only ones: Affine() and Mix() take them
+
 
 def uniform(shape, lo: float = 0.0, hi: float = 1.0):
     """Uniform draws for augmentation, from TensorFlow's global generator (seeded by
@@ -67,10 +71,10 @@ class Affine:
             draws it log-uniform, detection's ``JitteredResize`` uniform.
     """
 
-    flip: str = "horizontal"
-    rotation: float = 0.0
-    shear: float = 0.0
-    zoom: tuple[float, float] = (1.0, 1.5)
+    flip: str = _DATA.flip
+    rotation: float = _DATA.rotation
+    shear: float = _DATA.shear
+    zoom: tuple[float, float] = tuple(_DATA.zoom)
 
     @classmethod
     def of(cls, d) -> Affine:
@@ -102,8 +106,8 @@ class Mix:
     per sample of becoming a mosaic of four, and of having another sample's objects
     pasted over it."""
 
-    mosaic: float = 0.0
-    copy_paste: float = 0.0
+    mosaic: float = _DATA.mosaic
+    copy_paste: float = _DATA.copy_paste
 
     @classmethod
     def of(cls, d) -> Mix:
