@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from targets import report_targets  # noqa: E402
+from targets import chain_config, report_targets  # noqa: E402
 
 log = logging.getLogger("benchmark")
 
@@ -213,7 +213,6 @@ def main() -> int:
     ap.add_argument("--latency-size", type=int, default=320, help="input size for the latency table (0: skip)")
     args = ap.parse_args()
 
-    from pipeline.core import config
     from pipeline.core.rundir import RunDir, write_json
     from pipeline.stages.chain import CHAIN, run_stage
 
@@ -231,7 +230,7 @@ def main() -> int:
     run = RunDir(args.run_dir)
     skip = set(filter(None, args.skip.split(",")))
     # Resuming: the run's own config (its size, epochs, data), plus any new --set.
-    cfg = run.load_config(overrides) if skip else config.load(None, overrides, task="detection")
+    cfg = chain_config(run, skip, overrides, "detection")
     t0 = time.time()
     for stage in CHAIN:
         if stage not in skip:

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from targets import target_table  # noqa: E402
+from targets import chain_config, target_table  # noqa: E402
 
 log = logging.getLogger("benchmark")
 
@@ -212,7 +212,6 @@ def main() -> int:
     ap.add_argument("--reuse-peer", action="store_true", help="take the peer's figures from RUN/peer.json")
     args = ap.parse_args()
 
-    from pipeline.core import config
     from pipeline.core.rundir import RunDir, write_json, write_text
     from pipeline.stages.chain import CHAIN, run_stage
 
@@ -223,7 +222,7 @@ def main() -> int:
         args.overrides = [*realphoto.config_overrides(realphoto.build(Path(args.realphoto))), *args.overrides]
     run = RunDir(args.run_dir)
     skip = {s for s in args.skip.split(",") if s}
-    cfg = run.load_config(args.overrides) if skip else config.load(None, args.overrides, task="segmentation")
+    cfg = chain_config(run, skip, args.overrides, "segmentation")
     for stage in CHAIN:
         if stage not in skip:
             run_stage(stage, run, cfg)

@@ -1,6 +1,16 @@
-"""The target table every benchmark ends with, and its exit status."""
+"""The target table every benchmark ends with, and its exit status; the config a
+benchmark's chain runs with."""
 
 from __future__ import annotations
+
+
+def chain_config(run, skip: set[str], overrides: list[str], task: str):
+    """Resuming (``--skip train,...``): the run folder's own config plus any new
+    ``--set``. Else the task's defaults and the overrides, so that ``--skip prune,qat``
+    on a new folder trains, where it used to stop at the missing config."""
+    from pipeline.core import config
+
+    return run.load_config(overrides) if "train" in skip else config.load(None, overrides, task=task)
 
 
 def target_table(rows: list[tuple[str, bool, str]]) -> str:

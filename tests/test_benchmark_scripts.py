@@ -214,3 +214,22 @@ def test_merge_coco_joins_training_splits_with_new_ids(tmp_path):
     (tmp_path / "a").rename(tmp_path / "x" / "a")  # another set of the same folder name
     with pytest.raises(SystemExit, match="a_train_00000.jpg: already links"):
         merge_coco.merge(tmp_path / "m", [(tmp_path / "x" / "a", None)])
+
+
+def test_a_benchmark_skipping_prune_and_qat_on_a_new_folder_trains_from_its_overrides(tmp_path):
+    """``--skip prune,qat`` on a new run folder (the documented real-photo command) takes
+    the task's defaults and the overrides; only a skipped training resumes from the
+    folder's config, and a missing one is a clear error."""
+    from pipeline.core.errors import StageInputError
+    from pipeline.core.rundir import RunDir
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from targets import chain_config
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    run = RunDir(tmp_path / "new")
+    cfg = chain_config(run, {"prune", "qat"}, ["train.epochs=3"], "detection")
+    assert cfg.task == "detection" and cfg.train.epochs == 3
+    with pytest.raises(StageInputError, match="config.yaml is missing"):
+        chain_config(run, {"train"}, [], "detection")
