@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.data.augment import Affine
+from pipeline.data.augment import Affine, Mix
 
 N, S = 48, 32
 
@@ -237,7 +237,6 @@ def _sources(n: int = 4, size: int = 64):
 
 
 def test_mosaic_makes_each_sample_four_quarters_of_the_batch_pixel_for_pixel():
-    from pipeline.data.augment import Mix
     from pipeline.tasks.segmentation.pipeline import mix_batch
 
     images, masks = _sources()
@@ -257,7 +256,6 @@ def test_mosaic_makes_each_sample_four_quarters_of_the_batch_pixel_for_pixel():
 @pytest.mark.parametrize("mix", [{"mosaic": 0.5}, {"copy_paste": 0.5}])
 def test_each_sample_is_mixed_on_its_own_draw(mix):
     """At a chance of 0.5, about half the samples of a batch are mixed, not all or none."""
-    from pipeline.data.augment import Mix
     from pipeline.tasks.segmentation.pipeline import mix_batch
 
     images, masks = _sources(64, 32)
@@ -270,14 +268,12 @@ def test_each_sample_is_mixed_on_its_own_draw(mix):
 
 def test_mix_settings_come_from_their_own_keys():
     from pipeline.core import config
-    from pipeline.data.augment import Mix
 
     d = config.load(None, ["data.mosaic=0.25", "data.copy_paste=0.75"], task="segmentation").data
     assert Mix.of(d) == Mix(mosaic=0.25, copy_paste=0.75)
 
 
 def test_copy_paste_pastes_another_samples_objects_and_nothing_else():
-    from pipeline.data.augment import Mix
     from pipeline.tasks.segmentation.pipeline import mix_batch
 
     images, masks = _sources()
@@ -321,40 +317,27 @@ def _seg_case(affine: Affine, photometric: bool = False, mix=None):
     return run
 
 
-def _keras_cv_case(make):
+def _keras_cv_case(layer: str, **kw):
     def run(x):
+        from pipeline._keras import keras_cv
         from pipeline.data.augment import on_generator
 
-        return on_generator([make()])[0](x, training=True)
+        made = getattr(keras_cv.layers, layer)(value_range=(0, 255), dtype="float32", **kw)
+        return on_generator([made])[0](x, training=True)
 
     return run
 
 
-def _contrast():
-    from pipeline._keras import keras_cv
-
-    return keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.3, dtype="float32")
-
-
-def _brightness():
-    from pipeline._keras import keras_cv
-
-    return keras_cv.layers.RandomBrightness(0.2, value_range=(0, 255), dtype="float32")
+_DRAW_CASES = {
+    "seg-affine": _seg_case(Affine("none", 20.0, 10.0, (0.8, 1.3))),
+    "seg-photometric": _seg_case(Affine("none", zoom=(1.0, 1.0)), photometric=True),
+    "seg-mosaic": _seg_case(Affine("none", zoom=(1.0, 1.0)), mix=Mix(mosaic=1.0)),
+    "contrast": _keras_cv_case("RandomContrast", factor=0.3),
+    "brightness": _keras_cv_case("RandomBrightness", factor=0.2),
+}
 
 
-def _draw_cases():
-    from pipeline.data.augment import Mix
-
-    return {
-        "seg-affine": _seg_case(Affine("none", 20.0, 10.0, (0.8, 1.3))),
-        "seg-photometric": _seg_case(Affine("none", zoom=(1.0, 1.0)), photometric=True),
-        "seg-mosaic": _seg_case(Affine("none", zoom=(1.0, 1.0)), mix=Mix(mosaic=1.0)),
-        "contrast": _keras_cv_case(_contrast),
-        "brightness": _keras_cv_case(_brightness),
-    }
-
-
-@pytest.mark.parametrize("case", ["seg-affine", "seg-photometric", "seg-mosaic", "contrast", "brightness"])
+@pytest.mark.parametrize("case", list(_DRAW_CASES))
 def test_each_epoch_draws_new_transforms(case):
     """Keras makes a new dataset iterator every epoch. Draws with the legacy
     ``tf.random.uniform`` restart with each one, so under a seed every epoch would repeat
@@ -365,7 +348,7 @@ def test_each_epoch_draws_new_transforms(case):
     from pipeline.stages.fit import seed_everything
 
     images = np.random.default_rng(0).uniform(0, 255, (8, S, S, 3)).astype(np.float32)  # all different
-    fn = _draw_cases()[case]
+    fn = _DRAW_CASES[case]
 
     def epochs(seed: int) -> list[np.ndarray]:
         seed_everything(seed)

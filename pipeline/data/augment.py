@@ -16,14 +16,14 @@ from pipeline.core.config import DataConfig
 _DATA = DataConfig()  # the config's defaults are the only ones: Affine() and Mix() take them
 
 
-def uniform(shape, lo: float = 0.0, hi: float = 1.0):
+def uniform(shape, lo: float = 0.0, hi: float = 1.0, dtype="float32"):
     """Uniform draws for augmentation, from TensorFlow's global generator (seeded by
     ``seed_everything``). The legacy ``tf.random.uniform`` in a dataset function restarts
     its sequence with every new iterator, and Keras makes one per epoch, so every epoch
     would draw the same transforms; the generator's state moves on instead."""
     from pipeline._keras import tf
 
-    return tf.random.get_global_generator().uniform(shape, lo, hi)
+    return tf.random.get_global_generator().uniform(shape, lo, hi, dtype=dtype)
 
 
 class GeneratorUniform:
@@ -35,16 +35,15 @@ class GeneratorUniform:
         self.lower, self.upper = lower, upper
 
     def __call__(self, shape=(), dtype="float32"):
-        from pipeline._keras import tf
-
-        return tf.cast(uniform(shape, self.lower, self.upper), dtype)
+        return uniform(shape, self.lower, self.upper, dtype)
 
     def get_config(self) -> dict:
         return {"lower": self.lower, "upper": self.upper}
 
 
 def on_generator(layers: list) -> list:
-    """``layers`` (keras-cv augmentation layers) with every ``UniformFactorSampler``
+    """``layers`` (keras-cv augmentation layers; any already swapped stay as they are)
+    with every ``UniformFactorSampler``
     strength (contrast, brightness, shear, ``JitteredResize``'s scale) swapped for a
     :class:`GeneratorUniform` of the same range. Their other draws already come from the
     global generator."""

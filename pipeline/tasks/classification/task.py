@@ -16,14 +16,12 @@ def _augmenter(affine: Affine):
 
     # keras-cv layers on [0, 255] floats; flips, rotations, shears (data.*) and small
     # shifts keep labels valid. float32 whatever the global policy: input work.
-    return keras.Sequential(
-        [
-            *affine.keras_cv_layers(),
-            keras_cv.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", dtype="float32"),
-            *on_generator([keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2, dtype="float32")]),
-        ],
-        name="augment",
-    )
+    layers = [
+        *affine.keras_cv_layers(),
+        keras_cv.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", dtype="float32"),
+        keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2, dtype="float32"),
+    ]
+    return keras.Sequential(on_generator(layers), name="augment")
 
 
 class Classification(Task):

@@ -44,21 +44,13 @@ def _augmenter(size: int, affine: Affine):
     # float32 whatever the global policy: under mixed_float16, JitteredResize would get
     # float16 boxes and fail multiplying them by its float32 scales (a GPU run's default).
     f32 = {"dtype": "float32"}
-    return keras.Sequential(
-        [
-            *affine.keras_cv_layers(bounding_box_format=fmt),
-            *on_generator(
-                [
-                    keras_cv.layers.JitteredResize(
-                        (size, size), scale_factor=affine.zoom, bounding_box_format=fmt, **f32
-                    ),
-                    keras_cv.layers.RandomBrightness(0.15, value_range=(0, 255), **f32),
-                    keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2, **f32),
-                ]
-            ),
-        ],
-        name="augment",
-    )
+    layers = [
+        *affine.keras_cv_layers(bounding_box_format=fmt),
+        keras_cv.layers.JitteredResize((size, size), scale_factor=affine.zoom, bounding_box_format=fmt, **f32),
+        keras_cv.layers.RandomBrightness(0.15, value_range=(0, 255), **f32),
+        keras_cv.layers.RandomContrast(value_range=(0, 255), factor=0.2, **f32),
+    ]
+    return keras.Sequential(on_generator(layers), name="augment")
 
 
 def load_sample(split: det_data.DetSplit, i: int, spec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
