@@ -122,6 +122,34 @@ def test_the_disk_cache_is_named_by_what_the_samples_are_not_how_they_are_augmen
     assert path(size=64) != base and path("data.ignore_index=0") != base
 
 
+def test_a_file_changed_under_its_name_names_another_disk_cache(tmp_path):
+    """Resuming a run (or its prune and QAT) after a photo or the annotations were
+    edited in place must not read the prepared samples of the old files."""
+    import os
+
+    from pipeline.core.images import InputSpec
+    from pipeline.data.stream import plan_split
+
+    photos = [tmp_path / "a.jpg", tmp_path / "b.jpg"]
+    labels = tmp_path / "train.json"
+    for f in (*photos, labels):
+        f.write_bytes(b"x" * 10)
+    cfg = tiny_config("data.cache=disk", f"data.train_annotations={labels}", task="segmentation")
+
+    def path():
+        return plan_split(cfg, InputSpec(32), "train", [str(p) for p in photos], 100, tmp_path).path
+
+    base = path()
+    assert path() == base  # the same files: the same cache
+    photos[1].write_bytes(b"y" * 11)  # a photo replaced
+    assert path() != base
+    base = path()
+    st = os.stat(labels)
+    labels.write_bytes(b"z" * 10)  # the labels edited, same size, a later time
+    os.utime(labels, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert path() != base
+
+
 def test_data_cache_takes_the_old_booleans_and_refuses_other_words():
     assert tiny_config("data.cache=true").data.cache == "auto"
     assert tiny_config("data.cache=off").data.cache == "off"  # YAML 1.1 reads a bare off as false

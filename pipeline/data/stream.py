@@ -37,6 +37,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,9 +128,20 @@ def plan_cache(data_cfg, split: str, n: int, sample_bytes: int, cache_dir: Path 
     return CachePlan(mode, path, cap)
 
 
+def _stamp(path) -> list[int] | None:
+    """A file's size and modification time (ns), None for what is not a file: what
+    tells a file changed under its name apart, at the cost of a stat, not a read."""
+    try:
+        st = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None
+    return [st.st_size, st.st_mtime_ns] if stat.S_ISREG(st.st_mode) else None
+
+
 def plan_split(cfg, spec, split: str, names, sample_bytes: int, cache_dir: Path | None) -> CachePlan:
     """:func:`plan_cache` for one split of a task read from the files ``names``; the
-    disk cache is named by the task, the data config, the input spec and the files."""
+    disk cache is named by the task, the data config, the input spec and the files (each
+    with its size and modification time)."""
     d = dataclasses.asdict(cfg.data)
     # They change how the prepared samples are used, not what they are; so do the
     # augmentation settings (their data.* keys are the fields of Affine and Mix), which
@@ -136,7 +149,11 @@ def plan_split(cfg, spec, split: str, names, sample_bytes: int, cache_dir: Path 
     augmentation = [f.name for cls in (Affine, Mix) for f in dataclasses.fields(cls)]
     for k in ("cache", "cache_budget_mb", "shuffle_buffer", "augment", *augmentation):
         d.pop(k)
-    identity = {"task": cfg.task, "data": d, "spec": spec, "names": [str(n) for n in names]}
+    # Each file by name, size and modification time, the data config's files (COCO
+    # annotations, a mask list) too: a photo or label edited in place between a run and
+    # its resume (or its prune and QAT, which read the cache) names another cache.
+    identity = {"task": cfg.task, "data": d, "spec": spec, "names": [[str(n), _stamp(n)] for n in names]}
+    identity["config_files"] = {k: _stamp(v) for k, v in d.items() if isinstance(v, str) and _stamp(v)}
     identity["shard"] = _SHARD.get() if split == "train" else None  # a worker's cache holds its share only
     return plan_cache(cfg.data, split, len(names), sample_bytes, cache_dir, identity)
 
