@@ -58,6 +58,7 @@ handing back the old set as if it were the new one.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -155,6 +156,13 @@ def load_extra_photos(folder: Path, max_side: int = 1280, frames_per_video: int 
     if not out:
         raise SystemExit(f"--extra-photos {folder}: no readable photo or video in it")
     return out
+
+
+def extra_photos_recipe(folder: Path) -> str:
+    """What the recipe records of ``--extra-photos DIR``: each file's name and the start
+    of its content's SHA-1, so a photo replaced under its name is a different set."""
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    return ",".join(f"{p.name}:{hashlib.sha1(p.read_bytes()).hexdigest()[:12]}" for p in files)
 
 
 def load_digits(path: Path = OPENCV_DATA / "digits.png") -> dict[int, list[np.ndarray]]:
@@ -505,7 +513,7 @@ def main() -> int:
         pool = load_photos()["train"]
         if args.extra_photos:
             more = load_extra_photos(Path(args.extra_photos))
-            extra = ",".join(sorted(p.name for p in Path(args.extra_photos).iterdir() if p.is_file()))
+            extra = extra_photos_recipe(Path(args.extra_photos))
             print(f"backgrounds: {len(pool)} training photos and frames + {len(more)} from {args.extra_photos}")
             pool = pool + more
     if args.pretrain:

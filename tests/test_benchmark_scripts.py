@@ -140,8 +140,9 @@ def test_the_realphoto_pretraining_folder_holds_mnist_digits_on_training_photos(
 def test_realphoto_extra_photos_add_backgrounds_to_the_pretraining_sets(tmp_path, capsys):
     """`realphoto.py --extra-photos DIR`: every readable image (shrunk to 1280 px) and
     frames spread over each video join the pretraining backgrounds; small or unreadable
-    files are skipped with their names; the set's recipe names the files, so a set built
-    without them is not handed back as if it had them."""
+    files are skipped with their names; the set's recipe names the files and their
+    content, so a set built without them (or with other photos under the same names) is
+    not handed back as if it had them."""
     import cv2
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -161,6 +162,10 @@ def test_realphoto_extra_photos_add_backgrounds_to_the_pretraining_sets(tmp_path
     video.release()
 
     photos = realphoto.load_extra_photos(extra, frames_per_video=4)
+    recipe = realphoto.extra_photos_recipe(extra)
+    assert [f.split(":")[0] for f in recipe.split(",")] == ["big.png", "broken.jpg", "clip.avi", "small.png"]
+    (extra / "broken.jpg").write_bytes(b"\xff\xd8 another broken jpeg")  # replaced under its name
+    assert realphoto.extra_photos_recipe(extra) != recipe
     assert "skipped 2 file(s) not readable or under 200 px: broken.jpg, small.png" in capsys.readouterr().out
     assert [p.shape for p in photos] == [(200, 1280, 3)] + [(240, 320, 3)] * 4  # by name: big.png, clip.avi
     assert [p.mean() for p in photos[1:]] == pytest.approx([0, 72, 152, 232], abs=4)  # frames 0, 9, 19, 29
