@@ -217,20 +217,20 @@ def main() -> int:
     from pipeline.stages.chain import CHAIN, run_stage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    overrides = list(args.overrides)
-    if args.coco_train:
-        overrides += ["data.format=coco", f"data.train_annotations={args.coco_train}"]
-        overrides += [f"data.train_images={args.coco_images or Path(args.coco_train).parent}"]
-        if args.coco_val:
-            overrides += [f"data.val_annotations={args.coco_val}"]
+    data = []  # the data set's settings: a new run's, never over a resumed run's own
     if args.realphoto:
         import realphoto
 
-        overrides = [*realphoto.config_overrides(realphoto.build(Path(args.realphoto))), *overrides]
+        data = realphoto.config_overrides(realphoto.build(Path(args.realphoto)))
+    if args.coco_train:
+        data += ["data.format=coco", f"data.train_annotations={args.coco_train}"]
+        data += [f"data.train_images={args.coco_images or Path(args.coco_train).parent}"]
+        if args.coco_val:
+            data += [f"data.val_annotations={args.coco_val}"]
     run = RunDir(args.run_dir)
     skip = set(filter(None, args.skip.split(",")))
     # Resuming: the run's own config (its size, epochs, data), plus any new --set.
-    cfg = chain_config(run, skip, overrides, "detection")
+    cfg = chain_config(run, skip, args.overrides, "detection", data)
     t0 = time.time()
     for stage in CHAIN:
         if stage not in skip:

@@ -216,13 +216,14 @@ def main() -> int:
     from pipeline.stages.chain import CHAIN, run_stage
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data = []
     if args.realphoto:
         import realphoto
 
-        args.overrides = [*realphoto.config_overrides(realphoto.build(Path(args.realphoto))), *args.overrides]
+        data = realphoto.config_overrides(realphoto.build(Path(args.realphoto)))
     run = RunDir(args.run_dir)
     skip = {s for s in args.skip.split(",") if s}
-    cfg = chain_config(run, skip, args.overrides, "segmentation")
+    cfg = chain_config(run, skip, args.overrides, "segmentation", data)
     for stage in CHAIN:
         if stage not in skip:
             run_stage(stage, run, cfg)

@@ -4,13 +4,17 @@ benchmark's chain runs with."""
 from __future__ import annotations
 
 
-def chain_config(run, skip: set[str], overrides: list[str], task: str):
+def chain_config(run, skip: set[str], overrides: list[str], task: str, data: list[str] = ()):
     """Resuming (``--skip train,...``): the run folder's own config plus any new
-    ``--set``. Else the task's defaults and the overrides, so that ``--skip prune,qat``
-    on a new folder trains, where it used to stop at the missing config."""
+    ``--set`` (``overrides``). Else the task's defaults, the data set's settings
+    (``data``: ``--realphoto``, ``--coco-train``), then the overrides, so that
+    ``--skip prune,qat`` on a new folder trains, where it used to stop at the missing
+    config. A resumed run keeps the data it trained on: its ``--set`` may have replaced
+    the data set's training files (a replay set), which prune and QAT must fine-tune on
+    too."""
     from pipeline.core import config
 
-    return run.load_config(overrides) if "train" in skip else config.load(None, overrides, task=task)
+    return run.load_config(overrides) if "train" in skip else config.load(None, [*data, *overrides], task=task)
 
 
 def target_table(rows: list[tuple[str, bool, str]]) -> str:

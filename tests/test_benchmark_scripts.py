@@ -223,8 +223,10 @@ def test_merge_coco_joins_training_splits_with_new_ids(tmp_path):
 
 def test_a_benchmark_skipping_prune_and_qat_on_a_new_folder_trains_from_its_overrides(tmp_path):
     """``--skip prune,qat`` on a new run folder (the documented real-photo command) takes
-    the task's defaults and the overrides; only a skipped training resumes from the
-    folder's config, and a missing one is a clear error."""
+    the task's defaults, the data set's settings and the overrides; only a skipped
+    training resumes from the folder's config, and a missing one is a clear error; a
+    resumed run keeps the training files it trained on (a replay set given by --set),
+    where ``--realphoto``'s settings used to replace them for prune and QAT."""
     from pipeline.core.errors import StageInputError
     from pipeline.core.rundir import RunDir
 
@@ -234,7 +236,13 @@ def test_a_benchmark_skipping_prune_and_qat_on_a_new_folder_trains_from_its_over
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     run = RunDir(tmp_path / "new")
-    cfg = chain_config(run, {"prune", "qat"}, ["train.epochs=3"], "detection")
-    assert cfg.task == "detection" and cfg.train.epochs == 3
+    data = ["data.format=coco", "data.train_annotations=photos/train.json", "data.val_annotations=photos/val.json"]
+    cfg = chain_config(run, {"prune", "qat"}, ["train.epochs=3", "data.train_annotations=replay/train.json"],
+                       "detection", data)  # fmt: skip
+    assert cfg.task == "detection" and cfg.train.epochs == 3 and cfg.data.format == "coco"
+    assert (cfg.data.train_annotations, cfg.data.val_annotations) == ("replay/train.json", "photos/val.json")
     with pytest.raises(StageInputError, match="config.yaml is missing"):
         chain_config(run, {"train"}, [], "detection")
+    run.save_config(cfg)  # trained; now prune, QAT and export, with the data set's settings given again
+    again = chain_config(run, {"train"}, ["qat.epochs=1"], "detection", data)
+    assert again.data.train_annotations == "replay/train.json" and again.qat.epochs == 1
