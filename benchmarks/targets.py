@@ -3,8 +3,10 @@ benchmark's chain runs with."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 
-def chain_config(run, skip: set[str], overrides: list[str], task: str, data: list[str] = ()):
+
+def chain_config(run, skip: set[str], overrides: Sequence[str], task: str, data: Sequence[str] = ()):
     """Resuming (``--skip train,...``): the run folder's own config plus any new
     ``--set`` (``overrides``). Else the task's defaults, the data set's settings
     (``data``: ``--realphoto``, ``--coco-train``), then the overrides, so that

@@ -42,11 +42,10 @@ class GeneratorUniform:
 
 
 def on_generator(layers: list) -> list:
-    """``layers`` (keras-cv augmentation layers; any already swapped stay as they are)
-    with every ``UniformFactorSampler``
+    """``layers`` (keras-cv augmentation layers) with every ``UniformFactorSampler``
     strength (contrast, brightness, shear, ``JitteredResize``'s scale) swapped for a
-    :class:`GeneratorUniform` of the same range. Their other draws already come from the
-    global generator."""
+    :class:`GeneratorUniform` of the same range; layers already swapped stay as they
+    are. Their other draws already come from the global generator."""
     from pipeline._keras import keras_cv
 
     for layer in layers:

@@ -100,12 +100,14 @@ class CachePlan:
 IN_MEMORY = CachePlan("arrays")  # samples held as arrays: shuffled through the buffer, like a cache
 
 
-def plan_cache(data_cfg, split: str, n: int, sample_bytes: int, cache_dir: Path | None, identity: object) -> CachePlan:
+def plan_cache(
+    data_cfg, split: str, n: int, sample_bytes: int, cache_dir: Path | None, identity: object | Callable[[], object]
+) -> CachePlan:
     """The cache for one split of ``n`` samples of ``sample_bytes`` each.
 
     ``identity`` is anything that tells this data apart (config, input spec, file
-    names): it names the disk cache, so a cache made for other data or another input
-    size is never read back.
+    names), or a function that builds it (called only for a disk cache): it names the
+    disk cache, so a cache made for other data or another input size is never read back.
     """
     mode = data_cfg.cache
     size = n * sample_bytes
@@ -116,6 +118,7 @@ def plan_cache(data_cfg, split: str, n: int, sample_bytes: int, cache_dir: Path 
         mode = "off"  # evaluation and calibration read once: nothing to cache
     path, cap = None, 0
     if mode == "disk":
+        identity = identity() if callable(identity) else identity  # built only for a disk cache
         key = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
         path = Path(cache_dir) / f"{split}-{key}"
         # A disk cache is read in file order, so it is shuffled through a buffer; that
@@ -149,12 +152,20 @@ def plan_split(cfg, spec, split: str, names, sample_bytes: int, cache_dir: Path 
     augmentation = [f.name for cls in (Affine, Mix) for f in dataclasses.fields(cls)]
     for k in ("cache", "cache_budget_mb", "shuffle_buffer", "augment", *augmentation):
         d.pop(k)
-    # Each file by name, size and modification time, the data config's files (COCO
-    # annotations, a mask list) too: a photo or label edited in place between a run and
-    # its resume (or its prune and QAT, which read the cache) names another cache.
-    identity = {"task": cfg.task, "data": d, "spec": spec, "names": [[str(n), _stamp(n)] for n in names]}
-    identity["config_files"] = {k: _stamp(v) for k, v in d.items() if isinstance(v, str) and _stamp(v)}
-    identity["shard"] = _SHARD.get() if split == "train" else None  # a worker's cache holds its share only
+    shard = _SHARD.get() if split == "train" else None  # a worker's cache holds its share only
+
+    def identity() -> dict:
+        # Each file by name, size and modification time, the data config's files (COCO
+        # annotations, a mask list) too: a photo or label edited in place between a run
+        # and its resume (or its prune and QAT, which read the cache) names another
+        # cache. A stat per file, so only when a disk cache is chosen.
+        files = {k: _stamp(v) for k, v in d.items() if isinstance(v, str)}
+        return {
+            "task": cfg.task, "data": d, "spec": spec, "shard": shard,
+            "names": [[str(n), _stamp(n)] for n in names],
+            "config_files": {k: v for k, v in files.items() if v},
+        }  # fmt: skip
+
     return plan_cache(cfg.data, split, len(names), sample_bytes, cache_dir, identity)
 
 
