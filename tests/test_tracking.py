@@ -134,6 +134,36 @@ def test_zone_counts_occupancy_and_entries():
     assert zone.inside == {"b": 1} and zone.entries == {"a": 1}  # 2 started inside: not an entry
 
 
+def _inside_even_odd(polygon: np.ndarray, x: float, y: float) -> bool:
+    """The textbook ray test, point by point."""
+    inside = False
+    for (xa, ya), (xb, yb) in zip(polygon, np.roll(polygon, -1, axis=0)):
+        if (ya > y) != (yb > y) and x < xa + (y - ya) * (xb - xa) / (yb - ya):
+            inside = not inside
+    return inside
+
+
+@pytest.mark.parametrize(
+    ("text", "convex"),
+    [
+        ("100,100,500,100,500,400,100,400", True),  # a rectangle, clockwise on the screen
+        ("100,400,500,400,500,100,100,100", True),  # the same, the other way round
+        ("320,40,600,300,400,470,60,380", True),  # a convex quadrilateral on the floor
+        ("100,100,500,100,300,250,500,400,100,400", False),  # concave: a notch
+        ("100,100,500,400,500,100,100,400", False),  # self-intersecting (a bow tie)
+        ("320,40,470,470,80,200,560,200,170,470", False),  # a star: every turn the same way, twice round
+    ],
+)
+def test_zone_contains_what_the_ray_test_does(text, convex):
+    """Convex zones take the half-plane test, others the vectorised ray test: both
+    agree with the plain loop on points off the boundary."""
+    zone = ZoneCounter.parse(text)
+    pts = np.random.default_rng(0).uniform(0, 640, (2000, 2))
+    want = np.array([_inside_even_odd(zone.polygon, x, y) for x, y in pts])
+    assert (zone._halfplanes is not None) == convex
+    assert (zone._contains(pts) == want).all() and want.any() and not want.all()
+
+
 def test_bad_lines_and_zones_are_errors_naming_the_flag():
     with pytest.raises(ValueError, match="--count-line '1,2,3': expected 2 points"):
         LineCounter.parse("1,2,3")

@@ -75,15 +75,17 @@ class TrackMemory:
         return old
 
 
-def _exchange(tracks: Tracks, row: int | None, by_id: TrackMemory, values: np.ndarray) -> np.ndarray:
+def _exchange(
+    tracks: Tracks, row: int | None, by_id: TrackMemory, values: np.ndarray, zeros: bool = True
+) -> np.ndarray:
     """:meth:`TrackMemory.exchange` for this frame's tracks: in the tracker's memory
     ``row`` when the tracks carry it (two array operations, no lookup by id), else in
-    ``by_id`` (tracks built by hand)."""
+    ``by_id`` (tracks built by hand). ``zeros=False``: the caller has none in ``values``."""
     if row is None or tracks.memory is None:
         return by_id.exchange(tracks.ids, values)
     memory = tracks.memory[row]
     old = memory.take(tracks.slots)
-    memory[tracks.slots] = np.where(values != 0, values, old)
+    memory[tracks.slots] = np.where(values != 0, values, old) if zeros else values
     return old
 
 
@@ -159,7 +161,6 @@ class ZoneCounter:
 
     polygon: np.ndarray
     index: int = 0
-    inside: dict = field(default_factory=dict)
     entries: dict = field(default_factory=dict)
     _was_inside: TrackMemory = field(default_factory=TrackMemory, repr=False)  # +1 inside, -1 outside
     _entered: set = field(default_factory=set)
@@ -175,28 +176,54 @@ class ZoneCounter:
         # per edge: its ends' y, and x where it meets a horizontal line: x0 + y * slope
         slope = (b[:, 0] - a[:, 0]) / np.where(dy == 0, 1e-9, dy)
         self._edges = (a[:, 1], b[:, 1], a[:, 0] - a[:, 1] * slope, slope)
+        # A convex polygon (most zones: a rectangle, a quadrilateral on the floor) is the
+        # points on the inner side of every edge: one product and a compare for all of
+        # them, where the ray test takes seven array operations.
+        edge = b - a
+        normal = edge @ np.array([[0.0, 1.0], [-1.0, 0.0]])  # (-dy, dx): each edge's left
+        after = np.roll(edge, -1, axis=0)
+        turns = np.cross(edge, after)  # at each vertex
+        sign = 1.0 if turns.sum() > 0 else -1.0  # the inside is on the left of every edge, or the right
+        # convex: every turn the same way, once round in all (a star turns the same way twice round)
+        once = abs(np.arctan2(turns, (edge * after).sum(1)).sum()) < 3 * np.pi
+        convex = bool((turns * sign > 0).all()) and once
+        self._halfplanes = (sign * normal.T, sign * (normal * a).sum(1)) if convex else None
+        self._per_class = np.zeros(0, int)  # this frame's tracks inside, per class id
+        self._class_names: list = []
 
     def _contains(self, pts: np.ndarray) -> np.ndarray:
         """Even-odd ray casting, vectorised over points and edges: a point is inside when
-        a ray to its right crosses an odd number of edges."""
+        a ray to its right crosses an odd number of edges (for a convex polygon: inside
+        every edge's half-plane)."""
+        if self._halfplanes is not None:
+            normals, offsets = self._halfplanes
+            return np.logical_and.reduce(pts @ normals > offsets, axis=1)
         ya, yb, x0, slope = self._edges
         y = pts[:, 1:]
         crosses = (ya > y) != (yb > y)
         crosses &= pts[:, :1] < x0 + y * slope
         return np.logical_xor.reduce(crosses, axis=1)
 
+    @property
+    def inside(self) -> dict[str, int]:
+        """This frame's tracks inside, per label (built when read: drawn frames and the
+        summary, not every frame of a headless run)."""
+        inside: dict[str, int] = {}
+        for k, n in enumerate(self._per_class.tolist()):  # classes may share a label: add them up
+            if n:
+                label = _label(self._class_names, k)
+                inside[label] = inside.get(label, 0) + n
+        return inside
+
     def update(self, tracks: Tracks, class_names) -> list[dict]:
-        self.inside = {}
+        self._class_names = class_names
         events = []
         if not len(tracks):
+            self._per_class = np.zeros(0, int)
             return events
         now = self._contains(tracks.centres)
-        per_class = np.bincount(tracks.classes[now]).tolist()
-        for k, n in enumerate(per_class):  # classes may share a label: add them up
-            if n:
-                label = _label(class_names, k)
-                self.inside[label] = self.inside.get(label, 0) + n
-        was = _exchange(tracks, self.memory_row, self._was_inside, np.where(now, 1.0, -1.0))
+        self._per_class = np.bincount(tracks.classes[now])
+        was = _exchange(tracks, self.memory_row, self._was_inside, np.where(now, 1.0, -1.0), zeros=False)
         entered = set_indices(now & (was < 0))
         for k in entered.tolist():
             tid = int(tracks.ids[k])

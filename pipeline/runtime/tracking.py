@@ -96,8 +96,8 @@ class Tracking:
             self.seen += len(new)
             self._last_id = int(new.max())
         classes = t.classes.tolist()
-        if len(self._labels) <= max(classes, default=-1):
-            self._labels = [_label(self.class_names, k) for k in range(max(classes) + 1)]
+        if len(self._labels) < self.tracker.votes.shape[1]:  # the class ids seen so far
+            self._labels = [_label(self.class_names, k) for k in range(self.tracker.votes.shape[1])]
         tracked = {
             "boxes": np.asarray(t.boxes, np.float32),  # a copy only for tracks built by hand
             "scores": t.scores.astype(np.float32),
