@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -140,26 +141,27 @@ def naive_loop(opts: RunOptions, video: Path, frames: int) -> dict:
     }
 
 
-def tracking_cost(frames: int = 600, objects: int = 50, scenario: str = "stress") -> float:
-    """Mean ms per frame of tracking (ByteTrack, one line, one zone) at ``objects``
-    moving, crossing boxes per frame.
+BOXES = 50  # objects a frame for the tracking rows
+COUNTING = {"lines": ("320,0,320,480",), "zones": ("100,100,500,100,500,400,100,400",)}  # a line and a zone
+
+
+def moving_boxes(objects: int = 50, scenario: str = "stress"):
+    """Endless frames of ``objects`` moving, crossing boxes, as a detector's predictions.
 
     ``stress``: every score drawn anew each frame between 0.2 and 0.95 (a quarter of the
     detections fall to the second association every frame) and objects that leave one
     edge reappear at the other (lost and new tracks every frame). ``scene``: objects
     that bounce off the edges, each with its own score plus noise and a 5 % chance per
     frame of dipping (an occlusion), as a camera sees them."""
-    from pipeline.runtime.tracking import Tracking, TrackOptions
-
     rng = np.random.default_rng(0)
     start = rng.uniform(0, 600, (objects, 2))
     vel = rng.uniform(-4, 4, (objects, 2))
     size = rng.uniform(20, 60, (objects, 2))
     base = rng.uniform(0.5, 0.95, objects)
-    tracking = Tracking(TrackOptions(lines=("320,0,320,480",), zones=("100,100,500,100,500,400,100,400",)), ["a", "b"])
-    times = []
+    classes = (np.arange(objects) % 2).astype(np.int32)
     pos = start.copy()
-    for f in range(frames):
+    f = 0
+    while True:
         if scenario == "stress":
             c, scores = (start + vel * f) % 640, rng.uniform(0.2, 0.95, objects)
         else:
@@ -168,16 +170,49 @@ def tracking_cost(frames: int = 600, objects: int = 50, scenario: str = "stress"
             vel[bounce] *= -1
             c, scores = pos, np.clip(base + rng.normal(0, 0.05, objects), 0, 1)
             scores[rng.random(objects) < 0.05] *= 0.4
-        preds = {
+        yield {
             "boxes": np.concatenate([c, c + size], 1).astype(np.float32),
             "scores": scores.astype(np.float32),
-            "classes": (np.arange(objects) % 2).astype(np.int32),
+            "classes": classes,
+            "labels": ["a" if k == 0 else "b" for k in classes.tolist()],
             "count": objects,
         }
+        f += 1
+
+
+def tracking_cost(frames: int = 600, objects: int = 50, scenario: str = "stress") -> float:
+    """Mean ms per frame of tracking (ByteTrack, one line, one zone) at ``objects``
+    boxes per frame of :func:`moving_boxes`, the tracker alone."""
+    from pipeline.runtime.tracking import Tracking, TrackOptions
+
+    tracking = Tracking(TrackOptions(**COUNTING), ["a", "b"])
+    times = []
+    for f, preds in zip(range(frames), moving_boxes(objects, scenario)):
         t0 = time.perf_counter()
         tracking.step(preds, f)
         times.append(time.perf_counter() - t0)
     return float(np.mean(times[20:]) * 1e3)
+
+
+@contextmanager
+def detections_replaced(objects: int, scenario: str = "scene"):
+    """The detector's post-processing runs as usual, then its predictions are replaced
+    by the next frame of :func:`moving_boxes`: the runner and its tracking see
+    ``objects`` boxes a frame whatever the video shows, at the model's real cost."""
+    from pipeline.tasks.detection.runtime import DetectionRuntime
+
+    original = DetectionRuntime.postprocess
+    frames = moving_boxes(objects, scenario)
+
+    def postprocess(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        return next(frames)
+
+    DetectionRuntime.postprocess = postprocess
+    try:
+        yield
+    finally:
+        DetectionRuntime.postprocess = original
 
 
 def rss_mb() -> float:
@@ -236,7 +271,11 @@ def main() -> int:
     detector = load_model(RunOptions(model=model, source=str(video), display=False)).task_name == "detection"
     modes = ["bare interpreter", "naive loop", "runner", "runner, --parallel ops", "runner + mp4 + jsonl"]
     if detector:
-        modes.append("runner + --track + line")
+        modes += [
+            "runner + --track + line",
+            f"runner, {BOXES} boxes a frame",
+            f"runner + --track + line + zone, {BOXES} boxes a frame",
+        ]
     track = TrackOptions(lines=("320,0,320,480",))
     results: dict = {}
     for _ in range(args.rounds):  # interleaved rounds: other load on the machine hits every mode alike
@@ -252,6 +291,11 @@ def main() -> int:
             ]
             if detector:
                 got.append(run(replace(o, **looped, track=track)))
+                # tracking's cost inside the runner: the same frames with and without it
+                with detections_replaced(BOXES):
+                    got.append(run(replace(o, **looped)))
+                with detections_replaced(BOXES):
+                    got.append(run(replace(o, **looped, track=TrackOptions(**COUNTING))))
             for mode, r in zip(modes, got):
                 results.setdefault((mode, threads), []).append(r)
     cores = len(os.sched_getaffinity(0))
@@ -280,6 +324,19 @@ def main() -> int:
         )
         if mode == "runner":
             ok &= fps >= 0.9 * bare
+    if detector:
+        print(
+            f"\ntracking inside the runner ({BOXES} boxes a frame, the same frames with and without --track; per-round pairs, medians):"
+        )
+        for threads in results_threads(results):
+            plain = results[(f"runner, {BOXES} boxes a frame", threads)]
+            tracked = results[(f"runner + --track + line + zone, {BOXES} boxes a frame", threads)]
+            longer = [p["fps"] / t["fps"] - 1 for p, t in zip(plain, tracked)]  # frame time added, as a share
+            cpu = [(t["cpu_s"] / t["frames"] - p["cpu_s"] / p["frames"]) * 1e3 for p, t in zip(plain, tracked)]
+            print(
+                f"  {threads} thread(s): frame time {np.median(longer) * 100:+.1f} % "
+                f"(rounds: {', '.join(f'{x * 100:+.1f}' for x in longer)}), CPU {np.median(cpu):+.3f} ms a frame"
+            )
     frame_ms = 1e3 / float(np.median([r["fps"] for r in results[("runner", max(results_threads(results)))]]))
     print("\ntracking alone (ByteTrack + a line + a zone, 50 objects per frame; target < 5 % of the frame):")
     for scenario in ("stress", "scene"):

@@ -231,6 +231,11 @@ def test_match_is_greedy_matching(seed):
     r, c = match(cost, 0.6, rows, cols)  # a part of the matrix, indices into the whole
     part = _greedy(cost[np.ix_(rows, cols)], 0.6)
     assert set(zip(r.tolist(), c.tolist())) == {(int(rows[i]), int(cols[j])) for i, j in part}
+    # every row and column (the part is the whole): costs made in place touch a copy only
+    before = cost.copy()
+    r, c = match(cost, 0.4, np.arange(len(cost)), np.arange(cost.shape[1]), cost_of=lambda x: np.subtract(1, x, out=x))
+    assert (cost == before).all()
+    assert set(zip(r.tolist(), c.tolist())) == _greedy(1 - cost, 0.4)
 
 
 def test_the_per_dimension_kalman_filter_equals_the_full_one():

@@ -122,7 +122,7 @@ def match(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy min-cost matching: pairs in order of cost, each row and column once,
     costs above ``limit`` never. Returns the matched (rows, columns). With ``rows`` and
-    ``cols`` (indices), only that part of ``cost`` takes part, and indices into
+    ``cols`` (sorted, distinct indices), only that part of ``cost`` takes part, and indices into
     ``cost`` come back; ``cost_of`` turns that part (a copy) into costs in place.
 
     Greedy by cost takes every mutual best pair (a row's cheapest column whose cheapest
@@ -132,7 +132,13 @@ def match(
     if rows is not None:
         if not len(rows) or not len(cols):
             return _NONE, _NONE
-        cost = cost.take(rows, 0).take(cols, 1)  # a copy, and 3x quicker than np.ix_
+        # a copy, and 3x quicker than np.ix_; indices are sorted and distinct, so as many
+        # as the axis has are all of it (often every track): one take fewer
+        if len(rows) < cost.shape[0]:
+            cost = cost.take(rows, 0)
+            cost = cost.take(cols, 1) if len(cols) < cost.shape[1] else cost.copy()
+        else:
+            cost = cost.take(cols, 1) if len(cols) < cost.shape[1] else cost.copy()
     else:
         cost = cost.copy()
     if not cost.size:
@@ -306,11 +312,13 @@ class ByteTracker:
         s = _noise(t[3], _R)
         s += t[_PP]
         n = t.shape[1]
-        gain = t[8:16].reshape(2, 4, n) / s  # position and velocity gains: PP and PV over s
-        t[:8].reshape(2, 4, n)[...] += gain * (z - t[_POS])  # position and velocity
+        cov = t[8:16].reshape(2, 4, n)  # PP and PV (views: updated in place)
+        gain = cov / s  # position and velocity gains
+        state = t[:8].reshape(2, 4, n)  # position and velocity
+        state += gain * (z - t[_POS])
         t[_VV] -= gain[1] * t[_PV]
         np.subtract(1, gain[0], out=gain[0])
-        t[8:16].reshape(2, 4, n)[...] *= gain[0]  # PP and PV
+        cov *= gain[0]
 
     def _initiate(self, z: np.ndarray, scores: np.ndarray, confirmed: bool) -> np.ndarray:
         k = z.shape[1]
@@ -345,7 +353,8 @@ class ByteTracker:
         t = self.t
         confirmed, tracked = t[_CONFIRMED] > 0, t[_STATE] == TRACKED
         if _any(confirmed):
-            t[7, ~tracked] = 0  # a lost track stops growing
+            if not _all(tracked):
+                t[7, ~tracked] = 0  # a lost track stops growing
             if _all(confirmed):
                 self._predict(t, float(dt))
             else:
@@ -362,7 +371,8 @@ class ByteTracker:
         that found no detection), and the detections nobody took."""
         t = self.t
         high = scores > self.track_threshold
-        weighted = 1 - iou * scores
+        weighted = iou * scores.astype(np.float32)  # float32 like the IoU: a mixed product costs twice as much
+        _one_minus(weighted)
         # 1: every confirmed track against the high-score detections (cost 1 - IoU·score)
         r1, c1 = match(weighted, 1 - self.match_iou, set_indices(confirmed), set_indices(high))
         free_t, free_d = _trues(t.shape[1]), _trues(len(scores))
@@ -398,7 +408,9 @@ class ByteTracker:
             t[:, hit_t] = rows
             self.votes[hit_t, classes[hit_d]] += 1  # each track once: no need for np.add.at
         t[_STATE, newly_lost] = LOST
-        remove |= (t[_STATE] == LOST) & (frame - t[_LAST] > self.track_buffer)
+        # Past the buffer: every track not lost was matched this frame (its last frame is
+        # this one) or is a new track already in ``remove``, so the age alone tells.
+        remove |= t[_LAST] < frame - self.track_buffer
         # New tracks from high detections nobody took; confirmed at once on the first
         # frame, else when a high detection matches them in the next frame.
         new = set_indices(free_d & (scores >= self.track_threshold + 0.1))

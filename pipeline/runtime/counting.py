@@ -187,9 +187,9 @@ class ZoneCounter:
         # convex: every turn the same way, once round in all (a star turns the same way twice round)
         once = abs(np.arctan2(turns, (edge * after).sum(1)).sum()) < 3 * np.pi
         convex = bool((turns * sign > 0).all()) and once
-        self._halfplanes = (sign * normal.T, sign * (normal * a).sum(1)) if convex else None
-        self._per_class = np.zeros(0, int)  # this frame's tracks inside, per class id
-        self._class_names: list = []
+        # edge-major (k, 2) and (k, 1): the reduction runs across the k rows, a whole row at a time
+        self._halfplanes = (sign * normal, sign * (normal * a).sum(1)[:, None]) if convex else None
+        self._now: tuple = (np.zeros(0, int), np.zeros(0, bool), [])  # this frame's classes, inside, class names
 
     def _contains(self, pts: np.ndarray) -> np.ndarray:
         """Even-odd ray casting, vectorised over points and edges: a point is inside when
@@ -197,7 +197,7 @@ class ZoneCounter:
         every edge's half-plane)."""
         if self._halfplanes is not None:
             normals, offsets = self._halfplanes
-            return np.logical_and.reduce(pts @ normals > offsets, axis=1)
+            return np.logical_and.reduce(normals @ pts.T > offsets, axis=0)
         ya, yb, x0, slope = self._edges
         y = pts[:, 1:]
         crosses = (ya > y) != (yb > y)
@@ -208,21 +208,21 @@ class ZoneCounter:
     def inside(self) -> dict[str, int]:
         """This frame's tracks inside, per label (built when read: drawn frames and the
         summary, not every frame of a headless run)."""
+        classes, now, class_names = self._now
         inside: dict[str, int] = {}
-        for k, n in enumerate(self._per_class.tolist()):  # classes may share a label: add them up
+        for k, n in enumerate(np.bincount(classes[now]).tolist()):  # classes may share a label: add them up
             if n:
-                label = _label(self._class_names, k)
+                label = _label(class_names, k)
                 inside[label] = inside.get(label, 0) + n
         return inside
 
     def update(self, tracks: Tracks, class_names) -> list[dict]:
-        self._class_names = class_names
         events = []
         if not len(tracks):
-            self._per_class = np.zeros(0, int)
+            self._now = (np.zeros(0, int), np.zeros(0, bool), class_names)
             return events
         now = self._contains(tracks.centres)
-        self._per_class = np.bincount(tracks.classes[now])
+        self._now = (tracks.classes, now, class_names)
         was = _exchange(tracks, self.memory_row, self._was_inside, np.where(now, 1.0, -1.0), zeros=False)
         entered = set_indices(now & (was < 0))
         for k in entered.tolist():
