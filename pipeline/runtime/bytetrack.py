@@ -352,20 +352,25 @@ class ByteTracker:
             self.votes = np.pad(self.votes, ((0, 0), (0, classes.max() + 1 - self.votes.shape[1])))
         t = self.t
         confirmed, tracked = t[_CONFIRMED] > 0, t[_STATE] == TRACKED
+        # the usual frame: every track confirmed and none lost, and the stages for new
+        # and lost tracks have nothing to do
+        every_confirmed, every_tracked = _all(confirmed), _all(tracked)
         if _any(confirmed):
-            if not _all(tracked):
+            if not every_tracked:
                 t[7, ~tracked] = 0  # a lost track stops growing
-            if _all(confirmed):
+            if every_confirmed:
                 self._predict(t, float(dt))
             else:
                 p = t.compress(confirmed, 1)
                 self._predict(p, float(dt))
                 t[:, confirmed] = p
         iou = _iou(_xyxy(t, np.float32), b)  # every track × detection, once
-        hit_t, hit_d, newly_lost, remove, free_d = self._associate(iou, b, scores, classes, confirmed, tracked, frame)
+        hit_t, hit_d, newly_lost, remove, free_d = self._associate(
+            iou, b, scores, classes, confirmed, tracked, frame, every_confirmed, every_tracked
+        )
         return self._apply(hit_t, hit_d, newly_lost, remove, free_d, iou, b, scores, classes, frame, first)
 
-    def _associate(self, iou, b, scores, classes, confirmed, tracked, frame: int):
+    def _associate(self, iou, b, scores, classes, confirmed, tracked, frame: int, every_confirmed, every_tracked):
         """ByteTrack's associations, and ours: the tracks that took a detection
         (``hit_t[k]`` took ``hit_d[k]``), those newly lost, those to remove (new tracks
         that found no detection), and the detections nobody took."""
@@ -385,13 +390,16 @@ class ByteTracker:
         # 4 (ours): tracks lost before this frame against the high detections left, by
         # distance: an object that comes out from behind something is rarely where its
         # track predicts (its visible box shrank and slowed as it went in).
-        r4, c4 = self._refind(t, b, classes, set_indices(free_t & confirmed & ~tracked), high & free_d, frame)
-        free_d[c4] = False
+        r4 = c4 = r3 = c3 = _NONE
+        if not every_tracked:
+            r4, c4 = self._refind(t, b, classes, set_indices(free_t & confirmed & ~tracked), high & free_d, frame)
+            free_d[c4] = False
         # 3: last frame's new tracks confirm with a high-score detection, or go
-        r3, c3 = match(weighted, 0.7, set_indices(~confirmed), set_indices(high & free_d))
-        free_d[c3] = False
         remove = ~confirmed
-        remove[r3] = False
+        if not every_confirmed:
+            r3, c3 = match(weighted, 0.7, set_indices(remove), set_indices(high & free_d))
+            free_d[c3] = False
+            remove[r3] = False
 
         return np.concatenate([r1, r2, r4, r3]), np.concatenate([c1, c2, c4, c3]), stage2, remove, free_d
 
@@ -480,11 +488,12 @@ class ByteTracker:
         if not len(lost) or not (len(hit_d) or len(new)):
             return
         tracked, dets = np.concatenate([hit_t, n + np.arange(len(new))]), np.concatenate([hit_d, new])
-        a, b = np.nonzero(iou.take(lost, 0).take(dets, 1) > 0)
+        a, b = (iou.take(lost, 0).take(dets, 1) > 0).nonzero()
         if not len(a):
             return
         p, q = tracked[b], lost[a]
-        same = _pair_iou(_xyxy(t.take(p, 1)), _xyxy(t.take(q, 1))) > 0.85
+        boxes = _xyxy(t.take(np.concatenate([p, q]), 1))  # both sides' boxes in one conversion
+        same = _pair_iou(boxes[:, : len(p)], boxes[:, len(p) :]) > 0.85
         p, q = p[same], q[same]
         age = t[_LAST] - t[_START]
         remove[np.where(age[p] > age[q], q, p)] = True
