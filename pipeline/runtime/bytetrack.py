@@ -122,8 +122,9 @@ def match(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy min-cost matching: pairs in order of cost, each row and column once,
     costs above ``limit`` never. Returns the matched (rows, columns). With ``rows`` and
-    ``cols`` (sorted, distinct indices), only that part of ``cost`` takes part, and indices into
-    ``cost`` come back; ``cost_of`` turns that part (a copy) into costs in place.
+    ``cols`` (sorted, distinct indices), only that part of ``cost`` takes part, and
+    indices into ``cost`` come back; ``cost_of`` turns that part (a copy) into costs in
+    place.
 
     Greedy by cost takes every mutual best pair (a row's cheapest column whose cheapest
     row it is), and greedy on what is left is the same matching. So the mutual best
@@ -132,13 +133,16 @@ def match(
     if rows is not None:
         if not len(rows) or not len(cols):
             return _NONE, _NONE
-        # a copy, and 3x quicker than np.ix_; indices are sorted and distinct, so as many
-        # as the axis has are all of it (often every track): one take fewer
+        # take makes a copy, 3x quicker than np.ix_. The indices are sorted and distinct,
+        # so as many as the axis has are all of it (often every track): no take there.
         if len(rows) < cost.shape[0]:
             cost = cost.take(rows, 0)
-            cost = cost.take(cols, 1) if len(cols) < cost.shape[1] else cost.copy()
+            if len(cols) < cost.shape[1]:
+                cost = cost.take(cols, 1)
+        elif len(cols) < cost.shape[1]:
+            cost = cost.take(cols, 1)
         else:
-            cost = cost.take(cols, 1) if len(cols) < cost.shape[1] else cost.copy()
+            cost = cost.copy()
     else:
         cost = cost.copy()
     if not cost.size:
