@@ -246,3 +246,28 @@ def test_a_benchmark_skipping_prune_and_qat_on_a_new_folder_trains_from_its_over
     run.save_config(cfg)  # trained; now prune, QAT and export, with the data set's settings given again
     again = chain_config(run, {"train"}, ["qat.epochs=1"], "detection", data)
     assert again.data.train_annotations == "replay/train.json" and again.qat.epochs == 1
+
+
+def test_the_runner_benchmarks_tracking_rows_see_the_moving_boxes_at_the_detectors_cost():
+    """benchmarks/runner.py's tracking rows: the detector's own post-processing still
+    runs (its cost stays in the frame), its predictions are replaced by the next frame of
+    moving boxes, and the real post-processing comes back after the block."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from runner import detections_replaced, moving_boxes
+
+    from pipeline.tasks.detection.runtime import DetectionRuntime
+
+    first = [next(moving_boxes(50, "scene")) for _ in range(2)]
+    assert first[0]["boxes"].shape == (50, 4) and (first[0]["boxes"] == first[1]["boxes"]).all()  # deterministic
+    outputs = [np.array([[[2, 2, 12, 12]]], np.float32), np.array([[[0.9, 0.0]]], np.float32)]
+    calls = []
+    original = DetectionRuntime.postprocess
+    DetectionRuntime.postprocess = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    try:
+        with detections_replaced(50):
+            got = [DetectionRuntime().postprocess(outputs, ["a", "b"]) for _ in range(3)]
+    finally:
+        DetectionRuntime.postprocess = original
+    assert len(calls) == 3 and [g["count"] for g in got] == [50, 50, 50]
+    assert not np.array_equal(got[0]["boxes"], got[2]["boxes"])  # the boxes move
+    assert DetectionRuntime().postprocess(outputs, ["a", "b"])["count"] == 1
