@@ -253,8 +253,10 @@ def test_the_runner_benchmarks_tracking_rows_see_the_moving_boxes_at_the_detecto
     runs (its cost stays in the frame), its predictions are replaced by the next frame of
     moving boxes, and the real post-processing comes back after the block."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from runner import detections_replaced, moving_boxes
-
+    try:
+        from runner import detections_replaced, moving_boxes
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
     from pipeline.tasks.detection.runtime import DetectionRuntime
 
     first = [next(moving_boxes(50, "scene")) for _ in range(2)]
