@@ -164,6 +164,23 @@ def test_zone_contains_what_the_ray_test_does(text, convex):
     assert (zone._contains(pts) == want).all() and want.any() and not want.all()
 
 
+@pytest.mark.parametrize("text", ["100,100,500,100,500,400,100,400", "100,400,500,400,500,100,100,100"])
+def test_a_rectangle_zone_counts_its_edges_as_the_ray_test_does(text):
+    """Centres on whole pixels land on a rectangle's edges and corners: the half-plane
+    test puts them on the same side as the ray test (left and top edges inside)."""
+    zone = ZoneCounter.parse(text)
+    xs, ys = np.meshgrid(np.arange(90, 511, 10.0), np.arange(90, 411, 10.0))
+    pts = np.stack([xs.ravel(), ys.ravel()], 1)
+    want = np.array([_inside_even_odd(zone.polygon, x, y) for x, y in pts])
+    assert zone._halfplanes is not None and (zone._contains(pts) == want).all()
+    assert zone._contains(np.array([[100.0, 250.0], [500.0, 250.0], [300.0, 100.0], [300.0, 400.0]])).tolist() == [
+        True,
+        False,
+        True,
+        False,
+    ]
+
+
 def test_bad_lines_and_zones_are_errors_naming_the_flag():
     with pytest.raises(ValueError, match="--count-line '1,2,3': expected 2 points"):
         LineCounter.parse("1,2,3")
@@ -437,3 +454,8 @@ def test_match_never_takes_a_nan_cost():
     for cost in (np.array([[np.nan, 0.5], [0.9, 0.95]]), np.full((6, 6), np.nan)):  # the Python and the array path
         r, c = match(cost, 0.6)
         assert not np.isnan(cost[r, c]).any()
+
+
+def test_a_negative_track_buffer_is_an_error():
+    with pytest.raises(ValueError, match="track_buffer"):
+        ByteTracker(track_buffer=-1)

@@ -280,6 +280,8 @@ class ByteTracker:
     _frame: int | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        if self.track_buffer < 0:  # removal by age relies on it (``_apply``)
+            raise ValueError(f"track_buffer must be at least 0, got {self.track_buffer}")
         self._clear()
 
     def _clear(self) -> None:
@@ -380,8 +382,7 @@ class ByteTracker:
         that found no detection), and the detections nobody took."""
         t = self.t
         high = scores > self.track_threshold
-        weighted = iou * scores.astype(np.float32)  # float32 like the IoU: a mixed product costs twice as much
-        _one_minus(weighted)
+        weighted = 1 - iou * scores
         # 1: every confirmed track against the high-score detections (cost 1 - IoU·score)
         r1, c1 = match(weighted, 1 - self.match_iou, set_indices(confirmed), set_indices(high))
         free_t, free_d = _trues(t.shape[1]), _trues(len(scores))

@@ -180,15 +180,22 @@ class ZoneCounter:
         # points on the inner side of every edge: one product and a compare for all of
         # them, where the ray test takes seven array operations.
         edge = b - a
-        normal = edge @ np.array([[0.0, 1.0], [-1.0, 0.0]])  # (-dy, dx): each edge's left
         after = np.roll(edge, -1, axis=0)
-        turns = np.cross(edge, after)  # at each vertex
+        turns = edge[:, 0] * after[:, 1] - edge[:, 1] * after[:, 0]  # at each vertex
         sign = 1.0 if turns.sum() > 0 else -1.0  # the inside is on the left of every edge, or the right
         # convex: every turn the same way, once round in all (a star turns the same way twice round)
         once = abs(np.arctan2(turns, (edge * after).sum(1)).sum()) < 3 * np.pi
-        convex = bool((turns * sign > 0).all()) and once
-        # edge-major (k, 2) and (k, 1): the reduction runs across the k rows, a whole row at a time
-        self._halfplanes = (sign * normal, sign * (normal * a).sum(1)[:, None]) if convex else None
+        self._halfplanes = None
+        if (turns * sign > 0).all() and once:
+            normal = sign * edge @ np.array([[0.0, 1.0], [-1.0, 0.0]])  # (-dy, dx) or its opposite: inwards
+            offset = (normal * a).sum(1)
+            # On an edge, the ray test counts a point inside when the edge faces right or
+            # down into the zone (a left or top edge), outside on the others: ">=" there,
+            # ">" elsewhere, which is ">=" against the next float up.
+            closed = (normal[:, 0] > 0) | ((normal[:, 0] == 0) & (normal[:, 1] > 0))
+            offset = np.where(closed, offset, np.nextafter(offset, np.inf))
+            # edge-major (k, 2) and (k, 1): the reduction runs across the k rows, a row at a time
+            self._halfplanes = (normal, offset[:, None])
         self._now: tuple = (np.zeros(0, int), np.zeros(0, bool), [])  # this frame's classes, inside, class names
 
     def _contains(self, pts: np.ndarray) -> np.ndarray:
@@ -197,7 +204,7 @@ class ZoneCounter:
         every edge's half-plane)."""
         if self._halfplanes is not None:
             normals, offsets = self._halfplanes
-            return np.logical_and.reduce(normals @ pts.T > offsets, axis=0)
+            return np.logical_and.reduce(normals @ pts.T >= offsets, axis=0)
         ya, yb, x0, slope = self._edges
         y = pts[:, 1:]
         crosses = (ya > y) != (yb > y)
