@@ -13,7 +13,7 @@ interpreter thread count, in interleaved rounds (medians shown):
   outputs) with ``--parallel frames`` (the default: that many single-thread
   interpreters on successive frames) and ``--parallel ops`` (one interpreter with that
   many threads), once more writing an mp4 and a JSONL, and, for a detector, with
-  ``--track`` and a counting line; and, for a detector, the runner with the
+  ``--track`` and a counting line, and once more with the
   detector's predictions replaced by 50 moving boxes a frame (its inference and
   post-processing still run), without and with ``--track``, a line and a zone: the
   frame time and CPU that tracking adds inside the runner, from pairs of the same round;
