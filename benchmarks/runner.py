@@ -279,7 +279,7 @@ def main() -> int:
             f"runner, {BOXES} boxes a frame",
             f"runner + --track + line + zone, {BOXES} boxes a frame",
         ]
-    track = TrackOptions(lines=("320,0,320,480",))
+    track = TrackOptions(lines=COUNTING["lines"])  # the same line as the 50-box rows
     results: dict = {}
     for _ in range(args.rounds):  # interleaved rounds: other load on the machine hits every mode alike
         for threads in (int(t) for t in args.threads.split(",")):
