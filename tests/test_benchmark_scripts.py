@@ -254,10 +254,14 @@ def test_the_runner_benchmarks_tracking_rows_see_the_moving_boxes_at_the_detecto
     moving boxes, and the real post-processing comes back after the block."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        from runner import detections_replaced, moving_boxes
+        from runner import detections_replaced, moving_boxes, tracking_cost
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     from pipeline.tasks.detection.runtime import DetectionRuntime
+
+    for cold in (False, True):  # the tracker alone, in a hot loop and with image work between frames
+        ms = tracking_cost(30, 5, "scene", cold=cold)
+        assert np.isfinite(ms) and ms > 0
 
     first = [next(moving_boxes(50, "scene")) for _ in range(2)]
     assert first[0]["boxes"].shape == (50, 4) and (first[0]["boxes"] == first[1]["boxes"]).all()  # deterministic
