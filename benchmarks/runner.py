@@ -192,7 +192,7 @@ def tracking_cost(frames: int = 600, objects: int = 50, scenario: str = "stress"
     resized to 320x320, as the runner's capture thread does) runs between steps,
     untimed. In a hot loop the tracker finds its code and data in the core's caches;
     in the runner other work has evicted them since the last frame, and the same step
-    takes about 1.4 times as long (docs/benchmarks.md)."""
+    takes 1.3 to 1.6 times as long (docs/benchmarks.md)."""
     from pipeline.runtime.tracking import Tracking, TrackOptions
 
     tracking = Tracking(TrackOptions(**COUNTING), ["a", "b"])
