@@ -108,13 +108,20 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, default=None, help="segmentation: mask opacity 0-1")
     g = p.add_argument_group("tracking and counting (detection models)")
     g.add_argument("--track", action="store_true", help="follow objects across frames: ids, trails (ByteTrack)")
-    g.add_argument("--track-buffer", type=int, default=30, help="frames a lost track is kept (default 30)")
-    g.add_argument("--track-threshold", type=float, default=0.4, help="score of a confident detection (default 0.4)")
-    g.add_argument("--match-iou", type=float, default=0.1, help="minimum IoU x score to continue a track (0.1)")
+    # Defaults of None: a tracking option given without --track is an error, not ignored
+    # (TrackOptions holds the defaults).
+    g.add_argument("--track-buffer", type=int, default=None, help="frames a lost track is kept (default 30)")
+    g.add_argument(
+        "--track-threshold",
+        type=float,
+        default=None,
+        help="score of a confident detection (default 0.4, below 0.9); new tracks start 0.1 above it",
+    )
+    g.add_argument("--match-iou", type=float, default=None, help="minimum IoU x score to continue a track (0.1)")
     g.add_argument(
         "--track-refind",
         type=float,
-        default=0.3,
+        default=None,
         help="how far a lost track reaches for its object, in box heights per frame lost (default 0.3; 0: off)",
     )
     g.add_argument(
@@ -124,7 +131,6 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args) -> int:
-    from pipeline.core.rundir import write_json
     from pipeline.runtime.runner import RunOptions, format_summary, run
 
     names = ("top_k", "score_threshold", "iou_threshold", "alpha")
@@ -142,6 +148,7 @@ def _run(args) -> int:
         output=args.output,
         output_fps=args.output_fps,
         jsonl=args.jsonl,
+        summary_json=args.summary_json,
         max_frames=args.max_frames,
         pace=args.pace,
         loop=args.loop,
@@ -150,28 +157,28 @@ def _run(args) -> int:
         track=_track_options(args),
         parallel=args.parallel,
     )
-    summary = run(opts)
-    print(format_summary(summary))
-    if args.summary_json is not None:
-        write_json(args.summary_json, summary)
+    print(format_summary(run(opts)))  # run() writes --summary-json
     return 0
 
 
 def _track_options(args):
     from pipeline.runtime.tracking import TrackOptions
 
+    flags = {
+        "buffer": "--track-buffer",
+        "threshold": "--track-threshold",
+        "match_iou": "--match-iou",
+        "refind": "--track-refind",
+    }
+    given = {k: getattr(args, flag[2:].replace("-", "_")) for k, flag in flags.items()}
+    given = {k: v for k, v in given.items() if v is not None}
     if not args.track:
         if args.count_line or args.zone:
             raise UsageError("--count-line and --zone count tracked objects: add --track")
+        if given:
+            raise UsageError(f"{', '.join(flags[k] for k in given)} set up the tracker: add --track")
         return None
-    return TrackOptions(
-        args.track_buffer,
-        args.track_threshold,
-        args.match_iou,
-        tuple(args.count_line),
-        tuple(args.zone),
-        refind=args.track_refind,
-    )
+    return TrackOptions(lines=tuple(args.count_line), zones=tuple(args.zone), **given)
 
 
 def _resolve_for_train(args):

@@ -431,6 +431,39 @@ def test_bad_models_are_errors_before_any_frame(model, channel_model, tmp_path):
         _run(model, video, output=tmp_path / "o.gif")
     with pytest.raises(RunError, match="threads must be at least 1"):
         _run(model, video, threads=0)
+    # A classifier told it is a detector: named before the first frame, not an IndexError in it.
+    with pytest.raises(RunError, match=r"its outputs \(\[1, \d+\]\) do not fit a detection model"):
+        _run(model, video, task="detection", jsonl=tmp_path / "wrong.jsonl")
+    assert not (tmp_path / "wrong.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_unwritable_outputs_are_errors_before_any_frame_and_the_summary_is_written(model, tmp_path):
+    """An output that cannot be written is found before the run, not at its end (where
+    the run's JSONL or counts would be lost); the summary JSON is written by the run."""
+    from pipeline.runtime.runner import RunError
+
+    video = str(write_video(tmp_path / "v.avi", 3))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        ({"jsonl": tmp_path / "folder"}, "--jsonl .*folder: is a folder"),
+        ({"summary_json": tmp_path / "folder"}, "--summary-json .*folder: is a folder"),
+        ({"summary_json": tmp_path / "afile" / "s.json"}, "--summary-json .*afile is a file, not a folder"),
+        ({"jsonl": tmp_path / "afile" / "deeper" / "p.jsonl"}, "--jsonl .*afile is a file, not a folder"),
+        ({"output": tmp_path / "afile" / "o.mp4"}, "--output .*afile is a file, not a folder"),
+        (
+            {"output": tmp_path / "folder" / "o.mp4", "summary_json": Path("/proc/s.json")},
+            "--summary-json /proc/s.json: cannot write in /proc",
+        ),
+    ]
+    for kw, message in cases:
+        with pytest.raises(RunError, match=message):
+            _run(model, video, **kw)
+    assert not list((tmp_path / "folder").iterdir())  # nothing written, not even the video
+    s = _run(model, video, summary_json=tmp_path / "new" / "deep" / "s.json")
+    assert json.loads((tmp_path / "new" / "deep" / "s.json").read_text())["frames"] == s["frames"] == 3
+    assert not list((tmp_path / "new" / "deep").glob(".*"))  # the check's probe file is gone
 
 
 @pytest.mark.slow

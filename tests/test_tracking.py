@@ -190,6 +190,23 @@ def test_bad_lines_and_zones_are_errors_naming_the_flag():
         LineCounter.parse("5,5,5,5")
     with pytest.raises(ValueError, match="--match-iou must be between 0 and 1"):
         TrackOptions(match_iou=1.5).check()
+    # "nan" and "inf" parse as floats; such a line or zone would silently never count
+    for text in ("nan,0,320,480", "inf,0,320,480", "1e400,0,0,480"):
+        with pytest.raises(ValueError, match=f"--count-line '{text}': every coordinate must be a finite number"):
+            LineCounter.parse(text)
+    with pytest.raises(ValueError, match="--zone 'nan,0,10,10,0,10': every coordinate must be a finite number"):
+        ZoneCounter.parse("nan,0,10,10,0,10")
+    for text in ("100,100,100,100,100,100", "0,0,100,100,200,200", "0,0,10,0,10,0,0,0"):
+        with pytest.raises(ValueError, match="enclose no area"):
+            ZoneCounter.parse(text)
+    assert ZoneCounter.parse("0,0,10,0,10,0,10,10").summary()["zone"][3] == [10.0, 10.0]  # a repeated point is fine
+    # New tracks start 0.1 above the threshold: at 0.9 or more, no track could ever start
+    with pytest.raises(ValueError, match="--track-threshold must be below 0.9.*scoring 0.1 above it"):
+        TrackOptions(threshold=0.9).check()
+    TrackOptions(threshold=0.85).check()
+    for refind in (float("nan"), float("inf"), -0.1):
+        with pytest.raises(ValueError, match="--track-refind must be a number at least 0"):
+            TrackOptions(refind=refind).check()
 
 
 def test_the_runner_side_resets_tracks_on_a_new_session_and_keeps_counts():
@@ -459,3 +476,40 @@ def test_match_never_takes_a_nan_cost():
 def test_a_negative_track_buffer_is_an_error():
     with pytest.raises(ValueError, match="track_buffer"):
         ByteTracker(track_buffer=-1)
+
+
+def test_tracking_options_without_track_are_errors_and_with_it_keep_the_defaults():
+    from pipeline.cli import _track_options, parser
+    from pipeline.core.errors import UsageError
+
+    def options(*flags):
+        return _track_options(parser().parse_args(["run", "--model", "m.tflite", "--source", "0", *flags]))
+
+    assert options() is None
+    with pytest.raises(UsageError, match="--track-buffer, --match-iou set up the tracker: add --track"):
+        options("--track-buffer", "5", "--match-iou", "7")
+    with pytest.raises(UsageError, match="--count-line and --zone count tracked objects: add --track"):
+        options("--count-line", "1,2,3,4")
+    assert options("--track") == TrackOptions()
+    got = options("--track", "--track-refind", "0", "--track-threshold", "0.5", "--count-line", "1,2,3,4")
+    assert got == TrackOptions(threshold=0.5, refind=0.0, lines=("1,2,3,4",))
+
+
+def test_a_long_run_keeps_the_counted_marks_of_live_tracks_only():
+    """A 24/7 counter must not keep a mark for every track it ever counted: marks of
+    ended tracks go (ids are never reused), those of live and lost tracks stay."""
+    tr = Tracking(TrackOptions(buffer=5, lines=("100,0,100,400",), zones=("90,0,300,0,300,400,90,400",)), ["p"])
+    line, zone = tr.lines[0], tr.zones[0]
+    for f in range(2048):  # the marks are thinned every 1024 frames, the last time after this loop's last frame
+        # an object starts every 20 frames at x=40, walks right 10 px a frame, gone past x=200
+        xs = [40 + 10 * (f - s) for s in range(0, f + 1, 20) if 40 + 10 * (f - s) <= 200]
+        boxes = np.array([box(x, 50 + 60 * (i % 4)) for i, x in enumerate(xs)]).reshape(-1, 4)
+        tr.step({"boxes": boxes, "scores": np.full(len(xs), 0.9), "classes": np.zeros(len(xs), int)}, f)
+    counted = sum(line.counts["in"].values()) + sum(line.counts["out"].values())
+    assert counted == sum(zone.entries.values()) == 103  # every object crossed once, entered once
+    alive = set(tr.tracker.ids.tolist())  # the objects on screen, and those gone less than 5 frames ago
+    assert 0 < len(line._done) <= len(alive) < 10 and {tid for tid, _ in line._done} <= alive
+    assert 0 < len(zone._entered) and zone._entered <= alive
+    line._done, zone._entered = {(5, "in"), (9, "out")}, {5, 9}
+    line.forget_ended({9}), zone.forget_ended({9})
+    assert line._done == {(9, "out")} and zone._entered == {9}

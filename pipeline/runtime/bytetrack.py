@@ -294,6 +294,11 @@ class ByteTracker:
         """Forget every track (a video looped, a stream reconnected); ids keep counting up."""
         self._clear()
 
+    @property
+    def ids(self) -> np.ndarray:
+        """The ids of every track kept, lost ones included: those that may still be output."""
+        return self.t[_ID].astype(int)
+
     # === Kalman filter, every track at once, per dimension ===
     @staticmethod
     def _predict(t: np.ndarray, dt: float) -> None:

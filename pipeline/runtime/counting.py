@@ -22,7 +22,10 @@ def parse_points(text: str, what: str, n: int | None = None) -> np.ndarray:
     if len(values) % 2 or (n is not None and len(values) != 2 * n) or len(values) < 2 * (n or 3):
         want = f"{n} points ({2 * n} numbers)" if n else "at least 3 points"
         raise ValueError(f"{what} {text!r}: expected {want} as x,y pairs")
-    return np.asarray(values, float).reshape(-1, 2)
+    points = np.asarray(values, float).reshape(-1, 2)
+    if not np.isfinite(points).all():  # "nan" and "inf" parse as floats, and would never count
+        raise ValueError(f"{what} {text!r}: every coordinate must be a finite number (pixels of the source frame)")
+    return points
 
 
 class TrackMemory:
@@ -147,8 +150,15 @@ class LineCounter:
         return events
 
     def forget_tracks(self) -> None:
-        """Tracks were reset (a loop, a reconnect): sides are forgotten, counts kept."""
+        """Tracks were reset (a loop, a reconnect): sides are forgotten, counts kept. Ids
+        are never reused, so which tracks were counted can go too."""
         self._side.clear()
+        self._done.clear()
+
+    def forget_ended(self, alive: set[int]) -> None:
+        """Only the tracks in ``alive`` (the tracker's, lost ones included) can still
+        cross: the marks of the others go, so a run of weeks keeps a few, not millions."""
+        self._done = {k for k in self._done if k[0] in alive}
 
     def summary(self) -> dict:
         return {"line": [*self.start.tolist(), *self.end.tolist()], **self.counts}
@@ -168,7 +178,13 @@ class ZoneCounter:
 
     @classmethod
     def parse(cls, text: str, index: int = 0) -> ZoneCounter:
-        return cls(parse_points(text, "--zone"), index)
+        p = parse_points(text, "--zone")
+        d = p - p[0]
+        # all on one line (or one point) when no two of them span a parallelogram; not the
+        # signed area, which is 0 for a bow tie too
+        if np.abs(d[:, :1] * d[:, 1] - d[:, 1:] * d[:, 0]).max() < 1e-9:  # every cross product, pairwise
+            raise ValueError(f"--zone {text!r}: the points enclose no area (repeated or on one line)")
+        return cls(p, index)
 
     def __post_init__(self) -> None:
         a, b = self.polygon, np.roll(self.polygon, -1, axis=0)
@@ -244,6 +260,10 @@ class ZoneCounter:
 
     def forget_tracks(self) -> None:
         self._was_inside.clear()
+        self._entered.clear()
+
+    def forget_ended(self, alive: set[int]) -> None:
+        self._entered &= alive
 
     def summary(self) -> dict:
         return {"zone": self.polygon.tolist(), "inside": dict(self.inside), "entries": dict(self.entries)}

@@ -32,9 +32,9 @@ from pipeline.core.errors import ConfigError, MetadataError, ModelFileError, Mod
 from pipeline.core.images import InputSpec, prepare
 from pipeline.core.overlay import hud_panel, paste_hud
 from pipeline.core.registry import get_runtime
-from pipeline.core.rundir import atomic_path
+from pipeline.core.rundir import atomic_path, write_json
 from pipeline.core.sidecar import read_sidecar, sidecar_path
-from pipeline.runtime.sinks import Display, VideoSink, check_video_path
+from pipeline.runtime.sinks import Display, VideoSink, check_output_file, check_video_path
 from pipeline.runtime.sources import Capture, Frame, FrameSource, open_source, put_until_stopped
 from pipeline.runtime.stats import StageStats
 from pipeline.runtime.tflite_model import TFLiteModel
@@ -64,6 +64,9 @@ class RunOptions:
         pace: play files at their frame rate, dropping frames the model cannot keep up with.
         loop: restart a video file at its end.
         max_frames: stop after this many frames (0: until the source ends).
+        output, jsonl, summary_json: the annotated video, a JSON line per frame, and the
+            summary as JSON at the end; each written atomically, each checked before
+            the first frame.
         track: track detections across frames (ids, trails, line and zone counts);
             detection models only.
         parallel: how ``threads`` are used: ``frames`` (that many single-thread
@@ -85,6 +88,7 @@ class RunOptions:
     output: Path | None = None
     output_fps: float | None = None
     jsonl: Path | None = None
+    summary_json: Path | None = None
     max_frames: int = 0
     pace: bool = False
     loop: bool = False
@@ -158,7 +162,26 @@ def load_model(opts: RunOptions) -> LoadedModel:
     spec = _input_spec(model, side.spec if side else _spec_from_metadata(model, md), opts, path)
     model.spec = spec
     names = _class_names(path, side, md, opts.labels, where)
-    return LoadedModel(model, spec, task_name, names)
+    loaded = LoadedModel(model, spec, task_name, names)
+    _check_outputs(loaded, opts, path)
+    return loaded
+
+
+def _check_outputs(m: LoadedModel, opts: RunOptions, path: Path) -> None:
+    """The task's post-processing on blank outputs of the model's shapes: a model of
+    another task (``--task`` wrong, a sidecar from another export) fails here, named,
+    not with an IndexError on the first frame."""
+    blank = [np.zeros(d["shape"], np.float32) for d in m.model.outputs]
+    try:
+        m.task.postprocess(
+            blank, m.class_names, spec=m.spec, frame_shape=(m.spec.size, m.spec.size), **opts.task_options
+        )
+    except Exception as e:  # noqa: BLE001 - whatever breaks, the outputs do not fit the task
+        shapes = ", ".join(str(list(b.shape)) for b in blank)
+        raise RunError(
+            f"{path.name}: its outputs ({shapes}) do not fit a {m.task_name} model "
+            f"({type(e).__name__}: {e}); is --task or the sidecar's task right?"
+        ) from None
 
 
 def _metadata(path: Path) -> dict | None:
@@ -350,12 +373,15 @@ def run(opts: RunOptions) -> dict:
         stage latencies (mean/p50/p90 ms) and FPS.
     """
     m = load_model(opts)
-    source = opts.source if isinstance(opts.source, FrameSource) else open_source(opts.source, loop=opts.loop)
-    if opts.output is not None:
-        try:
+    try:
+        if opts.output is not None:
             check_video_path(Path(opts.output))
-        except ValueError as e:
-            raise RunError(str(e)) from None
+        for flag, path in (("--jsonl", opts.jsonl), ("--summary-json", opts.summary_json)):
+            if path is not None:
+                check_output_file(Path(path), flag)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    source = opts.source if isinstance(opts.source, FrameSource) else open_source(opts.source, loop=opts.loop)
     stop, reason = threading.Event(), []
     # Signal handlers stay in place while the outputs are finalised, so a SIGTERM
     # during clean-up cannot kill the process halfway through writing them.
@@ -379,7 +405,13 @@ def run(opts: RunOptions) -> dict:
         stack.callback(inference.stop)  # before capture.stop: it may be waiting on a frame
         reason.append(_drive(loop, inference, stop, opts.max_frames))
         wall, cpu = time.perf_counter() - t_start, time.process_time() - cpu_start
-    return {**_summary(loop, opts, source, wall, reason[0]), "cpu_s": round(cpu, 3)}
+    summary = {**_summary(loop, opts, source, wall, reason[0]), "cpu_s": round(cpu, 3)}
+    if opts.summary_json is not None:
+        try:
+            write_json(opts.summary_json, summary)
+        except OSError as e:  # checked before the run; the disk filled or the folder went since
+            raise RunError(f"--summary-json {opts.summary_json}: {e.strerror or e}") from None
+    return summary
 
 
 def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Capture) -> tuple:

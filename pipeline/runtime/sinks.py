@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import tempfile
 import threading
 from pathlib import Path
 
@@ -20,8 +22,29 @@ def check_video_path(path: Path) -> None:
     """Fail before any frame is read when the output cannot be written."""
     if path.suffix.lower() not in FOURCC:
         raise ValueError(f"{path}: unsupported video container {path.suffix!r}; use one of {sorted(FOURCC)}")
-    if path.exists() and path.is_dir():
-        raise ValueError(f"{path}: is a folder, not a video file")
+    check_output_file(path, "--output")
+
+
+def check_output_file(path: Path, what: str) -> None:
+    """Fail before any frame is read when ``path`` cannot be written (a folder, a file
+    where its folder should be, no permission): found only at the end, the run's work
+    would be lost. Writes and removes an empty file beside it, as the atomic write will
+    (or, where its folder does not exist yet, a folder in the nearest one that does)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path}: is a folder, not a file")
+    existing = next(p for p in path.absolute().parents if p.exists())  # the root, at least
+    if not existing.is_dir():
+        raise ValueError(f"{what} {path}: {existing} is a file, not a folder")
+    try:
+        if existing == path.absolute().parent:
+            fd, probe = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".check", dir=existing)
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".edgepipe.", suffix=".check", dir=existing))
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot write in {existing} ({e.strerror or e})") from None
 
 
 class VideoSink:

@@ -25,6 +25,9 @@ __all__ = [
 ]
 
 
+_FORGET_EVERY = 1024  # frames between forgetting which ended tracks were counted
+
+
 @dataclass(frozen=True)
 class TrackOptions:
     """``edgepipe run --track`` and its options."""
@@ -45,8 +48,13 @@ class TrackOptions:
         for name, v in (("--track-threshold", self.threshold), ("--match-iou", self.match_iou)):
             if not 0.0 < v < 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {v}")
-        if self.refind < 0:
-            raise ValueError(f"--track-refind must be at least 0, got {self.refind}")
+        if self.threshold >= 0.9:  # ByteTrack starts a track only from a detection 0.1 above it
+            raise ValueError(
+                f"--track-threshold must be below 0.9, got {self.threshold}: "
+                "a new track needs a detection scoring 0.1 above it"
+            )
+        if not 0.0 <= self.refind < float("inf"):  # NaN fails too
+            raise ValueError(f"--track-refind must be a number at least 0, got {self.refind}")
 
 
 class Tracking:
@@ -74,6 +82,7 @@ class Tracking:
         self.seen = 0  # confirmed tracks so far (ids only grow: a counter, not a set, for 24/7 runs)
         self._last_id = 0
         self._session: int | None = None
+        self._steps = 0
 
     def step(self, preds: dict, frame_index: int, session: int = 0) -> tuple[dict, list[dict]]:
         """Detections of one frame → the tracked objects (with ``track_ids``) and the
@@ -87,6 +96,11 @@ class Tracking:
         self._session = session
         t = self.tracker.update(preds["boxes"], preds["scores"], preds["classes"], frame_index)
         events = [e for c in (*self.lines, *self.zones) for e in c.update(t, self.class_names)]
+        self._steps += 1
+        if self._steps % _FORGET_EVERY == 0:  # the counted-once marks of ended tracks
+            alive = set(self.tracker.ids.tolist())
+            for c in (*self.lines, *self.zones):
+                c.forget_ended(alive)
         self._history.append((t.ids, t.centres))
         self.live = len(t)
         # A track is output first the frame it is confirmed, and confirmed in the order
