@@ -513,3 +513,20 @@ def test_a_long_run_keeps_the_counted_marks_of_live_tracks_only():
     line._done, zone._entered = {(5, "in"), (9, "out")}, {5, 9}
     line.forget_ended({9}), zone.forget_ended({9})
     assert line._done == {(9, "out")} and zone._entered == {9}
+
+
+def test_the_printed_summary_numbers_lines_and_zones_as_the_events_do():
+    from pipeline.runtime.runner import format_summary
+
+    tr = Tracking(TrackOptions(lines=("100,0,100,200",), zones=("0,0,300,0,300,300",)), ["person", "car"])
+    for k in range(10):  # a car walks right across the line, 6 px a frame
+        tr.step({"boxes": np.array([box(70 + 6 * k, 50)]), "scores": np.array([0.9]), "classes": np.array([1])}, k)
+    s = {"source": "v.mp4", "task": "detection", "stopped_by": "end of source", "frames": 4, "dropped": 0,
+         "skipped_images": 0, "reconnects": 0, "gap_s": 0.0, "wall_s": 1.0, "fps": 4.0, "stages_ms": {},
+         "tracking": tr.summary()}  # fmt: skip
+    text = format_summary(s).splitlines()
+    assert text[-3:] == [
+        "tracks 1  (reset 0 times)",
+        "line 0 (100,0,100,200): in 1 (car 1)  out 0",
+        "zone 0 (3 points): inside now 1 (car 1)  entries 0",
+    ]

@@ -606,8 +606,18 @@ def format_summary(s: dict) -> str:
     t = s.get("tracking")
     if t:
         lines.append(f"tracks {t['tracks']}  (reset {t['resets']} times)")
-        for c in t["lines"]:
-            lines.append(f"line {c['line']}: in {c['in'] or 0}  out {c['out'] or 0}")
-        for z in t["zones"]:
-            lines.append(f"zone {len(z['zone'])} points: inside now {z['inside'] or 0}  entries {z['entries'] or 0}")
+        for k, c in enumerate(t["lines"]):  # numbered as on the frame and in the JSONL's events
+            at = ",".join(f"{v:g}" for v in c["line"])
+            lines.append(f"line {k} ({at}): in {_per_label(c['in'])}  out {_per_label(c['out'])}")
+        for k, z in enumerate(t["zones"]):
+            lines.append(
+                f"zone {k} ({len(z['zone'])} points): inside now {_per_label(z['inside'])}  "
+                f"entries {_per_label(z['entries'])}"
+            )
     return "\n".join(lines)
+
+
+def _per_label(counts: dict) -> str:
+    """``{"car": 3, "bus": 1}`` → ``4 (car 3, bus 1)``; ``0`` when empty."""
+    total = sum(counts.values())
+    return f"{total} ({', '.join(f'{k} {v}' for k, v in counts.items())})" if counts else "0"
