@@ -122,7 +122,7 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
         "--track-refind",
         type=float,
         default=None,
-        help="how far a lost track reaches for its object, in box heights per frame lost (default 0.3; 0: off)",
+        help="how far a lost track reaches for its object at most, box heights per frame lost (default 0.3; 0: off)",
     )
     g.add_argument(
         "--count-line", action="append", default=[], metavar="X1,Y1,X2,Y2", help="count crossings (repeatable)"

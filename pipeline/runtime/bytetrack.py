@@ -13,7 +13,8 @@ class is the majority of its detections' classes; and a lost track may take back
 distance, a detection of its class that nobody took (``refind``): an object that went
 behind a pillar comes out far from where its track predicts, because its visible box
 shrank and slowed as it went in (on held-out sequences of benchmarks/tracking.py's
-scene: mean IDF1 0.64 without, 0.83 with).
+scene: mean IDF1 0.64 without, 0.83 with), but never one behind where it was lost,
+which is another object (and would count a line crossing that never happened).
 
 Written for speed, because at 50 objects NumPy's per-call cost (about a microsecond)
 is the whole cost: every track's state is one field-major array, the Kalman filter runs
@@ -35,6 +36,10 @@ import numpy as np
 
 TRACKED, LOST = 1, 2
 _SP, _SV = 1.0 / 20, 1.0 / 160  # ByteTrack's position and velocity noise, per unit of box height
+# Re-find (``ByteTracker._refind``): a lost track reaches _REFIND_SPEED × its speed at loss per
+# frame lost, at least _REFIND_FLOOR and at most ``refind`` heights, and never takes a
+# detection more than _REFIND_BACK heights behind its last centre along its velocity.
+_REFIND_SPEED, _REFIND_FLOOR, _REFIND_BACK = 3.0, 0.2, 0.5
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -262,8 +267,9 @@ class ByteTracker:
         track_buffer: frames a lost track is kept for re-identification.
         match_iou: the first association's minimum IoU × score (ByteTrack's default
             match threshold of 0.8 on 1 − IoU·score is 0.2 here).
-        refind: how far (in box heights per frame lost) a lost track reaches for a
-            detection nobody took, of its class and height; 0: ByteTrack's IoU only.
+        refind: how far at most (in box heights per frame lost) a lost track reaches
+            for a detection nobody took, of its class and height (``_refind``); 0:
+            ByteTrack's IoU only.
         memory_rows: float values per track kept for the caller (the counters' last
             side of a line, inside or out of a zone), 0 for a new track; read and written
             through ``Tracks.memory`` at ``Tracks.slots``. Kept in the tracks' own array,
@@ -461,8 +467,15 @@ class ByteTracker:
         self, t: np.ndarray, b: np.ndarray, classes: np.ndarray, lost: np.ndarray, free: np.ndarray, frame: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Lost tracks still within the buffer ↔ free detections of the track's class and
-        a similar height whose centre lies within ``(0.5 + refind × frames lost)`` track
-        heights of the predicted centre; nearest first."""
+        a similar height whose centre lies within ``0.5 + reach × frames lost`` track
+        heights of the predicted centre, nearest first. ``reach`` is ``refind`` for a track
+        that was moving, less for a slow one (3 × its speed at loss in heights per frame,
+        at least 0.2): a track that stood still does not reach across the frame. And never
+        behind: the detection may lie at most half a height back from the track's last
+        centre along its velocity. An object coming out from behind a pillar comes out
+        ahead of its prediction (its box shrank and slowed as it went in); a detection
+        behind where the track was lost is another object, and taking it would count a
+        line crossing that never happened."""
         dets = set_indices(free)
         if not self.refind or not len(lost) or not len(dets):
             return _NONE, _NONE
@@ -473,11 +486,20 @@ class ByteTracker:
         tl, bd = t.take(lost, 1), b.take(dets, 1)
         h = np.maximum(tl[3], 1e-6)
         centre = (bd[:2] + bd[2:]) / 2
-        dist = np.hypot(tl[0][:, None] - centre[0], tl[1][:, None] - centre[1])
-        reach = 0.5 + self.refind * np.maximum(frame - tl[_LAST], 1)  # a frame index gone back: one step
-        dist /= (h * reach)[:, None]
+        gap = np.maximum(frame - tl[_LAST], 1)  # a frame index gone back: one step
+        dx, dy = centre[0] - tl[0][:, None], centre[1] - tl[1][:, None]  # from the predicted centre
+        dist = np.hypot(dx, dy)
+        speed = np.hypot(tl[4], tl[5])  # px per frame, unchanged since the track was lost
+        per_frame = np.minimum(np.maximum(_REFIND_SPEED * speed / h, _REFIND_FLOOR), self.refind)
+        dist /= (h * (0.5 + per_frame * gap))[:, None]
+        # The last centre is the prediction less velocity × gap (a lost track's velocity is
+        # kept): the displacement from it along the velocity (px) is that from the
+        # prediction plus speed × gap.
+        along = (dx * tl[4][:, None] + dy * tl[5][:, None]) / np.maximum(speed, 1e-9)[:, None]
+        along += (speed * gap)[:, None]
         ratio = (bd[3] - bd[1]) / h[:, None]
         same = (self.votes[lost].argmax(1)[:, None] == classes[dets]) & (ratio > 0.5) & (ratio < 2)
+        same &= along >= -_REFIND_BACK * h[:, None]
         r, c = match(np.where(same, dist, np.inf), 1.0)
         return lost[r], dets[c]
 

@@ -163,14 +163,14 @@ def load_model(opts: RunOptions) -> LoadedModel:
     model.spec = spec
     names = _class_names(path, side, md, opts.labels, where)
     loaded = LoadedModel(model, spec, task_name, names)
-    _check_outputs(loaded, opts, path)
+    _check_outputs(loaded, opts, path, opts.labels or where)
     return loaded
 
 
-def _check_outputs(m: LoadedModel, opts: RunOptions, path: Path) -> None:
+def _check_outputs(m: LoadedModel, opts: RunOptions, path: Path, told_by) -> None:
     """The task's post-processing on blank outputs of the model's shapes: a model of
-    another task (``--task`` wrong, a sidecar from another export) fails here, named,
-    not with an IndexError on the first frame."""
+    another task (``--task`` wrong, a sidecar from another export) or fewer labels than
+    classes fails here, named, not with an IndexError on the first frame."""
     blank = [np.zeros(d["shape"], np.float32) for d in m.model.outputs]
     try:
         m.task.postprocess(
@@ -179,8 +179,8 @@ def _check_outputs(m: LoadedModel, opts: RunOptions, path: Path) -> None:
     except Exception as e:  # noqa: BLE001 - whatever breaks, the outputs do not fit the task
         shapes = ", ".join(str(list(b.shape)) for b in blank)
         raise RunError(
-            f"{path.name}: its outputs ({shapes}) do not fit a {m.task_name} model "
-            f"({type(e).__name__}: {e}); is --task or the sidecar's task right?"
+            f"{path.name}: its outputs ({shapes}) do not fit a {m.task_name} model with {len(m.class_names)} "
+            f"labels (from {told_by}; {type(e).__name__}: {e}); check --task, --labels or the sidecar"
         ) from None
 
 
