@@ -125,9 +125,19 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
         help="how far a lost track reaches for its object at most, box heights per frame lost (default 0.3; 0: off)",
     )
     g.add_argument(
-        "--count-line", action="append", default=[], metavar="X1,Y1,X2,Y2", help="count crossings (repeatable)"
+        "--count-line",
+        action="append",
+        default=[],
+        metavar="X1,Y1,X2,Y2",
+        help="count crossings of this segment, in source-frame pixels (repeatable)",
     )
-    g.add_argument("--zone", action="append", default=[], metavar="X1,Y1,X2,Y2,X3,Y3,...", help="count occupancy")
+    g.add_argument(
+        "--zone",
+        action="append",
+        default=[],
+        metavar="X1,Y1,X2,Y2,X3,Y3,...",
+        help="count occupancy of this polygon, in source-frame pixels (repeatable)",
+    )
 
 
 def _run(args) -> int:

@@ -606,3 +606,16 @@ def test_refind_after_a_pillar_moving_left_keeps_the_id(speed):
             )
         k, c = k + 1, c - speed
     assert len(set().union(*ids)) == 1
+
+
+def test_lines_and_zones_wholly_outside_the_frame_are_warned_about(caplog):
+    tr = Tracking(
+        TrackOptions(
+            lines=("1320,0,1320,480", "320,0,320,480"), zones=("100,100,500,100,500,400", "700,0,900,0,900,90")
+        ),
+        ["p"],
+    )
+    with caplog.at_level("WARNING", logger="pipeline.runtime.tracking"):
+        assert tr.check_frame(480, 640) == ["--count-line 0", "--zone 1"]
+    assert "--count-line 0, --zone 1: wholly outside the 640x480 frame" in caplog.text
+    assert tr.check_frame(1080, 1920) == []  # the resolution they were drawn for

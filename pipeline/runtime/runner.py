@@ -311,6 +311,8 @@ class _Loop:
         )
         events = []
         if self.tracking is not None:
+            if not self.frames:
+                self.tracking.check_frame(*f.image.shape[:2])
             preds, events = self.tracking.step(preds, f.index, f.session)
         t2 = time.perf_counter()
         if self.sink is not None or self.display is not None:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ __all__ = [
     "parse_points",
 ]
 
+
+log = logging.getLogger(__name__)
 
 _FORGET_EVERY = 1024  # frames between forgetting which ended tracks were counted
 
@@ -121,6 +124,25 @@ class Tracking:
             "track_ids": t.ids,
         }
         return tracked, events
+
+    def check_frame(self, height: int, width: int) -> list[str]:
+        """Warn about each line or zone that lies wholly outside a ``width`` × ``height``
+        frame (coordinates given for another resolution, say): it can never count."""
+        outside = []
+        for kind, counters in (("--count-line", self.lines), ("--zone", self.zones)):
+            for c in counters:
+                pts = np.stack([c.start, c.end]) if kind == "--count-line" else c.polygon
+                (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+                if x1 < 0 or y1 < 0 or x0 > width or y0 > height:
+                    outside.append(f"{kind} {c.index}")
+        if outside:
+            log.warning(
+                "%s: wholly outside the %dx%d frame, so it never counts; coordinates are source-frame pixels",
+                ", ".join(outside),
+                width,
+                height,
+            )
+        return outside
 
     @property
     def trails(self) -> dict[int, np.ndarray]:
