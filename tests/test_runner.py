@@ -92,6 +92,19 @@ def test_source_kinds_are_told_apart(tmp_path):
         open_source(str(tmp_path / "missing.png"))
 
 
+@pytest.mark.parametrize("frames", [1, 2, 3])
+def test_a_looped_file_starts_over_however_short(tmp_path, frames):
+    """A one-frame mp4 does not seek back from its end: the loop reopens it instead."""
+    out = cv2.VideoWriter(str(tmp_path / "v.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 48))
+    for i in range(frames):
+        out.write(np.full((48, 64, 3), 60 * i, np.uint8))
+    out.release()
+    s = open_source(str(tmp_path / "v.mp4"), loop=True)
+    s.open()
+    assert all(s.read() is not None for _ in range(3 * frames + 1)) and s.restarts == 3
+    s.close()
+
+
 def _drain(cap: Capture, delay: float = 0.0) -> list:
     """Every frame until the end, as the runner's loop takes them (a TimeoutError
     means "ask again"; a stalled capture fails the test)."""

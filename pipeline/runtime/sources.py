@@ -125,6 +125,10 @@ class VideoSource(FrameSource):
             self.position = 0
             self.restarts += 1
             ok, frame = self.cap.read()
+            if not ok:  # some files do not seek back from their end (a one-frame mp4): reopen
+                self.close()
+                self.open()
+                ok, frame = self.cap.read()
         if not ok:
             return None
         self.position += 1
