@@ -448,6 +448,11 @@ def test_bad_models_are_errors_before_any_frame(model, channel_model, tmp_path):
     with pytest.raises(RunError, match=r"its outputs \(\[1, \d+\]\) do not fit a detection model"):
         _run(model, video, task="detection", jsonl=tmp_path / "wrong.jsonl")
     assert not (tmp_path / "wrong.jsonl").exists()
+    # Fewer labels than classes, even where the top 1 would hide it until some frame
+    with pytest.raises(
+        RunError, match=r"score 3 classes as a classification model, but there are 2 labels \(from a,b\)"
+    ):
+        _run(model, video, labels="a,b", task_options={"top_k": 1})
 
 
 @pytest.mark.slow
@@ -476,7 +481,25 @@ def test_unwritable_outputs_are_errors_before_any_frame_and_the_summary_is_writt
     assert not list((tmp_path / "folder").iterdir())  # nothing written, not even the video
     s = _run(model, video, summary_json=tmp_path / "new" / "deep" / "s.json")
     assert json.loads((tmp_path / "new" / "deep" / "s.json").read_text())["frames"] == s["frames"] == 3
-    assert not list((tmp_path / "new" / "deep").glob(".*"))  # the check's probe file is gone
+    s = _run(model, video, summary_json=tmp_path / "new" / "deep" / "again.json")  # its folder exists now
+    assert json.loads((tmp_path / "new" / "deep" / "again.json").read_text())["frames"] == 3
+    # the checks' probes (a file in an existing folder, a folder where the path's folder is missing) are gone
+    assert sorted(p.name for p in tmp_path.rglob(".*")) == []
+
+
+@pytest.mark.slow
+def test_a_summary_that_cannot_be_written_at_the_end_still_reaches_the_user(model, tmp_path, monkeypatch):
+    """The disk fills during a long run: the error carries the summary, counts and all."""
+    from pipeline.runtime import runner
+
+    def full(path, obj):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner, "write_json", full)
+    with pytest.raises(
+        runner.RunError, match=r"(?s)--summary-json .*s.json: No space left on device; the summary was:\n.*frames 3"
+    ):
+        _run(model, str(write_video(tmp_path / "v.avi", 3)), summary_json=tmp_path / "s.json")
 
 
 @pytest.mark.slow

@@ -38,7 +38,9 @@ TRACKED, LOST = 1, 2
 _SP, _SV = 1.0 / 20, 1.0 / 160  # ByteTrack's position and velocity noise, per unit of box height
 # Re-find (``ByteTracker._refind``): a lost track reaches _REFIND_SPEED × its speed at loss per
 # frame lost, at least _REFIND_FLOOR and at most ``refind`` heights, and never takes a
-# detection more than _REFIND_BACK heights behind its last centre along its velocity.
+# detection more than _REFIND_BACK heights behind its last centre along its velocity,
+# where that velocity is known: faster than its own Kalman uncertainty (the standard
+# deviation of its x and y velocities), which a standing object's jitter is not.
 _REFIND_SPEED, _REFIND_FLOOR, _REFIND_BACK = 3.0, 0.2, 0.5
 
 
@@ -470,12 +472,14 @@ class ByteTracker:
         a similar height whose centre lies within ``0.5 + reach × frames lost`` track
         heights of the predicted centre, nearest first. ``reach`` is ``refind`` for a track
         that was moving, less for a slow one (3 × its speed at loss in heights per frame,
-        at least 0.2): a track that stood still does not reach across the frame. And never
-        behind: the detection may lie at most half a height back from the track's last
-        centre along its velocity. An object coming out from behind a pillar comes out
-        ahead of its prediction (its box shrank and slowed as it went in); a detection
-        behind where the track was lost is another object, and taking it would count a
-        line crossing that never happened."""
+        at least 0.2): a track that stood still does not reach across the frame. And a
+        moving track never reaches behind: the detection may lie at most half a height
+        back from its last centre along its velocity. An object coming out from behind a
+        pillar comes out ahead of its prediction (its box shrank and slowed as it went
+        in); a detection behind where the track was lost is another object, and taking it
+        would count a line crossing that never happened. Moving means faster than the
+        velocity's own standard deviation in the filter: a standing object's jitter
+        gives it a small velocity of no meaning, and it may come back on any side."""
         dets = set_indices(free)
         if not self.refind or not len(lost) or not len(dets):
             return _NONE, _NONE
@@ -499,7 +503,8 @@ class ByteTracker:
         along += (speed * gap)[:, None]
         ratio = (bd[3] - bd[1]) / h[:, None]
         same = (self.votes[lost].argmax(1)[:, None] == classes[dets]) & (ratio > 0.5) & (ratio < 2)
-        same &= along >= -_REFIND_BACK * h[:, None]
+        moving = speed * speed > (tl[16] + tl[17]) / 2  # speed above the velocity's standard deviation
+        same &= (along >= -_REFIND_BACK * h[:, None]) | ~moving[:, None]
         r, c = match(np.where(same, dist, np.inf), 1.0)
         return lost[r], dets[c]
 

@@ -88,7 +88,6 @@ class RunOptions:
     output: Path | None = None
     output_fps: float | None = None
     jsonl: Path | None = None
-    summary_json: Path | None = None
     max_frames: int = 0
     pace: bool = False
     loop: bool = False
@@ -97,6 +96,7 @@ class RunOptions:
     reconnect_backoff_s: float = 0.5
     track: TrackOptions | None = None
     parallel: str = "frames"  # frames: `threads` single-thread interpreters on successive frames; ops: one
+    summary_json: Path | None = None
 
 
 @dataclass
@@ -168,19 +168,29 @@ def load_model(opts: RunOptions) -> LoadedModel:
 
 
 def _check_outputs(m: LoadedModel, opts: RunOptions, path: Path, told_by) -> None:
-    """The task's post-processing on blank outputs of the model's shapes: a model of
-    another task (``--task`` wrong, a sidecar from another export) or fewer labels than
-    classes fails here, named, not with an IndexError on the first frame."""
-    blank = [np.zeros(d["shape"], np.float32) for d in m.model.outputs]
+    """One invoke on a blank input, and the task's post-processing of what comes out:
+    a model of another task (``--task`` wrong, a sidecar from another export) or fewer
+    labels than classes fails here, named, not with an IndexError on some frame."""
+    detail = m.model.interpreter.get_input_details()[0]
+    outputs = m.model.invoke(np.zeros((1, *detail["shape"][1:]), detail["dtype"]), quantized=True)
+    shapes = ", ".join(str(list(o.shape)) for o in outputs)
+    n = len(m.class_names)
     try:
-        m.task.postprocess(
-            blank, m.class_names, spec=m.spec, frame_shape=(m.spec.size, m.spec.size), **opts.task_options
-        )
+        classes = m.task.classes_in(outputs)
+        if classes is not None and n < classes:
+            raise RunError(
+                f"{path.name}: its outputs ({shapes}) score {classes} classes as a {m.task_name} model, but there "
+                f"are {n} labels (from {told_by}); check --task, --labels or the sidecar"
+            )
+        # every class ranked, so a label missing for any of them would show here too
+        options = {**opts.task_options, "top_k": max(classes or 0, opts.task_options.get("top_k") or 0, 1)}
+        m.task.postprocess(outputs, m.class_names, spec=m.spec, frame_shape=(m.spec.size, m.spec.size), **options)
+    except RunError:
+        raise
     except Exception as e:  # noqa: BLE001 - whatever breaks, the outputs do not fit the task
-        shapes = ", ".join(str(list(b.shape)) for b in blank)
         raise RunError(
-            f"{path.name}: its outputs ({shapes}) do not fit a {m.task_name} model with {len(m.class_names)} "
-            f"labels (from {told_by}; {type(e).__name__}: {e}); check --task, --labels or the sidecar"
+            f"{path.name}: its outputs ({shapes}) do not fit a {m.task_name} model with {n} labels "
+            f"(from {told_by}; {type(e).__name__}: {e}); check --task, --labels or the sidecar"
         ) from None
 
 
@@ -387,32 +397,35 @@ def run(opts: RunOptions) -> dict:
     stop, reason = threading.Event(), []
     # Signal handlers stay in place while the outputs are finalised, so a SIGTERM
     # during clean-up cannot kill the process halfway through writing them.
-    with _stop_on_signals(stop, reason), contextlib.ExitStack() as stack:
-        # The capture thread already runs OpenCV beside the interpreter; OpenCV's own
-        # worker pool would only compete with XNNPACK's threads for the same cores.
-        stack.callback(cv2.setNumThreads, cv2.getNumThreads())
-        cv2.setNumThreads(1)
-        capture = Capture(
-            source,
-            prepare=partial(_model_input, m),
-            pace=opts.pace,
-            reconnect_attempts=opts.reconnect_attempts,
-            backoff_s=opts.reconnect_backoff_s,
-        ).start()  # SourceError here, before any output file exists
-        stack.callback(capture.stop)
-        log.info("running %s (%s, %d px input) on %s", Path(opts.model).name, m.task_name, m.spec.size, source.name)
-        loop = _Loop(m, opts, capture, *_open_outputs(stack, opts, capture))
-        t_start, cpu_start = time.perf_counter(), time.process_time()
-        inference = _Inference(_interpreters(m, opts), capture).start()
-        stack.callback(inference.stop)  # before capture.stop: it may be waiting on a frame
-        reason.append(_drive(loop, inference, stop, opts.max_frames))
-        wall, cpu = time.perf_counter() - t_start, time.process_time() - cpu_start
-    summary = {**_summary(loop, opts, source, wall, reason[0]), "cpu_s": round(cpu, 3)}
-    if opts.summary_json is not None:
-        try:
-            write_json(opts.summary_json, summary)
-        except OSError as e:  # checked before the run; the disk filled or the folder went since
-            raise RunError(f"--summary-json {opts.summary_json}: {e.strerror or e}") from None
+    with _stop_on_signals(stop, reason):
+        with contextlib.ExitStack() as stack:
+            # The capture thread already runs OpenCV beside the interpreter; OpenCV's own
+            # worker pool would only compete with XNNPACK's threads for the same cores.
+            stack.callback(cv2.setNumThreads, cv2.getNumThreads())
+            cv2.setNumThreads(1)
+            capture = Capture(
+                source,
+                prepare=partial(_model_input, m),
+                pace=opts.pace,
+                reconnect_attempts=opts.reconnect_attempts,
+                backoff_s=opts.reconnect_backoff_s,
+            ).start()  # SourceError here, before any output file exists
+            stack.callback(capture.stop)
+            log.info("running %s (%s, %d px input) on %s", Path(opts.model).name, m.task_name, m.spec.size, source.name)
+            loop = _Loop(m, opts, capture, *_open_outputs(stack, opts, capture))
+            t_start, cpu_start = time.perf_counter(), time.process_time()
+            inference = _Inference(_interpreters(m, opts), capture).start()
+            stack.callback(inference.stop)  # before capture.stop: it may be waiting on a frame
+            reason.append(_drive(loop, inference, stop, opts.max_frames))
+            wall, cpu = time.perf_counter() - t_start, time.process_time() - cpu_start
+        summary = {**_summary(loop, opts, source, wall, reason[0]), "cpu_s": round(cpu, 3)}
+        if opts.summary_json is not None:  # still under the signal handlers: never half written
+            try:
+                write_json(opts.summary_json, summary)
+            except OSError as e:  # checked before the run; the disk filled or the folder went since
+                raise RunError(
+                    f"--summary-json {opts.summary_json}: {e.strerror or e}; the summary was:\n{format_summary(summary)}"
+                ) from None
     return summary
 
 

@@ -31,9 +31,12 @@ def check_output_file(path: Path, what: str) -> None:
     would be lost. Writes and removes an empty file beside it, as the atomic write will
     (or, where its folder does not exist yet, a folder in the nearest one that does)."""
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{what} {path}: is a folder, not a file")
-    existing = next(p for p in path.absolute().parents if p.exists())  # the root, at least
+    try:  # is_dir and exists raise on a folder we may not enter
+        if path.is_dir():
+            raise ValueError(f"{what} {path}: is a folder, not a file")
+        existing = next(p for p in path.absolute().parents if p.exists())  # the root, at least
+    except OSError as e:
+        raise ValueError(f"{what} {path}: cannot be reached ({e.strerror or e})") from None
     if not existing.is_dir():
         raise ValueError(f"{what} {path}: {existing} is a file, not a folder")
     try:

@@ -64,6 +64,11 @@ class TaskRuntime:
         """``postprocess`` predictions → plain JSON (e.g. a mask → per-class pixel fractions)."""
         return predictions
 
+    def classes_in(self, outputs: list[np.ndarray]) -> int | None:
+        """How many classes the model's outputs score, where every one needs a label
+        (a class without one would fail mid-run); None where labels are optional."""
+        return None
+
     def draw(self, frame: np.ndarray, predictions: Any, class_names) -> np.ndarray:
         """Overlay ``postprocess`` predictions on a BGR frame (in place, returned)."""
         raise NotImplementedError

@@ -17,6 +17,9 @@ class ClassificationRuntime(TaskRuntime):
         top = np.argsort(-scores)[:top_k]
         return [{"class_id": int(i), "label": class_names[i], "score": float(scores[i])} for i in top]
 
+    def classes_in(self, outputs):
+        return int(outputs[0].shape[-1])
+
     def draw(self, frame, predictions, class_names):
         colors = palette(len(class_names))
         lines = [f"{p['label']} {p['score']:.2f}" for p in predictions]

@@ -41,6 +41,9 @@ class SegmentationRuntime(TaskRuntime):
             "size": [int(mask.shape[1]), int(mask.shape[0])],
         }
 
+    def classes_in(self, outputs):
+        return int(outputs[0].shape[-1])  # a mask's colours and legend need every class
+
     def draw(self, frame, predictions, class_names):
         mask = predictions["mask"]
         if mask.shape != frame.shape[:2]:
