@@ -196,7 +196,7 @@ def test_bad_lines_and_zones_are_errors_naming_the_flag():
             LineCounter.parse(text)
     with pytest.raises(ValueError, match="--zone 'nan,0,10,10,0,10': every coordinate must be a finite number"):
         ZoneCounter.parse("nan,0,10,10,0,10")
-    for text in ("100,100,100,100,100,100", "0,0,100,100,200,200", "0,0,10,0,10,0,0,0"):
+    for text in ("100,100,100,100,100,100", "0,0,100,100,200,200", "0,0,10,0,10,0,0,0", "0.1,0.1,0.3,0.3,0.7,0.7"):
         with pytest.raises(ValueError, match="enclose no area"):
             ZoneCounter.parse(text)
     assert ZoneCounter.parse("0,0,10,0,10,0,10,10").summary()["zone"][3] == [10.0, 10.0]  # a repeated point is fine
