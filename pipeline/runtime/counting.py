@@ -180,9 +180,9 @@ class ZoneCounter:
     def parse(cls, text: str, index: int = 0) -> ZoneCounter:
         p = parse_points(text, "--zone")
         d = p - p[0]
-        # all on one line (or one point) when no two of them span a parallelogram; not the
-        # signed area, which is 0 for a bow tie too
-        # every cross product, pairwise, against the polygon's size (rounding grows with it)
+        # All on one line (or one point) when no two of them span a parallelogram: every
+        # cross product, pairwise, against the polygon's size (rounding grows with it).
+        # Not the signed area, which is 0 for a bow tie too.
         if np.abs(d[:, :1] * d[:, 1] - d[:, 1:] * d[:, 0]).max() <= 1e-12 * max(1.0, np.abs(d).max()) ** 2:
             raise ValueError(f"--zone {text!r}: the points enclose no area (repeated or on one line)")
         return cls(p, index)

@@ -377,7 +377,8 @@ def run(opts: RunOptions) -> dict:
 
     Raises (before any frame is read):
         ModelFileError: the file is not a loadable TFLite model.
-        RunError: no sidecar or labels (and no override), unknown task, bad options.
+        RunError: no sidecar or labels (and no override), unknown task, bad options, outputs
+            that do not fit the task or its labels, an output file that cannot be written.
         SourceError: the source cannot be opened.
 
     Returns:
