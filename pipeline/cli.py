@@ -108,36 +108,38 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, default=None, help="segmentation: mask opacity 0-1")
     g = p.add_argument_group("tracking and counting (detection models)")
     g.add_argument("--track", action="store_true", help="follow objects across frames: ids, trails (ByteTrack)")
-    # Defaults of None: a tracking option given without --track is an error, not ignored
-    # (TrackOptions holds the defaults).
-    g.add_argument("--track-buffer", type=int, default=None, help="frames a lost track is kept (default 30)")
-    g.add_argument(
-        "--track-threshold",
-        type=float,
-        default=None,
-        help="score of a confident detection (default 0.4, below 0.9); new tracks start 0.1 above it",
-    )
-    g.add_argument("--match-iou", type=float, default=None, help="minimum IoU x score to continue a track (0.1)")
-    g.add_argument(
-        "--track-refind",
-        type=float,
-        default=None,
-        help="how far a lost track reaches for its object at most, box heights per frame lost (default 0.3; 0: off)",
-    )
-    g.add_argument(
-        "--count-line",
-        action="append",
-        default=[],
-        metavar="X1,Y1,X2,Y2",
-        help="count crossings of this segment, in source-frame pixels (repeatable)",
-    )
-    g.add_argument(
-        "--zone",
-        action="append",
-        default=[],
-        metavar="X1,Y1,X2,Y2,X3,Y3,...",
-        help="count occupancy of this polygon, in source-frame pixels (repeatable)",
-    )
+    for flag, (_, kind, text) in _TRACK_OPTIONS.items():
+        g.add_argument(flag, type=kind, default=None, help=text)
+    for flag, metavar, what in (
+        ("--count-line", "X1,Y1,X2,Y2", "crossings of this segment"),
+        ("--zone", "X1,Y1,X2,Y2,X3,Y3,...", "occupancy of this polygon"),
+    ):
+        g.add_argument(
+            flag,
+            action="append",
+            default=[],
+            metavar=metavar,
+            help=f"count {what}, in source-frame pixels (repeatable)",
+        )
+
+
+# The tracker's options: flag -> (TrackOptions field, type, help). Their defaults are
+# None, so that one given without --track is an error, not ignored; TrackOptions holds
+# the defaults.
+_TRACK_OPTIONS = {
+    "--track-buffer": ("buffer", int, "frames a lost track is kept (default 30)"),
+    "--track-threshold": (
+        "threshold",
+        float,
+        "score of a confident detection (default 0.4, below 0.9); new tracks start 0.1 above it",
+    ),
+    "--match-iou": ("match_iou", float, "minimum IoU x score to continue a track (0.1)"),
+    "--track-refind": (
+        "refind",
+        float,
+        "how far a lost track reaches for its object at most, box heights per frame lost (default 0.3; 0: off)",
+    ),
+}
 
 
 def _run(args) -> int:
@@ -174,21 +176,16 @@ def _run(args) -> int:
 def _track_options(args):
     from pipeline.runtime.tracking import TrackOptions
 
-    flags = {
-        "buffer": "--track-buffer",
-        "threshold": "--track-threshold",
-        "match_iou": "--match-iou",
-        "refind": "--track-refind",
-    }
-    given = {k: getattr(args, flag[2:].replace("-", "_")) for k, flag in flags.items()}
-    given = {k: v for k, v in given.items() if v is not None}
+    given = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in _TRACK_OPTIONS}  # argparse's dest
+    given = {flag: v for flag, v in given.items() if v is not None}
     if not args.track:
         if args.count_line or args.zone:
             raise UsageError("--count-line and --zone count tracked objects: add --track")
         if given:
-            raise UsageError(f"{', '.join(flags[k] for k in given)} set up the tracker: add --track")
+            raise UsageError(f"{', '.join(given)} set up the tracker: add --track")
         return None
-    return TrackOptions(lines=tuple(args.count_line), zones=tuple(args.zone), **given)
+    fields = {_TRACK_OPTIONS[flag][0]: v for flag, v in given.items()}
+    return TrackOptions(lines=tuple(args.count_line), zones=tuple(args.zone), **fields)
 
 
 def _resolve_for_train(args):

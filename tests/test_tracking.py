@@ -532,16 +532,22 @@ def test_the_printed_summary_numbers_lines_and_zones_as_the_events_do():
     ]
 
 
-def _lost_then_other(xs_a: list[float], gap: int, x_b: float) -> tuple[int, list[int], dict]:
-    """Object A (60x60, class 0) at centres ``xs_a``, one a frame, then gone; ``gap`` frames
-    after its last frame object B stands at ``x_b`` for 10 frames. A line at x=320."""
-    tr = Tracking(TrackOptions(lines=("320,0,320,480",)), ["a"])
+def _door(tr: Tracking):
+    """One frame of 60x60 class-0 objects at centres ``xs`` (y=240) into ``tr``: their track ids."""
 
     def step(frame, xs):
         p = {"boxes": np.array([box(x, 240, 60, 60) for x in xs]).reshape(-1, 4), "scores": np.full(len(xs), 0.9),
              "classes": np.zeros(len(xs), int)}  # fmt: skip
         return tr.step(p, frame)[0]["track_ids"].tolist()
 
+    return step
+
+
+def _lost_then_other(xs_a: list[float], gap: int, x_b: float) -> tuple[int, list[int], dict]:
+    """Object A (60x60, class 0) at centres ``xs_a``, one a frame, then gone; ``gap`` frames
+    after its last frame object B stands at ``x_b`` for 10 frames. A line at x=320."""
+    tr = Tracking(TrackOptions(lines=("320,0,320,480",)), ["a"])
+    step = _door(tr)
     for k, x in enumerate(xs_a):
         a = step(k, [x])[0]
     last = len(xs_a) - 1
@@ -574,12 +580,7 @@ def test_a_lost_track_that_stood_still_does_not_reach_across_the_frame(gap):
 def test_refind_follows_an_object_hidden_while_it_moves_on_and_counts_its_crossing_once():
     """A walks left at 4 px a frame, hidden 12 frames right of the line, back past it where it would be."""
     tr = Tracking(TrackOptions(lines=("320,0,320,480",)), ["a"])
-
-    def step(frame, xs):
-        p = {"boxes": np.array([box(x, 240, 60, 60) for x in xs]).reshape(-1, 4), "scores": np.full(len(xs), 0.9),
-             "classes": np.zeros(len(xs), int)}  # fmt: skip
-        return tr.step(p, frame)[0]["track_ids"].tolist()
-
+    step = _door(tr)
     first = [step(k, [450 - 4 * k]) for k in range(23)]  # last seen at x=362
     back = [step(f, [450 - 4 * f]) for f in range(34, 44)]  # x=314 and on
     assert all(ids == first[0] for ids in first + back)

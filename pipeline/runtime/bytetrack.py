@@ -503,7 +503,8 @@ class ByteTracker:
         along += (speed * gap)[:, None]
         ratio = (bd[3] - bd[1]) / h[:, None]
         same = (self.votes[lost].argmax(1)[:, None] == classes[dets]) & (ratio > 0.5) & (ratio < 2)
-        moving = speed * speed > (tl[16] + tl[17]) / 2  # speed above the velocity's standard deviation
+        vv = tl[_VV]  # speed above the x and y velocities' standard deviation (their variances' mean)
+        moving = 2 * speed * speed > vv[0] + vv[1]
         same &= (along >= -_REFIND_BACK * h[:, None]) | ~moving[:, None]
         r, c = match(np.where(same, dist, np.inf), 1.0)
         return lost[r], dets[c]

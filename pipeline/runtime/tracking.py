@@ -128,13 +128,13 @@ class Tracking:
     def check_frame(self, height: int, width: int) -> list[str]:
         """Warn about each line or zone that lies wholly outside a ``width`` × ``height``
         frame (coordinates given for another resolution, say): it can never count."""
+        shapes = [(f"--count-line {c.index}", np.stack([c.start, c.end])) for c in self.lines]
+        shapes += [(f"--zone {c.index}", c.polygon) for c in self.zones]
         outside = []
-        for kind, counters in (("--count-line", self.lines), ("--zone", self.zones)):
-            for c in counters:
-                pts = np.stack([c.start, c.end]) if kind == "--count-line" else c.polygon
-                (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
-                if x1 < 0 or y1 < 0 or x0 > width or y0 > height:
-                    outside.append(f"{kind} {c.index}")
+        for name, pts in shapes:
+            (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+            if x1 < 0 or y1 < 0 or x0 > width or y0 > height:
+                outside.append(name)
         if outside:
             log.warning(
                 "%s: wholly outside the %dx%d frame, so it never counts; coordinates are source-frame pixels",
