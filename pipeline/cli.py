@@ -95,6 +95,14 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-hud", dest="hud", action="store_false", help="no FPS/latency overlay")
     p.add_argument("--reconnect-attempts", type=int, default=10, help="reopen tries after a source fails")
     p.add_argument("--summary-json", type=Path, default=None, help="also write the summary as JSON")
+    p.add_argument(
+        "--summary-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="rewrite --summary-json this often while running, for live counts that survive a crash "
+        "(default 10; 0: at the end only)",
+    )
     g = p.add_argument_group("overrides (default: the model's sidecar)")
     g.add_argument("--task", default=None, help=" | ".join(task_names()))
     g.add_argument("--labels", default=None, help="labels file (one a line) or a comma-separated list")
@@ -146,6 +154,9 @@ def _run(args) -> int:
     from pipeline.runtime.runner import RunOptions, format_summary, run
 
     names = ("top_k", "score_threshold", "iou_threshold", "alpha")
+    if args.summary_every is not None and args.summary_json is None:
+        raise UsageError("--summary-every sets how often --summary-json is rewritten: add --summary-json")
+    every = {} if args.summary_every is None else {"summary_every": args.summary_every}
     opts = RunOptions(
         model=args.model,
         source=args.source,
@@ -161,6 +172,7 @@ def _run(args) -> int:
         output_fps=args.output_fps,
         jsonl=args.jsonl,
         summary_json=args.summary_json,
+        **every,
         max_frames=args.max_frames,
         pace=args.pace,
         loop=args.loop,

@@ -503,6 +503,54 @@ def test_a_summary_that_cannot_be_written_at_the_end_still_reaches_the_user(mode
 
 
 @pytest.mark.slow
+def test_the_summary_json_is_rewritten_while_the_run_goes_on(model, tmp_path, monkeypatch, caplog):
+    """A camera that runs for days: its counts can be read while it runs, whole at every
+    read, and a crash or power cut loses at most the last few seconds of them."""
+    import threading
+
+    from pipeline.runtime import runner
+
+    video, path = str(write_video(tmp_path / "v.avi", 30)), tmp_path / "s.json"
+    seen, done = [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            if path.exists():
+                seen.append(json.loads(path.read_text()))  # a JSONDecodeError here: a half-written file
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:  # --pace: 45 frames at 30 fps take 1.5 s
+        s = _run(model, video, loop=True, pace=True, max_frames=45, summary_json=path, summary_every=0.2)
+    finally:
+        done.set()
+        watcher.join()
+    running = [x["frames"] for x in seen if x["stopped_by"] is None]
+    assert len(running) >= 2 and 0 < running[0] < 45 and running == sorted(running)
+    assert s["stopped_by"] == "max frames" and json.loads(path.read_text())["frames"] == 45  # the last word
+
+    # A rewrite that fails (the disk filled for a while) is a warning; the run goes on to the end.
+    def full(p, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner, "write_text", full)
+    path.unlink()
+    s = _run(model, video, loop=True, pace=True, max_frames=20, summary_json=path, summary_every=0.1)
+    assert s["frames"] == 20 and json.loads(path.read_text())["stopped_by"] == "max frames"
+    assert "cannot rewrite it (No space left on device; 1 failed so far); the run goes on" in caplog.text
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(runner.RunError, match="--summary-every must be a number of seconds, at least 0"):
+            _run(model, video, summary_json=path, summary_every=bad)
+    from pipeline.cli import _run as cli_run
+    from pipeline.cli import parser
+    from pipeline.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="--summary-every sets how often --summary-json is rewritten"):
+        cli_run(parser().parse_args(["run", "--model", str(model), "--source", video, "--summary-every", "5"]))
+
+
+@pytest.mark.slow
 def test_a_file_source_that_fails_mid_stream_is_reopened_and_resumes(model, tmp_path):
     video = write_video(tmp_path / "v.avi", 20)
     src = FailingVideo(video, fail_after=8)

@@ -32,7 +32,7 @@ from pipeline.core.errors import ConfigError, MetadataError, ModelFileError, Mod
 from pipeline.core.images import InputSpec, prepare
 from pipeline.core.overlay import hud_panel, paste_hud
 from pipeline.core.registry import get_runtime
-from pipeline.core.rundir import atomic_path, write_json
+from pipeline.core.rundir import atomic_path, write_json, write_text
 from pipeline.core.sidecar import read_sidecar, sidecar_path
 from pipeline.runtime.sinks import Display, VideoSink, check_output_file, check_video_path
 from pipeline.runtime.sources import Capture, Frame, FrameSource, open_source, put_until_stopped
@@ -67,6 +67,10 @@ class RunOptions:
         output, jsonl, summary_json: the annotated video, a JSON line per frame, and the
             summary as JSON at the end; each written atomically, each checked before
             the first frame.
+        summary_every: seconds between rewrites of ``summary_json`` while the run goes
+            on (``stopped_by`` null until it ends), so a camera that runs for days shows
+            its counts as they grow and keeps them through a crash or a power cut;
+            0: at the end only.
         track: track detections across frames (ids, trails, line and zone counts);
             detection models only.
         parallel: how ``threads`` are used: ``frames`` (that many single-thread
@@ -97,6 +101,7 @@ class RunOptions:
     track: TrackOptions | None = None
     parallel: str = "frames"  # frames: `threads` single-thread interpreters on successive frames; ops: one
     summary_json: Path | None = None
+    summary_every: float = 10.0
 
 
 @dataclass
@@ -125,6 +130,8 @@ def load_model(opts: RunOptions) -> LoadedModel:
         low = 1 if name == "threads" else 0
         if getattr(opts, name) < low:
             raise RunError(f"{name} must be at least {low}, got {getattr(opts, name)}")
+    if not 0 <= opts.summary_every < float("inf"):  # NaN fails too
+        raise RunError(f"--summary-every must be a number of seconds, at least 0, got {opts.summary_every}")
     model = TFLiteModel(path, InputSpec(size=1), opts.threads)  # ModelFileError on a bad file
     side, md = None, None
     try:
@@ -414,12 +421,17 @@ def run(opts: RunOptions) -> dict:
             stack.callback(capture.stop)
             log.info("running %s (%s, %d px input) on %s", Path(opts.model).name, m.task_name, m.spec.size, source.name)
             loop = _Loop(m, opts, capture, *_open_outputs(stack, opts, capture))
-            t_start, cpu_start = time.perf_counter(), time.process_time()
+            clock = time.perf_counter(), time.process_time()
+            checkpoints = None
+            if opts.summary_json is not None and opts.summary_every > 0:
+                running = partial(_summary, loop, opts, source, clock, None)  # stopped_by null: running
+                checkpoints = _Checkpoints(Path(opts.summary_json), opts.summary_every, running)
+                stack.callback(checkpoints.close)  # a write in flight ends before the final one
             inference = _Inference(_interpreters(m, opts), capture).start()
             stack.callback(inference.stop)  # before capture.stop: it may be waiting on a frame
-            reason.append(_drive(loop, inference, stop, opts.max_frames))
-            wall, cpu = time.perf_counter() - t_start, time.process_time() - cpu_start
-        summary = {**_summary(loop, opts, source, wall, reason[0]), "cpu_s": round(cpu, 3)}
+            reason.append(_drive(loop, inference, stop, opts.max_frames, checkpoints))
+            ended = time.perf_counter(), time.process_time()
+        summary = _summary(loop, opts, source, clock, reason[0], ended)
         if opts.summary_json is not None:  # still under the signal handlers: never half written
             try:
                 write_json(opts.summary_json, summary)
@@ -571,8 +583,57 @@ class _Inference:
                 return
 
 
-def _drive(loop: _Loop, inference: _Inference, stop: threading.Event, max_frames: int) -> str:
+class _Checkpoints:
+    """Rewrites ``--summary-json`` every ``every`` seconds of a run, atomically: a reader
+    (a dashboard polling the counts) always finds a whole file, and a run killed by a
+    crash or a power cut leaves its counts as they were at most ``every`` seconds before.
+
+    The summary is built on the main thread (it reads the live counters) and written on
+    a thread of its own: on an SD card, a write and its fsync can take longer than many
+    frames. A write still going when the next is due is not doubled up: that one is
+    skipped. A failed write (the disk filled) is a warning and the run goes on; the
+    write at the end reports it as an error."""
+
+    def __init__(self, path: Path, every: float, summary) -> None:
+        self.path, self.every, self.summary = path, every, summary
+        self.failures = 0
+        self._due = time.monotonic() + every
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now < self._due:
+            return
+        self._due = now + self.every
+        if self._thread is not None and self._thread.is_alive():
+            return
+        text = json.dumps(self.summary(), indent=2) + "\n"  # a snapshot: the counters go on changing
+        self._thread = threading.Thread(target=self._write, args=(text,), name="summary-writer", daemon=True)
+        self._thread.start()
+
+    def _write(self, text: str) -> None:
+        try:
+            write_text(self.path, text)
+        except OSError as e:
+            self.failures += 1
+            log.warning(
+                "--summary-json %s: cannot rewrite it (%s; %d failed so far); the run goes on",
+                self.path,
+                e.strerror or e,
+                self.failures,
+            )
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _drive(
+    loop: _Loop, inference: _Inference, stop: threading.Event, max_frames: int, checkpoints: _Checkpoints | None = None
+) -> str:
     while not stop.is_set():
+        if checkpoints is not None:
+            checkpoints.tick()
         if max_frames and loop.frames >= max_frames:
             return "max frames"
         try:
@@ -586,8 +647,14 @@ def _drive(loop: _Loop, inference: _Inference, stop: threading.Event, max_frames
     return "signal"
 
 
-def _summary(loop: _Loop, opts: RunOptions, source: FrameSource, wall: float, reason: str) -> dict:
+def _summary(
+    loop: _Loop, opts: RunOptions, source: FrameSource, start: tuple, reason: str | None, end: tuple | None = None
+) -> dict:
+    """The run's summary; ``start`` and ``end`` are (wall, CPU) clock readings, ``end``
+    now by default (a summary written while the run goes on, ``reason`` None)."""
     cap = loop.capture
+    end = end or (time.perf_counter(), time.process_time())
+    wall, cpu = end[0] - start[0], end[1] - start[1]
     return {
         "source": source.name,
         "model": str(opts.model),
@@ -606,6 +673,7 @@ def _summary(loop: _Loop, opts: RunOptions, source: FrameSource, wall: float, re
         **({"tracking": loop.tracking.summary()} if loop.tracking is not None else {}),
         "output": str(opts.output) if opts.output else None,
         "jsonl": str(opts.jsonl) if opts.jsonl else None,
+        "cpu_s": round(cpu, 3),
     }
 
 
