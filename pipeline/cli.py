@@ -86,7 +86,12 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--output", type=Path, default=None, help="write the annotated video (.mp4, .avi)")
     p.add_argument("--output-fps", type=float, default=None, help="frame rate of --output (default: the source's)")
-    p.add_argument("--jsonl", type=Path, default=None, help="one JSON line per frame: predictions and timings")
+    p.add_argument(
+        "--jsonl",
+        type=Path,
+        default=None,
+        help="one JSON line per frame: predictions and timings (appended as they come from a camera or stream)",
+    )
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: until the source ends)")
     p.add_argument("--no-display", dest="display", action="store_false", default=None, help="run headless")
     p.add_argument("--display", dest="display", action="store_true", help="show a window even without $DISPLAY")

@@ -550,6 +550,76 @@ def test_the_summary_json_is_rewritten_while_the_run_goes_on(model, tmp_path, mo
         cli_run(parser().parse_args(["run", "--model", str(model), "--source", video, "--summary-every", "5"]))
 
 
+class SlowCamera(VideoSource):
+    """A camera stand-in: a video file read as a live source, a frame every ``delay_s``."""
+
+    def __init__(self, path: Path, delay_s: float) -> None:
+        super().__init__(str(path))
+        self.live, self.delay_s = True, delay_s
+
+    def read(self):
+        time.sleep(self.delay_s)
+        return super().read()
+
+
+@pytest.mark.slow
+def test_a_live_sources_jsonl_is_appended_as_it_comes(model, tmp_path):
+    """A camera has no end to wait for: its JSONL grows while it runs (``tail -f``), and
+    a restarted service carries on the file, after a line a power cut left unfinished."""
+    import threading
+
+    path = tmp_path / "live.jsonl"
+    path.write_text('{"frame": 0}\n{"frame": 1, "predi')  # an earlier run, cut off mid-line
+    video = write_video(tmp_path / "v.avi", 60)
+    counts, done = [], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            counts.append(len(path.read_text().splitlines()))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:  # 50 frames, one every 30 ms: 1.5 s, and lines go out once a second
+        s = _run(model, SlowCamera(video, 0.03), jsonl=path, max_frames=50)
+    finally:
+        done.set()
+        watcher.join()
+    lines = path.read_text().splitlines()
+    assert lines[:2] == ['{"frame": 0}', '{"frame": 1, "predi']  # kept, and the cut line ended
+    assert [json.loads(x)["frame"] for x in lines[2:]] == list(range(s["frames"])) and s["frames"] == 50
+    assert any(2 < n < 52 for n in counts)  # lines were there while the run went on
+
+
+def test_live_lines_lose_what_a_full_disk_refuses_and_go_on(tmp_path, caplog):
+    from pipeline.runtime.sinks import LiveLines
+
+    class Full:
+        """The file, on a disk with ``room`` bytes left."""
+
+        def __init__(self, f, room: int) -> None:
+            self.f, self.room = f, room
+
+        def write(self, b) -> int:
+            if not self.room:
+                raise OSError(28, "No space left on device")
+            n = min(len(b), self.room)
+            self.room -= n
+            return self.f.write(b[:n])
+
+    path = tmp_path / "l.jsonl"
+    with LiveLines(path, every_s=0) as lines:
+        lines.write('{"a": 1}\n')
+        real = lines._f
+        lines._f = Full(real, 5)
+        lines.write('{"b": 2}\n')  # 5 bytes go out, then the disk is full
+        lines.write('{"c": 3}\n')  # nothing goes out
+        lines._f = real  # space again
+        lines.write('{"d": 4}\n')
+    assert path.read_text().splitlines() == ['{"a": 1}', '{"b":', '{"d": 4}']
+    assert "No space left on device; 2 lines lost so far, the run goes on" in caplog.text
+
+
 @pytest.mark.slow
 def test_a_file_source_that_fails_mid_stream_is_reopened_and_resumes(model, tmp_path):
     video = write_video(tmp_path / "v.avi", 20)

@@ -34,7 +34,7 @@ from pipeline.core.overlay import hud_panel, paste_hud
 from pipeline.core.registry import get_runtime
 from pipeline.core.rundir import atomic_path, write_json, write_text
 from pipeline.core.sidecar import read_sidecar, sidecar_path
-from pipeline.runtime.sinks import Display, VideoSink, check_output_file, check_video_path
+from pipeline.runtime.sinks import Display, LiveLines, VideoSink, check_output_file, check_video_path
 from pipeline.runtime.sources import Capture, Frame, FrameSource, open_source, put_until_stopped
 from pipeline.runtime.stats import StageStats
 from pipeline.runtime.tflite_model import TFLiteModel
@@ -66,7 +66,8 @@ class RunOptions:
         max_frames: stop after this many frames (0: until the source ends).
         output, jsonl, summary_json: the annotated video, a JSON line per frame, and the
             summary as JSON at the end; each written atomically, each checked before
-            the first frame.
+            the first frame. From a camera or stream (no end), the JSON lines are
+            appended as they come instead (:class:`~pipeline.runtime.sinks.LiveLines`).
         summary_every: seconds between rewrites of ``summary_json`` while the run goes
             on (``stopped_by`` null until it ends), so a camera that runs for days shows
             its counts as they grow and keeps them through a crash or a power cut;
@@ -450,7 +451,9 @@ def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Captur
         tmp = stack.enter_context(atomic_path(opts.output))
         sink = VideoSink(tmp, opts.output_fps or capture.fps or 30.0)
         stack.callback(sink.close)
-    if opts.jsonl is not None:
+    if opts.jsonl is not None and capture.source.live:
+        jsonl = stack.enter_context(LiveLines(Path(opts.jsonl)))
+    elif opts.jsonl is not None:
         jsonl = stack.enter_context(open(stack.enter_context(atomic_path(opts.jsonl)), "w"))
     show = opts.display
     if show is None:

@@ -7,6 +7,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -48,6 +49,69 @@ def check_output_file(path: Path, what: str) -> None:
             os.rmdir(tempfile.mkdtemp(prefix=".edgepipe.", suffix=".check", dir=existing))
     except OSError as e:
         raise ValueError(f"{what} {path}: cannot write in {existing} ({e.strerror or e})") from None
+
+
+class LiveLines:
+    """A JSON-lines file for a camera or stream, which has no end to wait for: lines are
+    appended as they come, written out once a second, so ``tail -f`` follows the run,
+    a crash loses at most the last second, and a restarted service carries on the
+    same file. Each write is of whole lines. A line a power cut left unfinished is
+    ended first, so the lines after it parse. A write that fails (the disk filled)
+    loses its lines with a warning that counts them, and the run goes on: a counter
+    that runs for days must not stop for its log. (From a file source the JSONL is
+    written atomically at the end instead: it is a batch job's result.)"""
+
+    def __init__(self, path: Path, every_s: float = 1.0) -> None:
+        self.path, self.every_s = Path(path), every_s
+        self._pending: list[str] = []
+        self._due = 0.0
+        self.lost = 0  # lines a failed write lost
+        self._cut = False  # a failed write stopped inside a line
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a+b", buffering=0)  # a+: read back the last byte of an earlier run
+        if self._f.seek(0, os.SEEK_END) > 0:
+            self._f.seek(-1, os.SEEK_END)
+            if self._f.read(1) != b"\n":
+                self._f.write(b"\n")
+
+    def write(self, line: str) -> None:
+        self._pending.append(line)
+        now = time.monotonic()
+        if now >= self._due:
+            self._due = now + self.every_s
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        data = (("\n" if self._cut else "") + "".join(self._pending)).encode()  # whole lines
+        view = memoryview(data)
+        try:
+            while view:  # an unbuffered write may take part of it
+                view = view[self._f.write(view) :]
+            self._cut = False
+        except OSError as e:
+            # The lines not written whole are lost; one cut short is ended by the next write.
+            self._cut = self._cut or len(view) < len(data)
+            self.lost += len(self._pending)
+            log.warning("--jsonl %s: %s; %d lines lost so far, the run goes on", self.path, e.strerror or e, self.lost)
+        self._pending.clear()
+
+    def close(self) -> None:
+        if self._f.closed:
+            return
+        self.flush()
+        try:
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            log.warning("--jsonl %s: %s", self.path, e.strerror or e)
+        self._f.close()
+
+    def __enter__(self) -> LiveLines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class VideoSink:
