@@ -106,7 +106,7 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SECONDS",
         help="rewrite --summary-json this often while running, for live counts that survive a crash "
-        "(default 10; 0: at the end only)",
+        "(default: 10 from a camera or stream, only at the end from a file; 0: only at the end)",
     )
     g = p.add_argument_group("overrides (default: the model's sidecar)")
     g.add_argument("--task", default=None, help=" | ".join(task_names()))
@@ -161,7 +161,6 @@ def _run(args) -> int:
     names = ("top_k", "score_threshold", "iou_threshold", "alpha")
     if args.summary_every is not None and args.summary_json is None:
         raise UsageError("--summary-every sets how often --summary-json is rewritten: add --summary-json")
-    every = {} if args.summary_every is None else {"summary_every": args.summary_every}
     opts = RunOptions(
         model=args.model,
         source=args.source,
@@ -177,7 +176,7 @@ def _run(args) -> int:
         output_fps=args.output_fps,
         jsonl=args.jsonl,
         summary_json=args.summary_json,
-        **every,
+        summary_every=args.summary_every,
         max_frames=args.max_frames,
         pace=args.pace,
         loop=args.loop,

@@ -510,33 +510,43 @@ def test_the_summary_json_is_rewritten_while_the_run_goes_on(model, tmp_path, mo
 
     from pipeline.runtime import runner
 
-    video, path = str(write_video(tmp_path / "v.avi", 30)), tmp_path / "s.json"
-    seen, done = [], threading.Event()
+    video, path = write_video(tmp_path / "v.avi", 60), tmp_path / "s.json"
 
-    def watch():
-        while not done.is_set():
-            if path.exists():
-                seen.append(json.loads(path.read_text()))  # a JSONDecodeError here: a half-written file
-            time.sleep(0.01)
+    def watched(source, **kw) -> tuple[dict, list[int]]:
+        """The run's summary, and the frame counts of the summaries read while it ran."""
+        seen, done = [], threading.Event()
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:  # --pace: 45 frames at 30 fps take 1.5 s
-        s = _run(model, video, loop=True, pace=True, max_frames=45, summary_json=path, summary_every=0.2)
-    finally:
-        done.set()
-        watcher.join()
-    running = [x["frames"] for x in seen if x["stopped_by"] is None]
+        def watch():
+            while not done.is_set():
+                if path.exists():
+                    seen.append(json.loads(path.read_text()))  # a JSONDecodeError here: a half-written file
+                time.sleep(0.01)
+
+        path.unlink(missing_ok=True)
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            s = _run(model, source, summary_json=path, **kw)
+        finally:
+            done.set()
+            watcher.join()
+        assert json.loads(path.read_text()) == json.loads(json.dumps(s))  # the last word: the final summary
+        return s, [x["frames"] for x in seen if x["stopped_by"] is None]
+
+    s, running = watched(SlowCamera(video, 0.03), max_frames=45, summary_every=0.2)  # 1.35 s
+    assert s["stopped_by"] == "max frames" and s["frames"] == 45
     assert len(running) >= 2 and 0 < running[0] < 45 and running == sorted(running)
-    assert s["stopped_by"] == "max frames" and json.loads(path.read_text())["frames"] == 45  # the last word
+    # From a file (a batch job) by default it appears once, complete, when the run is done.
+    s, running = watched(str(video), pace=True, max_frames=30)  # 1.2 s at 25 fps
+    assert s["frames"] == 30 and not running
 
     # A rewrite that fails (the disk filled for a while) is a warning; the run goes on to the end.
     def full(p, text):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(runner, "write_text", full)
-    path.unlink()
-    s = _run(model, video, loop=True, pace=True, max_frames=20, summary_json=path, summary_every=0.1)
+    video = str(video)
+    s = _run(model, video, pace=True, max_frames=20, summary_json=path, summary_every=0.1)
     assert s["frames"] == 20 and json.loads(path.read_text())["stopped_by"] == "max frames"
     assert "cannot rewrite it (No space left on device; 1 failed so far); the run goes on" in caplog.text
     for bad in (-1.0, float("nan"), float("inf")):

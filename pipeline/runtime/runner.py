@@ -71,7 +71,8 @@ class RunOptions:
         summary_every: seconds between rewrites of ``summary_json`` while the run goes
             on (``stopped_by`` null until it ends), so a camera that runs for days shows
             its counts as they grow and keeps them through a crash or a power cut;
-            0: at the end only.
+            0: at the end only. None: every 10 s from a camera or stream, at the end
+            only from a file (whose outputs appear complete when it is done).
         track: track detections across frames (ids, trails, line and zone counts);
             detection models only.
         parallel: how ``threads`` are used: ``frames`` (that many single-thread
@@ -102,7 +103,7 @@ class RunOptions:
     track: TrackOptions | None = None
     parallel: str = "frames"  # frames: `threads` single-thread interpreters on successive frames; ops: one
     summary_json: Path | None = None
-    summary_every: float = 10.0
+    summary_every: float | None = None
 
 
 @dataclass
@@ -131,7 +132,7 @@ def load_model(opts: RunOptions) -> LoadedModel:
         low = 1 if name == "threads" else 0
         if getattr(opts, name) < low:
             raise RunError(f"{name} must be at least {low}, got {getattr(opts, name)}")
-    if not 0 <= opts.summary_every < float("inf"):  # NaN fails too
+    if opts.summary_every is not None and not 0 <= opts.summary_every < float("inf"):  # NaN fails too
         raise RunError(f"--summary-every must be a number of seconds, at least 0, got {opts.summary_every}")
     model = TFLiteModel(path, InputSpec(size=1), opts.threads)  # ModelFileError on a bad file
     side, md = None, None
@@ -424,9 +425,10 @@ def run(opts: RunOptions) -> dict:
             loop = _Loop(m, opts, capture, *_open_outputs(stack, opts, capture))
             clock = time.perf_counter(), time.process_time()
             checkpoints = None
-            if opts.summary_json is not None and opts.summary_every > 0:
+            every = opts.summary_every if opts.summary_every is not None else 10.0 if source.live else 0.0
+            if opts.summary_json is not None and every > 0:
                 running = partial(_summary, loop, opts, source, clock, None)  # stopped_by null: running
-                checkpoints = _Checkpoints(Path(opts.summary_json), opts.summary_every, running)
+                checkpoints = _Checkpoints(Path(opts.summary_json), every, running)
                 stack.callback(checkpoints.close)  # a write in flight ends before the final one
             inference = _Inference(_interpreters(m, opts), capture).start()
             stack.callback(inference.stop)  # before capture.stop: it may be waiting on a frame
