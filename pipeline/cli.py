@@ -121,6 +121,12 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, default=None, help="segmentation: mask opacity 0-1")
     g = p.add_argument_group("tracking and counting (detection models)")
     g.add_argument("--track", action="store_true", help="follow objects across frames: ids, trails (ByteTrack)")
+    g.add_argument(
+        "--resume-counts",
+        action="store_true",
+        help="carry on the line and zone counts in an existing --summary-json (the same lines and zones): "
+        "a restarted counter keeps its totals",
+    )
     for flag, (_, kind, text) in _TRACK_OPTIONS.items():
         g.add_argument(flag, type=kind, default=None, help=text)
     for flag, metavar, what in (
@@ -159,8 +165,9 @@ def _run(args) -> int:
     from pipeline.runtime.runner import RunOptions, format_summary, run
 
     names = ("top_k", "score_threshold", "iou_threshold", "alpha")
-    if args.summary_every is not None and args.summary_json is None:
-        raise UsageError("--summary-every sets how often --summary-json is rewritten: add --summary-json")
+    for flag, given in (("--summary-every", args.summary_every is not None), ("--resume-counts", args.resume_counts)):
+        if given and args.summary_json is None:
+            raise UsageError(f"{flag} is about the --summary-json file: add --summary-json")
     opts = RunOptions(
         model=args.model,
         source=args.source,
@@ -183,6 +190,7 @@ def _run(args) -> int:
         hud=args.hud,
         reconnect_attempts=args.reconnect_attempts,
         track=_track_options(args),
+        resume_counts=args.resume_counts,
         parallel=args.parallel,
     )
     print(format_summary(run(opts)))  # run() writes --summary-json
@@ -195,6 +203,8 @@ def _track_options(args):
     given = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in _TRACK_OPTIONS}  # argparse's dest
     given = {flag: v for flag, v in given.items() if v is not None}
     if not args.track:
+        if args.resume_counts:
+            raise UsageError("--resume-counts carries on tracked objects' counts: add --track")
         if args.count_line or args.zone:
             raise UsageError("--count-line and --zone count tracked objects: add --track")
         if given:

@@ -375,3 +375,49 @@ def test_yolo_layout_mistakes_are_clear_errors(tmp_path, caplog):
     for names_yaml in ("{1: dog, 0: cat}", "{'1': dog, '0': cat}"):  # Ultralytics writes both
         data_yaml.write_text(f"path: .\ntrain: images/train\nnames: {names_yaml}\n")
         assert D.read_yolo_yaml(data_yaml)[2] == ("cat", "dog")
+
+
+@pytest.mark.slow
+def test_a_restarted_counter_carries_on_its_saved_counts(det_chain, tmp_path):
+    """``edgepipe run --track --resume-counts``: the totals in --summary-json go on, the
+    track ids start above the earlier run's; a summary of other lines, or not a summary,
+    is an error before any frame, and the file is left as it was."""
+    from pipeline.core.errors import RunError
+    from pipeline.runtime.runner import RunOptions, run
+    from pipeline.runtime.tracking import TrackOptions
+
+    run_dir, _ = det_chain
+    model = json.loads((run_dir.path / "exports.json").read_text())["variants"]["int8"]
+    video = tmp_path / "v.avi"
+    out = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (96, 96))
+    for i in range(12):
+        f = np.full((96, 96, 3), 80, np.uint8)
+        cv2.rectangle(f, (10 + 4 * i, 30), (40 + 4 * i, 60), (255, 255, 255), -1)
+        out.write(f)
+    out.release()
+    summary = tmp_path / "counts.json"
+
+    def go(lines=("48,0,48,96",), **kw) -> dict:
+        track = TrackOptions(lines=lines, zones=("0,0,96,0,96,96",))
+        return run(RunOptions(model=model, source=str(video), display=False, track=track, summary_json=summary, **kw))
+
+    assert go(resume_counts=True)["frames"] == 12  # no file yet: counting from 0
+    saved = json.loads(summary.read_text())
+    saved["tracking"]["lines"][0]["in"]["earlier"] = 3  # as if the earlier run had counted 3 in
+    saved["tracking"]["zones"][0]["entries"]["earlier"] = 5
+    saved["tracking"]["next_track_id"] = 1000
+    summary.write_text(json.dumps(saved))
+    t = go(resume_counts=True)["tracking"]
+    assert t["lines"][0]["in"]["earlier"] == 3 and t["zones"][0]["entries"]["earlier"] == 5
+    assert t["next_track_id"] >= 1000 and t["tracks"] >= saved["tracking"]["tracks"]
+    assert json.loads(summary.read_text())["tracking"] == t
+    kept = summary.read_text()
+    with pytest.raises(RunError, match=r"--resume-counts .*counts.json: its --count-line .* differ from this run's"):
+        go(lines=("10,0,10,96",), resume_counts=True)
+    assert summary.read_text() == kept
+    assert "earlier" not in go()["tracking"]["lines"][0]["in"]  # without --resume-counts: from 0
+    summary.write_text("{not json")
+    with pytest.raises(RunError, match="counts.json: cannot read a summary from it"):
+        go(resume_counts=True)
+    with pytest.raises(RunError, match="--resume-counts carries on the counts in --summary-json: it needs --track"):
+        run(RunOptions(model=model, source=str(video), display=False, resume_counts=True, summary_json=summary))

@@ -556,7 +556,7 @@ def test_the_summary_json_is_rewritten_while_the_run_goes_on(model, tmp_path, mo
     from pipeline.cli import parser
     from pipeline.core.errors import UsageError
 
-    with pytest.raises(UsageError, match="--summary-every sets how often --summary-json is rewritten"):
+    with pytest.raises(UsageError, match="--summary-every is about the --summary-json file: add --summary-json"):
         cli_run(parser().parse_args(["run", "--model", str(model), "--source", video, "--summary-every", "5"]))
 
 

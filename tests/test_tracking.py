@@ -490,6 +490,8 @@ def test_tracking_options_without_track_are_errors_and_with_it_keep_the_defaults
         options("--track-buffer", "5", "--match-iou", "7")
     with pytest.raises(UsageError, match="--count-line and --zone count tracked objects: add --track"):
         options("--count-line", "1,2,3,4")
+    with pytest.raises(UsageError, match="--resume-counts carries on tracked objects' counts: add --track"):
+        options("--resume-counts", "--summary-json", "c.json")
     assert options("--track") == TrackOptions()
     got = options("--track", "--track-refind", "0", "--track-threshold", "0.5", "--count-line", "1,2,3,4")
     assert got == TrackOptions(threshold=0.5, refind=0.0, lines=("1,2,3,4",))
@@ -641,3 +643,46 @@ def test_a_standing_object_that_jitters_keeps_its_id_wherever_it_comes_back_near
             ids = t.update(back, np.array([0.9]), np.array([0]), frame=k).ids
         kept.append(a in ids)
     assert all(kept)
+
+
+def test_resume_carries_on_the_counts_and_ids_of_an_earlier_run():
+    """A counter restarted after a power cut: the totals go on from the saved summary,
+    new ids start above the earlier run's, and a summary of other lines is refused."""
+    import json
+
+    opts = TrackOptions(lines=("100,0,100,200",), zones=("0,0,300,0,300,300,0,300",))
+
+    def preds(x):
+        return {"boxes": np.array([box(x, 50)]), "scores": np.array([0.9]), "classes": np.array([0])}
+
+    walk = range(60, 141, 5)
+    first = Tracking(opts, ["p"])
+    for k, x in enumerate(walk):  # crosses once
+        first.step(preds(x), k)
+    saved = json.loads(json.dumps(first.summary()))  # as --summary-json holds it
+    assert saved["lines"][0]["in"] == {"p": 1} or saved["lines"][0]["out"] == {"p": 1}
+    assert saved["zones"][0]["entries"] == {} and saved["next_track_id"] == 2
+    again = Tracking(opts, ["p"])
+    again.resume(saved, "c.json")
+    ids = [again.step(preds(x), k)[0]["track_ids"].tolist() for k, x in enumerate(walk)]
+    assert ids[-1] == [2]  # above the earlier run's: unique in a JSONL both runs append to
+    s = again.summary()
+    line = s["lines"][0]
+    assert sum(line["in"].values()) + sum(line["out"].values()) == 2 and s["tracks"] == 2
+    assert s["zones"][0]["inside"] == {"p": 1}  # who is inside now is what the camera sees
+    bad = [
+        (
+            {**saved, "lines": []},
+            r"c.json: its --count-line \[\] differ from this run's \[\[100.0, 0.0, 100.0, 200.0\]\]",
+        ),
+        ({**saved, "zones": [{"zone": [[0, 0], [1, 0], [0, 1]]}]}, "c.json: its --zone .* differ from this run's"),
+        (
+            {**saved, "lines": [{**saved["lines"][0], "in": {"p": -1}}]},
+            "c.json: line 0 'in' is not a count per label",
+        ),
+        ({**saved, "tracks": "many"}, "'tracks' and 'next_track_id' must be whole numbers"),
+        (None, "c.json: no tracking counts in it"),
+    ]
+    for summary, message in bad:
+        with pytest.raises(ValueError, match=message):
+            Tracking(opts, ["p"]).resume(summary, "c.json")

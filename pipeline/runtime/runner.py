@@ -75,6 +75,9 @@ class RunOptions:
             only from a file (whose outputs appear complete when it is done).
         track: track detections across frames (ids, trails, line and zone counts);
             detection models only.
+        resume_counts: carry on the line and zone counts (and track ids) in an existing
+            ``summary_json`` of the same lines and zones: a counter restarted after a
+            crash or power cut keeps its totals (:meth:`Tracking.resume`).
         parallel: how ``threads`` are used: ``frames`` (that many single-thread
             interpreters on successive frames, results in frame order: the most frames
             per second) or ``ops`` (one interpreter with that many threads: the least
@@ -104,6 +107,7 @@ class RunOptions:
     parallel: str = "frames"  # frames: `threads` single-thread interpreters on successive frames; ops: one
     summary_json: Path | None = None
     summary_every: float | None = None
+    resume_counts: bool = False
 
 
 @dataclass
@@ -308,11 +312,13 @@ def _stop_on_signals(stop: threading.Event, reason: list):
 class _Loop:
     """One run's state: the model, the outputs and the statistics."""
 
-    def __init__(self, m: LoadedModel, opts: RunOptions, capture: Capture, sink, jsonl, display) -> None:
+    def __init__(
+        self, m: LoadedModel, opts: RunOptions, capture: Capture, sink, jsonl, display, tracking: Tracking | None
+    ) -> None:
         self.m, self.task, self.opts = m, m.task, opts
         self.capture, self.sink, self.jsonl, self.display = capture, sink, jsonl, display
         self.stats = StageStats((*STAGES, LATENCY))
-        self.tracking = Tracking(opts.track, m.class_names) if opts.track is not None else None
+        self.tracking = tracking
         # With tracking, the tracker sees low-score detections too (ByteTrack's second stage).
         self.task_options = dict(opts.task_options)
         if self.tracking is not None:
@@ -403,6 +409,9 @@ def run(opts: RunOptions) -> dict:
                 check_output_file(Path(path), flag)
     except ValueError as e:
         raise RunError(str(e)) from None
+    tracking = Tracking(opts.track, m.class_names) if opts.track is not None else None
+    if opts.resume_counts:
+        _resume_counts(tracking, opts)
     source = opts.source if isinstance(opts.source, FrameSource) else open_source(opts.source, loop=opts.loop)
     stop, reason = threading.Event(), []
     # Signal handlers stay in place while the outputs are finalised, so a SIGTERM
@@ -422,7 +431,7 @@ def run(opts: RunOptions) -> dict:
             ).start()  # SourceError here, before any output file exists
             stack.callback(capture.stop)
             log.info("running %s (%s, %d px input) on %s", Path(opts.model).name, m.task_name, m.spec.size, source.name)
-            loop = _Loop(m, opts, capture, *_open_outputs(stack, opts, capture))
+            loop = _Loop(m, opts, capture, *_open_outputs(stack, opts, capture), tracking)
             clock = time.perf_counter(), time.process_time()
             checkpoints = None
             every = opts.summary_every if opts.summary_every is not None else 10.0 if source.live else 0.0
@@ -443,6 +452,27 @@ def run(opts: RunOptions) -> dict:
                     f"--summary-json {opts.summary_json}: {e.strerror or e}; the summary was:\n{format_summary(summary)}"
                 ) from None
     return summary
+
+
+def _resume_counts(tracking: Tracking | None, opts: RunOptions) -> None:
+    """``--resume-counts``: the counts in ``--summary-json``, if it exists, are where
+    ``tracking`` starts; a file that is not such a summary is an error before any frame."""
+    if tracking is None or opts.summary_json is None:
+        raise RunError("--resume-counts carries on the counts in --summary-json: it needs --track and --summary-json")
+    path = Path(opts.summary_json)
+    if not path.exists():
+        log.info("--resume-counts: %s does not exist yet; counting from 0", path)
+        return
+    where = f"--resume-counts {path}"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise RunError(f"{where}: cannot read a summary from it ({e})") from None
+    try:
+        tracking.resume(saved.get("tracking") if isinstance(saved, dict) else None, where)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    log.info("%s: carrying on its counts (%d tracks so far)", where, tracking.seen)
 
 
 def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Capture) -> tuple:

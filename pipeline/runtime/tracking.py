@@ -184,6 +184,53 @@ class Tracking:
         return {
             "tracks": self.seen,
             "resets": self.resets,
+            "next_track_id": self.tracker.next_id,
             "lines": [c.summary() for c in self.lines],
             "zones": [c.summary() for c in self.zones],
         }
+
+    def resume(self, saved: dict, where: str) -> None:
+        """Carry on from an earlier run's counts (its summary's ``tracking`` part): a
+        counter restarted after a crash or a power cut keeps the day's totals, and new
+        track ids start above the earlier run's, so ids stay unique in a JSONL that the
+        runs append to. The lines and zones must be the same, in the same order; who is
+        inside a zone now is what the camera sees, not carried on. A ValueError names
+        ``where`` and what does not fit."""
+
+        def counts(d, what: str) -> dict[str, int]:
+            if not isinstance(d, dict) or not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in d.items()
+            ):
+                raise ValueError(f"{where}: {what} is not a count per label ({str(d)[:80]})")
+            return dict(d)
+
+        if not isinstance(saved, dict) or not {"tracks", "lines", "zones"} <= saved.keys():
+            raise ValueError(f"{where}: no tracking counts in it (a summary written with --track has them)")
+        lines, zones = saved["lines"], saved["zones"]
+        ours = [c.summary()["line"] for c in self.lines], [c.summary()["zone"] for c in self.zones]
+        for what, got, want, key in (("--count-line", lines, ours[0], "line"), ("--zone", zones, ours[1], "zone")):
+            theirs = [s.get(key) if isinstance(s, dict) else None for s in got] if isinstance(got, list) else None
+            if (
+                theirs is None
+                or len(theirs) != len(want)
+                or any(np.shape(a) != np.shape(b) or not np.allclose(a, b) for a, b in zip(theirs, want))
+            ):
+                raise ValueError(
+                    f"{where}: its {what} {theirs} differ from this run's {want}: the counts would not be "
+                    "of the same places (same lines and zones, same order; or start a new file)"
+                )
+        resumed = (
+            [{d: counts(s.get(d), f"line {k} {d!r}") for d in ("in", "out")} for k, s in enumerate(lines)],
+            [counts(s.get("entries"), f"zone {k} 'entries'") for k, s in enumerate(zones)],
+        )
+        seen, next_id = saved["tracks"], saved.get("next_track_id", 1)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (seen, next_id)):
+            raise ValueError(f"{where}: 'tracks' and 'next_track_id' must be whole numbers, got {seen!r}, {next_id!r}")
+        for c, got in zip(self.lines, resumed[0]):
+            c.counts = got
+        for z, got in zip(self.zones, resumed[1]):
+            z.entries = got
+        self.seen = seen
+        # ids of the tracks from here on are above every one the earlier run gave
+        self.tracker.next_id = max(self.tracker.next_id, next_id, seen + 1)
+        self._last_id = self.tracker.next_id - 1
