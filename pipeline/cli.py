@@ -90,7 +90,7 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
         "--jsonl",
         type=Path,
         default=None,
-        help="one JSON line per frame: predictions and timings (appended as they come from a camera or stream)",
+        help="one JSON line per frame: predictions and timings (from a camera or stream, written as they come)",
     )
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: until the source ends)")
     p.add_argument("--no-display", dest="display", action="store_false", default=None, help="run headless")

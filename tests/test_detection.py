@@ -378,7 +378,7 @@ def test_yolo_layout_mistakes_are_clear_errors(tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_a_restarted_counter_carries_on_its_saved_counts(det_chain, tmp_path):
+def test_a_restarted_counter_carries_on_its_saved_counts(det_chain, tmp_path, monkeypatch):
     """``edgepipe run --track --resume-counts``: the totals in --summary-json go on, the
     track ids start above the earlier run's; a summary of other lines, or not a summary,
     is an error before any frame, and the file is left as it was."""
@@ -397,9 +397,10 @@ def test_a_restarted_counter_carries_on_its_saved_counts(det_chain, tmp_path):
     out.release()
     summary = tmp_path / "counts.json"
 
-    def go(lines=("48,0,48,96",), **kw) -> dict:
+    def go(lines=("48,0,48,96",), source=None, **kw) -> dict:
         track = TrackOptions(lines=lines, zones=("0,0,96,0,96,96",))
-        return run(RunOptions(model=model, source=str(video), display=False, track=track, summary_json=summary, **kw))
+        source = source or str(video)
+        return run(RunOptions(model=model, source=source, display=False, track=track, summary_json=summary, **kw))
 
     assert go(resume_counts=True)["frames"] == 12  # no file yet: counting from 0
     saved = json.loads(summary.read_text())
@@ -421,3 +422,26 @@ def test_a_restarted_counter_carries_on_its_saved_counts(det_chain, tmp_path):
         go(resume_counts=True)
     with pytest.raises(RunError, match="--resume-counts carries on the counts in --summary-json: it needs --track"):
         run(RunOptions(model=model, source=str(video), display=False, resume_counts=True, summary_json=summary))
+
+    # As a service on a camera: the JSONL goes on across restarts, the ids never repeat in it.
+    from pipeline.runtime.sources import VideoSource
+    from pipeline.tasks.detection.runtime import DetectionRuntime
+
+    walk = iter(range(10**6))
+
+    def one_walker(self, *args, **kwargs):  # the tiny detector's boxes: one object walking right
+        x = 5 + 3 * (next(walk) % 8)
+        boxes = np.array([[x, 30, x + 30, 60]], np.float32)
+        return {"boxes": boxes, "scores": np.array([0.9], np.float32), "classes": np.array([0]), "count": 1}
+
+    monkeypatch.setattr(DetectionRuntime, "postprocess", one_walker)
+    summary.unlink()
+    jsonl = tmp_path / "tracks.jsonl"
+    for _ in range(2):
+        camera = VideoSource(str(video))
+        camera.live = True  # the file read as a camera: its JSONL goes out as it comes
+        go(source=camera, jsonl=jsonl, resume_counts=True, max_frames=8)
+    rows = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    assert [r["frame"] for r in rows] == [*range(8), *range(8)]
+    ids = [{p["track_id"] for r in part for p in r["predictions"]} for part in (rows[:8], rows[8:])]
+    assert ids[0] and ids[1] and not ids[0] & ids[1]  # tracks in both runs, no id twice

@@ -556,8 +556,52 @@ def test_the_summary_json_is_rewritten_while_the_run_goes_on(model, tmp_path, mo
     from pipeline.cli import parser
     from pipeline.core.errors import UsageError
 
-    with pytest.raises(UsageError, match="--summary-every is about the --summary-json file: add --summary-json"):
-        cli_run(parser().parse_args(["run", "--model", str(model), "--source", video, "--summary-every", "5"]))
+    for flag, *more in (["--summary-every", "5"], ["--resume-counts", "--track"]):
+        with pytest.raises(UsageError, match=f"{flag} is about the --summary-json file: add --summary-json"):
+            cli_run(parser().parse_args(["run", "--model", str(model), "--source", video, flag, *more]))
+
+
+def test_the_final_summary_waits_for_a_rewrite_in_flight_and_an_idle_camera_is_not_rewritten(tmp_path, monkeypatch):
+    from pipeline.runtime import runner
+
+    writes = []
+
+    def slow(path, text):
+        time.sleep(0.3)  # an SD card's fsync
+        writes.append(json.loads(text)["frames"])
+
+    monkeypatch.setattr(runner, "write_text", slow)
+    frames = iter([1, 2, 2])
+    checkpoints = runner._Checkpoints(tmp_path / "s.json", 0.0, lambda: {"frames": next(frames), "reconnects": 0})
+    checkpoints.tick()
+    checkpoints.tick()  # the first is still writing: not doubled up
+    checkpoints.close()  # the run's end waits for it: no later rewrite can replace the final summary
+    assert writes == [1]
+    checkpoints.tick()
+    checkpoints.close()
+    checkpoints.tick()  # no frame since: nothing new to write
+    checkpoints.close()
+    assert writes == [1, 2]
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_midway_leaves_its_summary_saying_so(model, tmp_path, monkeypatch):
+    """Neither a dashboard nor --resume-counts may take a failed run for one still going."""
+    from pipeline.runtime import runner
+
+    video, path = str(write_video(tmp_path / "v.avi", 30)), tmp_path / "s.json"
+    step = runner._Loop.step
+
+    def failing(self, *args):
+        if self.frames == 12:
+            raise RuntimeError("the model failed")
+        return step(self, *args)
+
+    monkeypatch.setattr(runner._Loop, "step", failing)
+    with pytest.raises(RuntimeError, match="the model failed"):
+        _run(model, video, summary_json=path)
+    s = json.loads(path.read_text())
+    assert s["stopped_by"] == "error: RuntimeError: the model failed" and s["frames"] == 12
 
 
 class SlowCamera(VideoSource):
@@ -573,9 +617,9 @@ class SlowCamera(VideoSource):
 
 
 @pytest.mark.slow
-def test_a_live_sources_jsonl_is_appended_as_it_comes(model, tmp_path):
-    """A camera has no end to wait for: its JSONL grows while it runs (``tail -f``), and
-    a restarted service carries on the file, after a line a power cut left unfinished."""
+def test_a_live_sources_jsonl_is_written_as_it_comes(model, tmp_path):
+    """A camera has no end to wait for: its JSONL grows while it runs (``tail -f``).
+    Without --resume-counts it replaces an earlier run's file."""
     import threading
 
     path = tmp_path / "live.jsonl"
@@ -596,12 +640,13 @@ def test_a_live_sources_jsonl_is_appended_as_it_comes(model, tmp_path):
         done.set()
         watcher.join()
     lines = path.read_text().splitlines()
-    assert lines[:2] == ['{"frame": 0}', '{"frame": 1, "predi']  # kept, and the cut line ended
-    assert [json.loads(x)["frame"] for x in lines[2:]] == list(range(s["frames"])) and s["frames"] == 50
-    assert any(2 < n < 52 for n in counts)  # lines were there while the run went on
+    assert [json.loads(x)["frame"] for x in lines] == list(range(s["frames"])) and s["frames"] == 50
+    assert any(0 < n < 50 for n in counts[1:])  # lines were there while the run went on
 
 
 def test_live_lines_lose_what_a_full_disk_refuses_and_go_on(tmp_path, caplog):
+    """A full disk costs lines, never the run, and never a broken or blank line after it;
+    the warning comes once, not every second; an appended file's cut line is ended."""
     from pipeline.runtime.sinks import LiveLines
 
     class Full:
@@ -618,16 +663,28 @@ def test_live_lines_lose_what_a_full_disk_refuses_and_go_on(tmp_path, caplog):
             return self.f.write(b[:n])
 
     path = tmp_path / "l.jsonl"
-    with LiveLines(path, every_s=0) as lines:
+    path.write_text('{"earlier": 1}\n{"earl')  # a power cut mid-line
+    with LiveLines(path, append=True, every_s=0) as lines:
         lines.write('{"a": 1}\n')
         real = lines._f
         lines._f = Full(real, 5)
         lines.write('{"b": 2}\n')  # 5 bytes go out, then the disk is full
-        lines.write('{"c": 3}\n')  # nothing goes out
+        lines._f = Full(real, 1)
+        lines.write('{"c": 3}\n')  # only the newline that ends the cut line goes out
+        lines._f = Full(real, 0)
+        lines.write('{"d": 4}\n')  # nothing goes out
         lines._f = real  # space again
-        lines.write('{"d": 4}\n')
-    assert path.read_text().splitlines() == ['{"a": 1}', '{"b":', '{"d": 4}']
-    assert "No space left on device; 2 lines lost so far, the run goes on" in caplog.text
+        lines.write('{"e": 5}\n')
+    got = path.read_text().splitlines()
+    assert got == ['{"earlier": 1}', '{"earl', '{"a": 1}', '{"b":', '{"e": 5}']
+    warnings = [r.getMessage() for r in caplog.records if "l.jsonl" in r.getMessage()]
+    assert warnings == [
+        f"--jsonl {path}: No space left on device; 1 lines lost so far, the run goes on",
+        f"--jsonl {path}: writing again (3 lines lost)",
+    ]
+    with LiveLines(path) as lines:  # not appending: an earlier run's file is replaced
+        lines.write('{"f": 6}\n')
+    assert path.read_text() == '{"f": 6}\n'
 
 
 @pytest.mark.slow
@@ -660,6 +717,7 @@ def test_sigterm_mid_run_leaves_a_playable_video_and_flushed_jsonl(model, tmp_pa
     out, preds, summary = tmp_path / "out.mp4", tmp_path / "p.jsonl", tmp_path / "s.json"
     args = ["run", "--model", str(model), "--source", str(video), "--loop", "--no-display"]
     args += ["--output", str(out), "--jsonl", str(preds), "--summary-json", str(summary), "--pace"]
+    args += ["--summary-every", "0.2"]  # rewrites going on when the signal comes: the final one still wins
     proc = subprocess.Popen(edgepipe_cmd(*args), stderr=subprocess.PIPE, text=True, env=subprocess_env())
     deadline = time.time() + 60
     for line in proc.stderr:  # wait until frames flow, then stop it mid-run

@@ -681,6 +681,12 @@ def test_resume_carries_on_the_counts_and_ids_of_an_earlier_run():
             "c.json: line 0 'in' is not a count per label",
         ),
         ({**saved, "tracks": "many"}, "'tracks' and 'next_track_id' must be whole numbers"),
+        ({**saved, "next_track_id": 2**63}, "'tracks' and 'next_track_id' must be whole numbers from 0 to 2"),
+        ({**saved, "lines": [{"line": [None, 0, 100, 200]}]}, r"c.json: line 0 is not a list of finite coordinates"),
+        ({**saved, "lines": [{"line": ["a", 0, 100, 200]}]}, r"c.json: line 0 is not a list of finite coordinates"),
+        ({**saved, "lines": [{"line": [10**400, 0, 100, 200]}]}, r"c.json: line 0 is not a list of finite"),
+        ({**saved, "zones": [{"zone": [[0, 0], [300], [0, 300]]}]}, r"c.json: zone 0 is not a list of finite"),
+        ({**saved, "zones": {"zone": 1}}, r"c.json: its zones are not a list of counters"),
         (None, "c.json: no tracking counts in it"),
     ]
     for summary, message in bad:

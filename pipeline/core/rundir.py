@@ -65,8 +65,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """The rename survives a power cut only once the folder's entry is on disk too
+    (a camera's counts rewritten every few seconds, a checkpoint). Best effort: some
+    filesystems refuse to open or sync a folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

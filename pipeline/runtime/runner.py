@@ -34,7 +34,7 @@ from pipeline.core.overlay import hud_panel, paste_hud
 from pipeline.core.registry import get_runtime
 from pipeline.core.rundir import atomic_path, write_json, write_text
 from pipeline.core.sidecar import read_sidecar, sidecar_path
-from pipeline.runtime.sinks import Display, LiveLines, VideoSink, check_output_file, check_video_path
+from pipeline.runtime.sinks import Display, LiveLines, Throttle, VideoSink, check_output_file, check_video_path
 from pipeline.runtime.sources import Capture, Frame, FrameSource, open_source, put_until_stopped
 from pipeline.runtime.stats import StageStats
 from pipeline.runtime.tflite_model import TFLiteModel
@@ -414,10 +414,11 @@ def run(opts: RunOptions) -> dict:
         _resume_counts(tracking, opts)
     source = opts.source if isinstance(opts.source, FrameSource) else open_source(opts.source, loop=opts.loop)
     stop, reason = threading.Event(), []
+    started: list = []  # (loop, clock) once frames flow
     # Signal handlers stay in place while the outputs are finalised, so a SIGTERM
     # during clean-up cannot kill the process halfway through writing them.
     with _stop_on_signals(stop, reason):
-        with contextlib.ExitStack() as stack:
+        with _final_summary_on_error(opts, source, started), contextlib.ExitStack() as stack:
             # The capture thread already runs OpenCV beside the interpreter; OpenCV's own
             # worker pool would only compete with XNNPACK's threads for the same cores.
             stack.callback(cv2.setNumThreads, cv2.getNumThreads())
@@ -433,6 +434,7 @@ def run(opts: RunOptions) -> dict:
             log.info("running %s (%s, %d px input) on %s", Path(opts.model).name, m.task_name, m.spec.size, source.name)
             loop = _Loop(m, opts, capture, *_open_outputs(stack, opts, capture), tracking)
             clock = time.perf_counter(), time.process_time()
+            started += [loop, clock]
             checkpoints = None
             every = opts.summary_every if opts.summary_every is not None else 10.0 if source.live else 0.0
             if opts.summary_json is not None and every > 0:
@@ -454,6 +456,24 @@ def run(opts: RunOptions) -> dict:
     return summary
 
 
+@contextlib.contextmanager
+def _final_summary_on_error(opts: RunOptions, source: FrameSource, started: list):
+    """A run that fails midway (an error from the model, a disk that filled) still
+    leaves its counts so far in ``--summary-json``, ``stopped_by`` naming the error, so
+    that neither a dashboard nor ``--resume-counts`` takes it for a run still going.
+    ``started`` holds (loop, clock) once frames flow."""
+    try:
+        yield
+    except Exception as e:
+        if opts.summary_json is not None and started:
+            loop, clock = started
+            try:
+                write_json(opts.summary_json, _summary(loop, opts, source, clock, f"error: {type(e).__name__}: {e}"))
+            except Exception as again:  # noqa: BLE001 - the first error is the one to report
+                log.warning("--summary-json %s: not written after the error (%s)", opts.summary_json, again)
+        raise
+
+
 def _resume_counts(tracking: Tracking | None, opts: RunOptions) -> None:
     """``--resume-counts``: the counts in ``--summary-json``, if it exists, are where
     ``tracking`` starts; a file that is not such a summary is an error before any frame."""
@@ -467,7 +487,10 @@ def _resume_counts(tracking: Tracking | None, opts: RunOptions) -> None:
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
-        raise RunError(f"{where}: cannot read a summary from it ({e})") from None
+        raise RunError(
+            f"{where}: cannot read a summary from it ({e}); move it aside, or run without --resume-counts "
+            "to count from 0"
+        ) from None
     try:
         tracking.resume(saved.get("tracking") if isinstance(saved, dict) else None, where)
     except ValueError as e:
@@ -484,7 +507,7 @@ def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Captur
         sink = VideoSink(tmp, opts.output_fps or capture.fps or 30.0)
         stack.callback(sink.close)
     if opts.jsonl is not None and capture.source.live:
-        jsonl = stack.enter_context(LiveLines(Path(opts.jsonl)))
+        jsonl = stack.enter_context(LiveLines(Path(opts.jsonl), append=opts.resume_counts))
     elif opts.jsonl is not None:
         jsonl = stack.enter_context(open(stack.enter_context(atomic_path(opts.jsonl)), "w"))
     show = opts.display
@@ -621,46 +644,61 @@ class _Inference:
 class _Checkpoints:
     """Rewrites ``--summary-json`` every ``every`` seconds of a run, atomically: a reader
     (a dashboard polling the counts) always finds a whole file, and a run killed by a
-    crash or a power cut leaves its counts as they were at most ``every`` seconds before.
+    crash or a power cut leaves its counts as they were about ``every`` seconds before.
 
     The summary is built on the main thread (it reads the live counters) and written on
     a thread of its own: on an SD card, a write and its fsync can take longer than many
     frames. A write still going when the next is due is not doubled up: that one is
-    skipped. A failed write (the disk filled) is a warning and the run goes on; the
-    write at the end reports it as an error."""
+    skipped. So is a write while no frame came (a camera offline), which would wear
+    the card for nothing. A failed write (the disk filled) is a warning, once a minute
+    at most, and the run goes on; the write at the end reports it as an error. The
+    thread is not a daemon, and the end of the run waits for it on an Event, not with
+    ``join``: a second Ctrl-C during a write then lets the write finish at exit rather
+    than leave a temporary file and no summary (a ``join`` interrupted by Ctrl-C marks
+    the thread as ended in CPython 3.11, and exit no longer waits for it)."""
 
     def __init__(self, path: Path, every: float, summary) -> None:
         self.path, self.every, self.summary = path, every, summary
         self.failures = 0
         self._due = time.monotonic() + every
-        self._thread: threading.Thread | None = None
+        self._idle = threading.Event()  # no write going on
+        self._idle.set()
+        self._written: tuple | None = None  # what the last write saw: frames, reconnects
+        self._warn = Throttle()
 
     def tick(self) -> None:
         now = time.monotonic()
         if now < self._due:
             return
         self._due = now + self.every
-        if self._thread is not None and self._thread.is_alive():
+        if not self._idle.is_set():
             return
-        text = json.dumps(self.summary(), indent=2) + "\n"  # a snapshot: the counters go on changing
-        self._thread = threading.Thread(target=self._write, args=(text,), name="summary-writer", daemon=True)
-        self._thread.start()
+        summary = self.summary()
+        seen = summary["frames"], summary["reconnects"]
+        if seen == self._written:
+            return
+        self._written = seen
+        text = json.dumps(summary, indent=2) + "\n"  # a snapshot: the counters go on changing
+        self._idle.clear()
+        threading.Thread(target=self._write, args=(text,), name="summary-writer").start()
 
     def _write(self, text: str) -> None:
         try:
             write_text(self.path, text)
         except OSError as e:
             self.failures += 1
-            log.warning(
-                "--summary-json %s: cannot rewrite it (%s; %d failed so far); the run goes on",
-                self.path,
-                e.strerror or e,
-                self.failures,
-            )
+            if self._warn():
+                log.warning(
+                    "--summary-json %s: cannot rewrite it (%s; %d failed so far); the run goes on",
+                    self.path,
+                    e.strerror or e,
+                    self.failures,
+                )
+        finally:
+            self._idle.set()
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
+        self._idle.wait()
 
 
 def _drive(

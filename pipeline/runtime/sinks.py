@@ -51,28 +51,46 @@ def check_output_file(path: Path, what: str) -> None:
         raise ValueError(f"{what} {path}: cannot write in {existing} ({e.strerror or e})") from None
 
 
-class LiveLines:
-    """A JSON-lines file for a camera or stream, which has no end to wait for: lines are
-    appended as they come, written out once a second, so ``tail -f`` follows the run,
-    a crash loses at most the last second, and a restarted service carries on the
-    same file. Each write is of whole lines. A line a power cut left unfinished is
-    ended first, so the lines after it parse. A write that fails (the disk filled)
-    loses its lines with a warning that counts them, and the run goes on: a counter
-    that runs for days must not stop for its log. (From a file source the JSONL is
-    written atomically at the end instead: it is a batch job's result.)"""
+class Throttle:
+    """True at most once every ``seconds``: a warning that would repeat every second
+    (a full disk under a camera that runs for days) reaches the log once a minute, with
+    a running count, instead of flooding it (often onto the same full disk)."""
 
-    def __init__(self, path: Path, every_s: float = 1.0) -> None:
+    def __init__(self, seconds: float = 60.0) -> None:
+        self.seconds, self._last = seconds, float("-inf")
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.seconds:
+            return False
+        self._last = now
+        return True
+
+
+class LiveLines:
+    """A JSON-lines file for a camera or stream, which has no end to wait for: lines go
+    to the file as they come, written out once a second, so ``tail -f`` follows the
+    run and a crash loses at most the last second. It replaces the file, or with
+    ``append`` (``--resume-counts``: a restarted service) carries it on, ending first a
+    line that a power cut left unfinished so that the lines after it parse. Each write
+    is of whole lines. A write that fails (the disk filled) loses its lines with a
+    warning that counts them, and the run goes on: a counter that runs for days must
+    not stop for its log. (From a file source the JSONL is written atomically at the
+    end instead: it is a batch job's result.)"""
+
+    def __init__(self, path: Path, append: bool = False, every_s: float = 1.0) -> None:
         self.path, self.every_s = Path(path), every_s
         self._pending: list[str] = []
         self._due = 0.0
         self.lost = 0  # lines a failed write lost
-        self._cut = False  # a failed write stopped inside a line
+        self._warn, self._failing = Throttle(), False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a+b", buffering=0)  # a+: read back the last byte of an earlier run
-        if self._f.seek(0, os.SEEK_END) > 0:
+        # unbuffered: each flush is one write of whole lines; a+: the last byte can be read back
+        self._f = open(self.path, "a+b" if append else "wb", buffering=0)
+        self._line_ended = True  # the file ends with a whole line (or is empty)
+        if append and self._f.seek(0, os.SEEK_END) > 0:
             self._f.seek(-1, os.SEEK_END)
-            if self._f.read(1) != b"\n":
-                self._f.write(b"\n")
+            self._line_ended = self._f.read(1) == b"\n"
 
     def write(self, line: str) -> None:
         self._pending.append(line)
@@ -84,17 +102,24 @@ class LiveLines:
     def flush(self) -> None:
         if not self._pending:
             return
-        data = (("\n" if self._cut else "") + "".join(self._pending)).encode()  # whole lines
-        view = memoryview(data)
+        data = (b"" if self._line_ended else b"\n") + "".join(self._pending).encode()
+        done = 0
         try:
-            while view:  # an unbuffered write may take part of it
-                view = view[self._f.write(view) :]
-            self._cut = False
+            while done < len(data):  # an unbuffered write may take part of it
+                done += self._f.write(memoryview(data)[done:])
+            if self._failing:
+                self._failing = False
+                log.warning("--jsonl %s: writing again (%d lines lost)", self.path, self.lost)
         except OSError as e:
-            # The lines not written whole are lost; one cut short is ended by the next write.
-            self._cut = self._cut or len(view) < len(data)
-            self.lost += len(self._pending)
-            log.warning("--jsonl %s: %s; %d lines lost so far, the run goes on", self.path, e.strerror or e, self.lost)
+            self.lost += len(self._pending)  # those not written whole: a line cut short is ended next time
+            self._failing = True
+            if self._warn():
+                log.warning(
+                    "--jsonl %s: %s; %d lines lost so far, the run goes on", self.path, e.strerror or e, self.lost
+                )
+        finally:
+            if done:
+                self._line_ended = data[done - 1] == ord("\n")
         self._pending.clear()
 
     def close(self) -> None:

@@ -204,28 +204,41 @@ class Tracking:
                 raise ValueError(f"{where}: {what} is not a count per label ({str(d)[:80]})")
             return dict(d)
 
+        def points(v, what: str) -> np.ndarray:
+            try:
+                p = np.asarray(v, float)
+            except (TypeError, ValueError, OverflowError):  # None, strings, ragged lists, 10**400
+                p = np.full(1, np.nan)
+            if not p.size or not np.isfinite(p).all():
+                raise ValueError(f"{where}: {what} is not a list of finite coordinates ({str(v)[:80]})")
+            return p
+
         if not isinstance(saved, dict) or not {"tracks", "lines", "zones"} <= saved.keys():
             raise ValueError(f"{where}: no tracking counts in it (a summary written with --track has them)")
         lines, zones = saved["lines"], saved["zones"]
         ours = [c.summary()["line"] for c in self.lines], [c.summary()["zone"] for c in self.zones]
         for what, got, want, key in (("--count-line", lines, ours[0], "line"), ("--zone", zones, ours[1], "zone")):
-            theirs = [s.get(key) if isinstance(s, dict) else None for s in got] if isinstance(got, list) else None
-            if (
-                theirs is None
-                or len(theirs) != len(want)
-                or any(np.shape(a) != np.shape(b) or not np.allclose(a, b) for a, b in zip(theirs, want))
+            if not isinstance(got, list) or not all(isinstance(s, dict) for s in got):
+                raise ValueError(f"{where}: its {key}s are not a list of counters ({str(got)[:80]})")
+            theirs = [points(s.get(key), f"{key} {k}") for k, s in enumerate(got)]
+            if len(theirs) != len(want) or any(
+                a.shape != np.shape(b) or not np.allclose(a, b) for a, b in zip(theirs, want)
             ):
                 raise ValueError(
-                    f"{where}: its {what} {theirs} differ from this run's {want}: the counts would not be "
-                    "of the same places (same lines and zones, same order; or start a new file)"
+                    f"{where}: its {what} {[t.tolist() for t in theirs]} differ from this run's {want}: the counts "
+                    "would not be of the same places (the same lines and zones, the same points in the same "
+                    "order; or start a new file)"
                 )
         resumed = (
             [{d: counts(s.get(d), f"line {k} {d!r}") for d in ("in", "out")} for k, s in enumerate(lines)],
             [counts(s.get("entries"), f"zone {k} 'entries'") for k, s in enumerate(zones)],
         )
         seen, next_id = saved["tracks"], saved.get("next_track_id", 1)
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (seen, next_id)):
-            raise ValueError(f"{where}: 'tracks' and 'next_track_id' must be whole numbers, got {seen!r}, {next_id!r}")
+        # ids live in the tracker's float64 state, exact as whole numbers below 2**53
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**52 for v in (seen, next_id)):
+            raise ValueError(
+                f"{where}: 'tracks' and 'next_track_id' must be whole numbers from 0 to 2**52, got {seen!r}, {next_id!r}"
+            )
         for c, got in zip(self.lines, resumed[0]):
             c.counts = got
         for z, got in zip(self.zones, resumed[1]):
