@@ -244,6 +244,10 @@ class Tracking:
         for z, got in zip(self.zones, resumed[1]):
             z.entries = got
         self.seen = seen
-        # ids of the tracks from here on are above every one the earlier run gave
-        self.tracker.next_id = max(self.tracker.next_id, next_id, seen + 1)
+        self.ids_above(max(next_id - 1, seen))
+
+    def ids_above(self, last: int) -> None:
+        """Track ids from here on start above ``last``: an earlier run's, in the files
+        that the runs share."""
+        self.tracker.next_id = max(self.tracker.next_id, last + 1)
         self._last_id = self.tracker.next_id - 1
