@@ -67,8 +67,9 @@ class RunOptions:
         max_frames: stop after this many frames (0: until the source ends).
         output, jsonl, summary_json: the annotated video, a JSON line per frame, and the
             summary as JSON at the end; each written atomically, each checked before
-            the first frame. From a camera or stream (no end), the JSON lines are
-            appended as they come instead (:class:`~pipeline.runtime.sinks.LiveLines`).
+            the first frame. From a camera or stream (no end), the JSON lines go to the
+            file as they come instead, replacing it, or appended to it with
+            ``resume_counts`` (:class:`~pipeline.runtime.sinks.LiveLines`).
         summary_every: seconds between rewrites of ``summary_json`` while the run goes
             on (``stopped_by`` null until it ends), so a camera that runs for days shows
             its counts as they grow and keeps them through a crash or a power cut;
