@@ -429,8 +429,8 @@ def test_a_restarted_counter_carries_on_its_saved_counts(det_chain, tmp_path, mo
 
     walk = iter(range(10**6))
 
-    def one_walker(self, *args, **kwargs):  # the tiny detector's boxes: one object walking right
-        x = 5 + 3 * (next(walk) % 8)
+    def one_walker(self, *args, **kwargs):  # the tiny detector's boxes: one object walking right, over the line
+        x = 5 + 6 * (next(walk) % 8)
         boxes = np.array([[x, 30, x + 30, 60]], np.float32)
         return {"boxes": boxes, "scores": np.array([0.9], np.float32), "classes": np.array([0]), "count": 1}
 
@@ -449,3 +449,7 @@ def test_a_restarted_counter_carries_on_its_saved_counts(det_chain, tmp_path, mo
     assert [r["frame"] for r in rows] == [*range(8)] * 3
     ids = [{p["track_id"] for r in rows[k : k + 8] for p in r["predictions"]} for k in (0, 8, 16)]
     assert all(ids) and not ids[0] & ids[1] and not (ids[0] | ids[1]) & ids[2]  # no id twice
+    # and the counts the lost summary had are back, from the JSONL's events after the one kept
+    events = [e for r in rows for e in r["events"] if e["type"] == "line"]
+    line = json.loads(summary.read_text())["tracking"]["lines"][0]
+    assert len(events) == 3 and sum(line["in"].values()) + sum(line["out"].values()) == 3

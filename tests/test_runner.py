@@ -641,6 +641,7 @@ def test_a_live_sources_jsonl_is_written_as_it_comes(model, tmp_path):
         watcher.join()
     lines = path.read_text().splitlines()
     assert [json.loads(x)["frame"] for x in lines] == list(range(s["frames"])) and s["frames"] == 50
+    assert s["jsonl_offset"] == path.stat().st_size  # where --resume-counts would replay from
     assert any(0 < n < 50 for n in counts[1:])  # lines were there while the run went on
 
 
@@ -664,8 +665,14 @@ def test_live_lines_lose_what_a_full_disk_refuses_and_go_on(tmp_path, caplog):
 
     path = tmp_path / "l.jsonl"
     path.write_text('{"earlier": 1}\n{"earl')  # a power cut mid-line
-    with LiveLines(path, append=True, every_s=0) as lines:
-        lines.write('{"a": 1}\n')
+    with LiveLines(path, append=True, every_s=3600) as lines:
+        lines.write('{"a": 1}\n')  # the first goes out at once, the next wait their second
+        lines.write('{"a2": 1}\n')
+        # where the file will end: its length, the line that ends the cut one, the waiting line
+        assert lines.position == path.stat().st_size + 10 and path.read_text().endswith('{"a": 1}\n')
+        lines.flush()
+        lines.every_s, lines._due = 0.0, 0.0  # from here each line goes out at once
+        assert lines.position == path.stat().st_size
         real = lines._f
         lines._f = Full(real, 5)
         lines.write('{"b": 2}\n')  # 5 bytes go out, then the disk is full
@@ -676,7 +683,8 @@ def test_live_lines_lose_what_a_full_disk_refuses_and_go_on(tmp_path, caplog):
         lines._f = real  # space again
         lines.write('{"e": 5}\n')
     got = path.read_text().splitlines()
-    assert got == ['{"earlier": 1}', '{"earl', '{"a": 1}', '{"b":', '{"e": 5}']
+    assert got == ['{"earlier": 1}', '{"earl', '{"a": 1}', '{"a2": 1}', '{"b":', '{"e": 5}']
+    assert lines.position == path.stat().st_size
     warnings = [r.getMessage() for r in caplog.records if "l.jsonl" in r.getMessage()]
     assert warnings == [
         f"--jsonl {path}: No space left on device; 1 lines lost so far, the run goes on",

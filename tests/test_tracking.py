@@ -692,3 +692,45 @@ def test_resume_carries_on_the_counts_and_ids_of_an_earlier_run():
     for summary, message in bad:
         with pytest.raises(ValueError, match=message):
             Tracking(opts, ["p"]).resume(summary, "c.json")
+
+
+def test_resume_and_replay_of_the_jsonl_after_the_summary_give_the_uncrashed_totals():
+    """A counter dies 10 s after its last summary: the summary, plus the events of the
+    JSONL lines written since, are what it had counted, and ids go on above them."""
+    import json
+
+    opts = TrackOptions(lines=("100,0,100,400",), zones=("0,0,100,0,100,400,0,400",))
+    # six objects in rows, crossing x=100 at frames 5, 15, ... 55, every other one leftwards (into the zone)
+    way = np.where(np.arange(6) % 2, -3.0, 3.0)
+    starts = np.stack([100 - way * (5 + 10 * np.arange(6)), 40 + 60 * np.arange(6)], 1)
+    speeds = np.stack([way, np.zeros(6)], 1)
+
+    def preds(f):
+        c = starts + speeds * f
+        return {
+            "boxes": np.array([box(x, y) for x, y in c]),
+            "scores": np.full(6, 0.9),
+            "classes": np.arange(6) % 2,
+        }
+
+    live, lines, checkpoint = Tracking(opts, ["a", "b"]), [], None
+    for f in range(60):
+        out, events = live.step(preds(f), f)
+        lines.append(json.dumps({"predictions": [{"track_id": int(i)} for i in out["track_ids"]], "events": events}))
+        if f == 30:
+            checkpoint = (json.loads(json.dumps(live.summary())), len(lines))
+    counted = live.summary()
+    saved, at = checkpoint
+    crossed = [sum(sum(line[d].values()) for d in ("in", "out")) for line in (saved["lines"][0], counted["lines"][0])]
+    entered = [sum(z["zones"][0]["entries"].values()) for z in (saved, counted)]
+    assert 0 < crossed[0] < crossed[1] and entered[0] < entered[1]  # counted before and after the checkpoint
+    again = Tracking(opts, ["a", "b"])
+    again.resume(saved, "c.json")
+    assert again.replay([*lines[at:], '{"predictions": [{"track_id"']) == (len(lines) - at + 1, 1)
+    got = again.summary()
+    assert got["lines"] == counted["lines"] and [z["entries"] for z in got["zones"]] == [
+        z["entries"] for z in counted["zones"]
+    ]
+    assert got["tracks"] == counted["tracks"] and got["next_track_id"] > max(
+        p["track_id"] for x in lines for p in json.loads(x)["predictions"]
+    )

@@ -481,13 +481,11 @@ def _resume_counts(tracking: Tracking | None, opts: RunOptions) -> None:
     ``tracking`` starts; a file that is not such a summary is an error before any frame."""
     if tracking is None or opts.summary_json is None:
         raise RunError("--resume-counts carries on the counts in --summary-json: it needs --track and --summary-json")
-    # A crash loses the summary's last seconds, not the JSONL's (written every second):
-    # ids it gave since must not come again in the JSONL the runs append to.
-    if opts.jsonl is not None:
-        tracking.ids_above(_last_track_id(Path(opts.jsonl)))
     path = Path(opts.summary_json)
     if not path.exists():
         log.info("--resume-counts: %s does not exist yet; counting from 0", path)
+        if opts.jsonl is not None:  # a run that crashed before its first rewrite: its ids stay its own
+            tracking.ids_above(_last_track_id(Path(opts.jsonl)))
         return
     where = f"--resume-counts {path}"
     try:
@@ -502,6 +500,35 @@ def _resume_counts(tracking: Tracking | None, opts: RunOptions) -> None:
     except ValueError as e:
         raise RunError(str(e)) from None
     log.info("%s: carrying on its counts (%d tracks so far)", where, tracking.seen)
+    if opts.jsonl is not None:
+        _replay_jsonl(tracking, Path(opts.jsonl), saved.get("jsonl_offset"))
+
+
+def _replay_jsonl(tracking: Tracking, jsonl: Path, offset) -> None:
+    """A crash loses the summary's last seconds, not the JSONL's (written every second):
+    the counting events in the lines after the summary's ``jsonl_offset`` are counted
+    again, so the totals lose nothing that reached the JSONL, and the ids given there
+    do not come again. Without an offset that fits the file (a summary of a file
+    source, a JSONL rotated or replaced since), only the ids are kept clear of it."""
+    try:
+        size = jsonl.stat().st_size
+    except OSError:
+        return
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= size:
+        tracking.ids_above(_last_track_id(jsonl))
+        return
+    with open(jsonl, "rb") as f:
+        if offset:  # a line begins there, unless lines the disk refused moved it: then at the next one
+            f.seek(offset - 1)
+            if f.read(1) != b"\n":
+                f.readline()
+        lines, unreadable = tracking.replay(f)
+    if lines:
+        log.info(
+            "--resume-counts: counted again the events of %d JSONL lines written after the summary%s",
+            lines,
+            f" ({unreadable} unreadable lines skipped)" if unreadable else "",
+        )
 
 
 def _last_track_id(jsonl: Path, tail: int = 8 << 20) -> int:
@@ -765,6 +792,8 @@ def _summary(
         **({"tracking": loop.tracking.summary()} if loop.tracking is not None else {}),
         "output": str(opts.output) if opts.output else None,
         "jsonl": str(opts.jsonl) if opts.jsonl else None,
+        # a camera's JSONL: its length at this summary, where --resume-counts replays from
+        "jsonl_offset": getattr(loop.jsonl, "position", None),
         "cpu_s": round(cpu, 3),
     }
 

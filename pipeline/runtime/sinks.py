@@ -88,12 +88,22 @@ class LiveLines:
         # unbuffered: each flush is one write of whole lines; a+: the last byte can be read back
         self._f = open(self.path, "a+b" if append else "wb", buffering=0)
         self._line_ended = True  # the file ends with a whole line (or is empty)
-        if append and self._f.seek(0, os.SEEK_END) > 0:
+        self._written = self._f.seek(0, os.SEEK_END)  # the file's length
+        self._waiting = 0  # bytes in _pending (JSON lines are ASCII: json.dumps escapes the rest)
+        if append and self._written > 0:
             self._f.seek(-1, os.SEEK_END)
             self._line_ended = self._f.read(1) == b"\n"
 
+    @property
+    def position(self) -> int:
+        """Where the file will end once the lines given so far are written: a summary
+        taken now records it, and ``--resume-counts`` replays the lines after it
+        (:meth:`Tracking.replay`), which a crash left in the JSONL but not in the summary."""
+        return self._written + self._waiting + (0 if self._line_ended or not self._waiting else 1)
+
     def write(self, line: str) -> None:
         self._pending.append(line)
+        self._waiting += len(line)
         now = time.monotonic()
         if now >= self._due:
             self._due = now + self.every_s
@@ -120,7 +130,9 @@ class LiveLines:
         finally:
             if done:
                 self._line_ended = data[done - 1] == ord("\n")
+            self._written += done
         self._pending.clear()
+        self._waiting = 0
 
     def close(self) -> None:
         if self._f.closed:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -245,6 +246,45 @@ class Tracking:
             z.entries = got
         self.seen = seen
         self.ids_above(max(next_id - 1, seen))
+
+    def replay(self, lines) -> tuple[int, int]:
+        """Count again the events of JSONL lines (``bytes`` or ``str``) that the runner
+        wrote after the summary :meth:`resume` read: a crash loses the summary's last
+        seconds, not the JSONL's. Tracks first shown there (ids at or above the summary's
+        ``next_track_id``) join ``tracks``, and later ids start above them. Returns the
+        lines read and those skipped as unreadable (a line a power cut cut short)."""
+        first_new, top, new = self.tracker.next_id, 0, set()
+        read = unreadable = 0
+        for raw in lines:
+            read += 1
+            try:
+                row = json.loads(raw)
+                shown = [p["track_id"] for p in row.get("predictions") or []]
+                events = list(row.get("events") or [])
+            except (ValueError, TypeError, KeyError, AttributeError):
+                unreadable += 1
+                continue
+            for tid in shown:
+                if isinstance(tid, int):
+                    top = max(top, tid)
+                    if tid >= first_new:
+                        new.add(tid)
+            for e in events:
+                if not isinstance(e, dict) or not isinstance(e.get("label"), str):
+                    continue
+                kind, label = e.get("type"), e["label"]
+                k = e.get(kind) if kind in ("line", "zone") else None
+                if kind == "line" and isinstance(k, int) and 0 <= k < len(self.lines):
+                    counts = self.lines[k].counts.get(e.get("direction"))
+                elif kind == "zone" and isinstance(k, int) and 0 <= k < len(self.zones):
+                    counts = self.zones[k].entries
+                else:
+                    continue
+                if counts is not None:
+                    counts[label] = counts.get(label, 0) + 1
+        self.seen += len(new)
+        self.ids_above(top)
+        return read, unreadable
 
     def ids_above(self, last: int) -> None:
         """Track ids from here on start above ``last``: an earlier run's, in the files
