@@ -145,9 +145,16 @@ class LineCounter:
                 continue
             self._done.add((tid, direction))
             label = _label(class_names, int(tracks.classes[k]))
-            self.counts[direction][label] = self.counts[direction].get(label, 0) + 1
+            self.tally(label, direction)
             events.append({"type": "line", "line": self.index, "track_id": tid, "label": label, "direction": direction})
         return events
+
+    def tally(self, label: str, direction: str) -> None:
+        """One crossing of ``label`` in ``direction`` ("in" or "out"; anything else is
+        not one): from this run's tracks, or from an earlier run's JSONL events
+        (:meth:`Tracking.replay`)."""
+        if direction in self.counts:
+            self.counts[direction][label] = self.counts[direction].get(label, 0) + 1
 
     def forget_tracks(self) -> None:
         """Tracks were reset (a loop, a reconnect): sides are forgotten, counts kept. Ids
@@ -255,9 +262,15 @@ class ZoneCounter:
                 continue
             self._entered.add(tid)
             label = _label(class_names, int(tracks.classes[k]))
-            self.entries[label] = self.entries.get(label, 0) + 1
+            self.tally(label, "in")
             events.append({"type": "zone", "zone": self.index, "track_id": tid, "label": label, "direction": "in"})
         return events
+
+    def tally(self, label: str, direction: str) -> None:
+        """One entry of ``label`` (``direction`` "in"; a zone counts nothing else), as
+        :meth:`LineCounter.tally`."""
+        if direction == "in":
+            self.entries[label] = self.entries.get(label, 0) + 1
 
     def forget_tracks(self) -> None:
         self._was_inside.clear()

@@ -517,12 +517,15 @@ def _replay_jsonl(tracking: Tracking, jsonl: Path, offset) -> None:
     if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= size:
         tracking.ids_above(_last_track_id(jsonl))
         return
-    with open(jsonl, "rb") as f:
-        if offset:  # a line begins there, unless lines the disk refused moved it: then at the next one
-            f.seek(offset - 1)
-            if f.read(1) != b"\n":
-                f.readline()
-        lines, unreadable = tracking.replay(f)
+    try:
+        with open(jsonl, "rb") as f:
+            if offset:  # a line begins there, unless lines the disk refused moved it: then at the next one
+                f.seek(offset - 1)
+                if f.read(1) != b"\n":
+                    f.readline()
+            lines, unreadable = tracking.replay(f)
+    except OSError as e:
+        raise RunError(f"--resume-counts: cannot read the JSONL {jsonl} to count its last events again ({e})") from None
     if lines:
         log.info(
             "--resume-counts: counted again the events of %d JSONL lines written after the summary%s",

@@ -272,16 +272,10 @@ class Tracking:
             for e in events:
                 if not isinstance(e, dict) or not isinstance(e.get("label"), str):
                     continue
-                kind, label = e.get("type"), e["label"]
-                k = e.get(kind) if kind in ("line", "zone") else None
-                if kind == "line" and isinstance(k, int) and 0 <= k < len(self.lines):
-                    counts = self.lines[k].counts.get(e.get("direction"))
-                elif kind == "zone" and isinstance(k, int) and 0 <= k < len(self.zones):
-                    counts = self.zones[k].entries
-                else:
-                    continue
-                if counts is not None:
-                    counts[label] = counts.get(label, 0) + 1
+                counters = {"line": self.lines, "zone": self.zones}.get(e.get("type"), [])
+                k = e.get(e.get("type")) if counters else None
+                if isinstance(k, int) and 0 <= k < len(counters):  # the counter's index, as written
+                    counters[k].tally(e["label"], e.get("direction"))
         self.seen += len(new)
         self.ids_above(top)
         return read, unreadable
