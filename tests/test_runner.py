@@ -663,6 +663,9 @@ def test_live_lines_lose_what_a_full_disk_refuses_and_go_on(tmp_path, caplog):
             self.room -= n
             return self.f.write(b[:n])
 
+        def __getattr__(self, name):  # the rest (tell, fileno...) is the file's
+            return getattr(self.f, name)
+
     path = tmp_path / "l.jsonl"
     path.write_text('{"earlier": 1}\n{"earl')  # a power cut mid-line
     with LiveLines(path, append=True, every_s=3600) as lines:
@@ -693,6 +696,71 @@ def test_live_lines_lose_what_a_full_disk_refuses_and_go_on(tmp_path, caplog):
     with LiveLines(path) as lines:  # not appending: an earlier run's file is replaced
         lines.write('{"f": 6}\n')
     assert path.read_text() == '{"f": 6}\n'
+
+
+def test_live_lines_survive_log_rotation_either_way(tmp_path):
+    """logrotate's ``copytruncate`` empties the file under the run: the next lines go to
+    its start, with no hole of zero bytes before them; its default renames the file
+    away: the next lines go to a new file at the path. The offset and the fingerprint a
+    summary records follow the file written to, pending lines included."""
+    import os
+
+    from pipeline.runtime.sinks import LiveLines, ends_as
+
+    path, rotated = tmp_path / "t.jsonl", tmp_path / "t.jsonl.1"
+
+    def summary_fits(lines) -> bool:
+        with open(path, "rb") as f:
+            return lines.position == path.stat().st_size and ends_as(f, lines.position, lines.tail_crc32)
+
+    with LiveLines(path, every_s=0.0) as lines:
+        lines.write('{"a": 1}\n')
+        lines.write('{"a": 2}\n')
+        assert summary_fits(lines)
+        offset, crc = lines.position, lines.tail_crc32
+        os.truncate(path, 0)  # copytruncate, after copying
+        lines.write('{"b": 1, "longer": "than the lines before"}\n')
+        assert path.read_bytes() == b'{"b": 1, "longer": "than the lines before"}\n' and summary_fits(lines)
+        with open(path, "rb") as f:  # the file grew past the old offset: its bytes there are others
+            assert path.stat().st_size > offset and not ends_as(f, offset, crc)
+        os.rename(path, rotated)  # logrotate's default: rename, then a new file appears on the next write
+        lines.write('{"c": 1}\n')
+        assert path.read_text() == '{"c": 1}\n' and summary_fits(lines) and lines.reopened == 1
+        lines.every_s, lines._due = 3600.0, float("inf")  # lines wait for their second
+        lines.write('{"d": 1}\n')
+        offset, crc = lines.position, lines.tail_crc32  # a summary taken with a line waiting
+    assert summary_fits(lines) and (offset, crc) == (lines.position, lines.tail_crc32)
+    assert rotated.read_text() == '{"b": 1, "longer": "than the lines before"}\n'
+    assert path.read_text() == '{"c": 1}\n{"d": 1}\n'
+
+
+def test_resume_counts_replays_only_the_jsonl_the_summary_was_taken_with(tmp_path):
+    """The events after the summary's offset are counted again only where the file still
+    ends there as the summary's fingerprint says: a JSONL rotated and grown past the
+    offset since holds other lines, which would count crossings twice or never."""
+    from pipeline.runtime.runner import _replay_jsonl
+    from pipeline.runtime.sinks import tail_crc32
+    from pipeline.runtime.tracking import Tracking, TrackOptions
+
+    before = '{"frame": 0, "predictions": [{"track_id": 1}], "events": []}\n'
+    after = (
+        '{"frame": 1, "predictions": [{"track_id": 2}], '
+        '"events": [{"type": "line", "line": 0, "track_id": 2, "label": "p", "direction": "in"}]}\n'
+    )
+    jsonl = tmp_path / "t.jsonl"
+
+    def replayed(content: str, crc) -> dict:
+        jsonl.write_text(content)
+        tracking = Tracking(TrackOptions(lines=("10,0,10,100",)), ["p"])
+        _replay_jsonl(tracking, jsonl, len(before), crc)
+        return tracking.summary()
+
+    crc = tail_crc32(before.encode())
+    t = replayed(before + after, crc)
+    assert t["lines"][0]["in"] == {"p": 1} and t["tracks"] == 1 and t["next_track_id"] == 3
+    t = replayed(after + before, crc)  # rotated: the same length at least, other bytes before the offset
+    assert t["lines"][0]["in"] == {} and t["tracks"] == 0 and t["next_track_id"] == 3  # ids still kept clear
+    assert replayed(before + after, None)["lines"][0]["in"] == {"p": 1}  # an older summary: no fingerprint
 
 
 @pytest.mark.slow

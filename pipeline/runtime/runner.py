@@ -35,7 +35,15 @@ from pipeline.core.overlay import hud_panel, paste_hud
 from pipeline.core.registry import get_runtime
 from pipeline.core.rundir import atomic_path, write_json, write_text
 from pipeline.core.sidecar import read_sidecar, sidecar_path
-from pipeline.runtime.sinks import Display, LiveLines, Throttle, VideoSink, check_output_file, check_video_path
+from pipeline.runtime.sinks import (
+    Display,
+    LiveLines,
+    Throttle,
+    VideoSink,
+    check_output_file,
+    check_video_path,
+    ends_as,
+)
 from pipeline.runtime.sources import Capture, Frame, FrameSource, open_source, put_until_stopped
 from pipeline.runtime.stats import StageStats
 from pipeline.runtime.tflite_model import TFLiteModel
@@ -501,24 +509,38 @@ def _resume_counts(tracking: Tracking | None, opts: RunOptions) -> None:
         raise RunError(str(e)) from None
     log.info("%s: carrying on its counts (%d tracks so far)", where, tracking.seen)
     if opts.jsonl is not None:
-        _replay_jsonl(tracking, Path(opts.jsonl), saved.get("jsonl_offset"))
+        _replay_jsonl(tracking, Path(opts.jsonl), saved.get("jsonl_offset"), saved.get("jsonl_tail_crc32"))
 
 
-def _replay_jsonl(tracking: Tracking, jsonl: Path, offset) -> None:
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _replay_jsonl(tracking: Tracking, jsonl: Path, offset, crc=None) -> None:
     """A crash loses the summary's last seconds, not the JSONL's (written every second):
     the counting events in the lines after the summary's ``jsonl_offset`` are counted
     again, so the totals lose nothing that reached the JSONL, and the ids given there
     do not come again. Without an offset that fits the file (a summary of a file
-    source, a JSONL rotated or replaced since), only the ids are kept clear of it."""
+    source, a JSONL rotated or replaced since: shorter than the offset, or its bytes
+    before it not those the summary's ``jsonl_tail_crc32`` fingerprints), only the
+    ids are kept clear of it."""
     try:
         size = jsonl.stat().st_size
     except OSError:
         return
-    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= size:
+    if not _whole(offset) or not 0 <= offset <= size:
         tracking.ids_above(_last_track_id(jsonl))
         return
     try:
         with open(jsonl, "rb") as f:
+            if _whole(crc) and not ends_as(f, offset, crc):  # older summaries have none: the offset alone
+                log.info(
+                    "--resume-counts: %s is not the JSONL the summary was taken with (rotated or replaced "
+                    "since): its lines are not counted again",
+                    jsonl,
+                )
+                tracking.ids_above(_last_track_id(jsonl))
+                return
             if offset:  # a line begins there, unless lines the disk refused moved it: then at the next one
                 f.seek(offset - 1)
                 if f.read(1) != b"\n":
@@ -797,6 +819,8 @@ def _summary(
         "jsonl": str(opts.jsonl) if opts.jsonl else None,
         # a camera's JSONL: its length at this summary, where --resume-counts replays from
         "jsonl_offset": getattr(loop.jsonl, "position", None),
+        # and the CRC-32 of its last 64 bytes there: a JSONL rotated or replaced since is not replayed
+        "jsonl_tail_crc32": getattr(loop.jsonl, "tail_crc32", None),
         "cpu_s": round(cpu, 3),
     }
 

@@ -8,6 +8,7 @@ import queue
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -67,6 +68,22 @@ class Throttle:
         return True
 
 
+_TAIL = 64  # bytes before a JSONL's offset that a summary fingerprints (LiveLines.tail_crc32)
+
+
+def tail_crc32(data: bytes) -> int:
+    """The fingerprint of a JSONL's end that a summary records with its offset: the
+    CRC-32 of its last ``_TAIL`` bytes. ``--resume-counts`` replays the lines after the
+    offset only where the file still ends so there (not rotated or replaced since)."""
+    return zlib.crc32(data[-_TAIL:])
+
+
+def ends_as(f, offset: int, crc: int) -> bool:
+    """Whether the binary file ``f``, cut at ``offset``, ends as :func:`tail_crc32` ``crc`` says."""
+    f.seek(max(0, offset - _TAIL))
+    return tail_crc32(f.read(offset - f.tell())) == crc
+
+
 class LiveLines:
     """A JSON-lines file for a camera or stream, which has no end to wait for: lines go
     to the file as they come, written out once a second, so ``tail -f`` follows the
@@ -76,23 +93,37 @@ class LiveLines:
     is of whole lines. A write that fails (the disk filled) loses its lines with a
     warning that counts them, and the run goes on: a counter that runs for days must
     not stop for its log. (From a file source the JSONL is written atomically at the
-    end instead: it is a batch job's result.)"""
+    end instead: it is a batch job's result.)
+
+    It survives log rotation either way logrotate does it: always opened to append
+    (O_APPEND), after a ``copytruncate`` the lines go to the emptied file's start, not
+    past a hole of zero bytes; and when the path no longer names the open file (renamed
+    or deleted: logrotate's default), the next write opens a new one there, as
+    ``logging.handlers.WatchedFileHandler`` does."""
 
     def __init__(self, path: Path, append: bool = False, every_s: float = 1.0) -> None:
         self.path, self.every_s = Path(path), every_s
         self._pending: list[str] = []
         self._due = 0.0
         self.lost = 0  # lines a failed write lost
+        self.reopened = 0  # files opened anew after a rotation
         self._warn, self._failing = Throttle(), False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # unbuffered: each flush is one write of whole lines; a+: the last byte can be read back
-        self._f = open(self.path, "a+b" if append else "wb", buffering=0)
-        self._line_ended = True  # the file ends with a whole line (or is empty)
+        self._open(truncate=not append)
+
+    def _open(self, truncate: bool = False) -> None:
+        # unbuffered: each flush is one write of whole lines; a+: appended (O_APPEND), and
+        # the last bytes can be read back
+        self._f = open(self.path, "a+b", buffering=0)
+        if truncate:
+            self._f.truncate(0)
+        st = os.fstat(self._f.fileno())
+        self._id = (st.st_dev, st.st_ino)
         self._written = self._f.seek(0, os.SEEK_END)  # the file's length
+        self._f.seek(max(0, self._written - _TAIL))
+        self._tail = self._f.read(_TAIL)  # the file's last bytes, for the summary's fingerprint
+        self._line_ended = not self._tail or self._tail.endswith(b"\n")  # ends with a whole line, or is empty
         self._waiting = 0  # bytes in _pending (JSON lines are ASCII: json.dumps escapes the rest)
-        if append and self._written > 0:
-            self._f.seek(-1, os.SEEK_END)
-            self._line_ended = self._f.read(1) == b"\n"
 
     @property
     def position(self) -> int:
@@ -100,6 +131,22 @@ class LiveLines:
         taken now records it, and ``--resume-counts`` replays the lines after it
         (:meth:`Tracking.replay`), which a crash left in the JSONL but not in the summary."""
         return self._written + self._waiting + (0 if self._line_ended or not self._waiting else 1)
+
+    @property
+    def tail_crc32(self) -> int:
+        """:func:`tail_crc32` of the file as it will end at :attr:`position`."""
+        ending = b"" if self._line_ended or not self._waiting else b"\n"
+        return tail_crc32(self._tail + ending + "".join(self._pending)[-_TAIL:].encode())
+
+    def _rotated(self) -> bool:
+        """The path names another file than the open one, or none: renamed away."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError:  # unreachable for now: keep writing where we are
+            return False
+        return (st.st_dev, st.st_ino) != self._id
 
     def write(self, line: str) -> None:
         self._pending.append(line)
@@ -112,6 +159,17 @@ class LiveLines:
     def flush(self) -> None:
         if not self._pending:
             return
+        if self._rotated():
+            try:
+                old, self._f = self._f, None
+                self._open()
+                old.close()
+                self.reopened += 1
+                log.info("--jsonl %s: the file was rotated away; writing a new one", self.path)
+            except OSError as e:  # keep the old file: its lines are not lost, only rotated with it
+                self._f = old
+                if self._warn():
+                    log.warning("--jsonl %s: cannot open it anew after a rotation (%s)", self.path, e.strerror or e)
         data = (b"" if self._line_ended else b"\n") + "".join(self._pending).encode()
         done = 0
         try:
@@ -130,7 +188,15 @@ class LiveLines:
         finally:
             if done:
                 self._line_ended = data[done - 1] == ord("\n")
-            self._written += done
+                self._tail = (self._tail + data[max(0, done - _TAIL) : done])[-_TAIL:]
+                expected, self._written = self._written + done, self._written + done
+                try:  # where the write ended: the file's end (appended), also after a copytruncate
+                    self._written = self._f.tell()
+                    if self._written != expected:  # emptied (copytruncate) or written by another: read its end
+                        self._f.seek(max(0, self._written - _TAIL))
+                        self._tail = self._f.read(self._written - self._f.tell())
+                except OSError:
+                    pass
         self._pending.clear()
         self._waiting = 0
 

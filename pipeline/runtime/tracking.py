@@ -186,6 +186,9 @@ class Tracking:
             "tracks": self.seen,
             "resets": self.resets,
             "next_track_id": self.tracker.next_id,
+            # the highest id shown so far; those between it and next_track_id are tentative
+            # tracks, shown later (counted then, also by replay) or never
+            "last_track_id": self._last_id,
             "lines": [c.summary() for c in self.lines],
             "zones": [c.summary() for c in self.zones],
         }
@@ -240,20 +243,25 @@ class Tracking:
             raise ValueError(
                 f"{where}: 'tracks' and 'next_track_id' must be whole numbers from 0 to 2**52, got {seen!r}, {next_id!r}"
             )
+        last = saved.get("last_track_id", max(next_id - 1, 0))  # older summaries: every id given was shown
+        if not isinstance(last, int) or isinstance(last, bool) or not 0 <= last < max(next_id, 1):
+            raise ValueError(f"{where}: 'last_track_id' must be a whole number below 'next_track_id', got {last!r}")
         for c, got in zip(self.lines, resumed[0]):
             c.counts = got
         for z, got in zip(self.zones, resumed[1]):
             z.entries = got
         self.seen = seen
         self.ids_above(max(next_id - 1, seen))
+        self._last_id = last  # replay counts the ids above it that its lines show
 
     def replay(self, lines) -> tuple[int, int]:
         """Count again the events of JSONL lines (``bytes`` or ``str``) that the runner
         wrote after the summary :meth:`resume` read: a crash loses the summary's last
-        seconds, not the JSONL's. Tracks first shown there (ids at or above the summary's
-        ``next_track_id``) join ``tracks``, and later ids start above them. Returns the
+        seconds, not the JSONL's. Tracks first shown there (ids above the summary's
+        ``last_track_id``) join ``tracks``, and later ids start above them. Returns the
         lines read and those skipped as unreadable (a line a power cut cut short)."""
-        first_new, top, new = self.tracker.next_id, 0, set()
+        # above the last id shown: a track still tentative at the summary is new here too
+        first_new, top, new = self._last_id + 1, 0, set()
         read = unreadable = 0
         for raw in lines:
             read += 1
