@@ -87,6 +87,14 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", type=Path, default=None, help="write the annotated video (.mp4, .avi)")
     p.add_argument("--output-fps", type=float, default=None, help="frame rate of --output (default: the source's)")
     p.add_argument(
+        "--output-segment",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="cut --output into files of SECONDS of video each (door-20261205-143000.mp4...), each finished "
+        "when full: a camera recording for days loses one segment in a crash, not all of it",
+    )
+    p.add_argument(
         "--jsonl",
         type=Path,
         default=None,
@@ -181,6 +189,7 @@ def _run(args) -> int:
         display=args.display,
         output=args.output,
         output_fps=args.output_fps,
+        output_segment=args.output_segment,
         jsonl=args.jsonl,
         summary_json=args.summary_json,
         summary_every=args.summary_every,

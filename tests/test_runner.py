@@ -8,6 +8,8 @@ through the real export path (``model`` fixture, ~30 s of TF on 2 cores).
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -474,6 +476,9 @@ def test_unwritable_outputs_are_errors_before_any_frame_and_the_summary_is_writt
             {"output": tmp_path / "folder" / "o.mp4", "summary_json": Path("/proc/s.json")},
             "--summary-json /proc/s.json: cannot write in /proc",
         ),
+        ({"output_segment": 60.0}, "--output-segment cuts the --output video into files: add --output"),
+        ({"output": tmp_path / "folder" / "o.mp4", "output_segment": 0.5}, "--output-segment must be at least 1"),
+        ({"output": tmp_path / "folder" / "o.mp4", "output_segment": float("nan")}, "--output-segment must be"),
     ]
     for kw, message in cases:
         with pytest.raises(RunError, match=message):
@@ -696,6 +701,39 @@ def test_live_lines_lose_what_a_full_disk_refuses_and_go_on(tmp_path, caplog):
     with LiveLines(path) as lines:  # not appending: an earlier run's file is replaced
         lines.write('{"f": 6}\n')
     assert path.read_text() == '{"f": 6}\n'
+
+
+def test_output_segments_are_finished_and_in_place_as_they_fill(tmp_path):
+    """--output-segment: a camera recording for days is cut into files of N seconds of
+    video, each finished (playable) and moved into place once full, so a crash loses
+    the one being written; they sort in the order they were written."""
+    from pipeline.runtime.sinks import VideoSegments
+
+    frames = [np.full((48, 64, 3), 10 * (i % 20), np.uint8) for i in range(130)]
+    segments = VideoSegments(tmp_path / "rec.avi", fps=25.0, seconds=2)
+    for f in frames[:110]:
+        segments.write(f)
+    for t in segments._finishing:  # the full ones are finished on their own thread
+        t.join()
+    done = sorted(tmp_path.glob("rec-*.avi"))
+    assert [len(read_all(p)) for p in done] == [50, 50] and len(list(tmp_path.glob(".rec-*"))) == 1  # 10 in flight
+    assert segments.summary() == {"written": 2, "failed": 0, "last": str(done[-1])}
+    for f in frames[110:]:
+        segments.write(f)
+    segments.close()
+    done = sorted(tmp_path.glob("rec-*.avi"))
+    assert [len(read_all(p)) for p in done] == [50, 50, 30] and not list(tmp_path.glob(".*"))
+    assert all(re.fullmatch(r"rec-\d{8}-\d{6}(_\d+)?\.avi", p.name) for p in done)
+    assert segments.summary()["written"] == 3 and segments.summary()["last"] == str(max(done, key=os.path.getmtime))
+    first = read_all(done[0])
+    assert abs(int(first[49].mean()) - int(frames[49].mean())) < 8  # frames in order, none lost
+    # From a camera, by its clock: one that reports 25 fps and delivers 10 still cuts every 2 s
+    ticks = iter(np.arange(0, 100, 0.1))
+    segments = VideoSegments(tmp_path / "cam" / "c.avi", fps=25.0, seconds=2, clock=lambda: next(ticks))
+    for f in frames[:50]:
+        segments.write(f)
+    segments.close()
+    assert [len(read_all(p)) for p in sorted((tmp_path / "cam").glob("c-*.avi"))] == [20, 20, 10]
 
 
 def test_live_lines_survive_log_rotation_either_way(tmp_path):

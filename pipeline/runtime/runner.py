@@ -39,6 +39,7 @@ from pipeline.runtime.sinks import (
     Display,
     LiveLines,
     Throttle,
+    VideoSegments,
     VideoSink,
     check_output_file,
     check_video_path,
@@ -73,6 +74,10 @@ class RunOptions:
         pace: play files at their frame rate, dropping frames the model cannot keep up with.
         loop: restart a video file at its end.
         max_frames: stop after this many frames (0: until the source ends).
+        output_segment: cut ``output`` into files of this many seconds of video, each
+            finished and moved into place when full (``door-20261205-143000.mp4``), so a
+            crash loses one segment, not a recording of days
+            (:class:`~pipeline.runtime.sinks.VideoSegments`).
         output, jsonl, summary_json: the annotated video, a JSON line per frame, and the
             summary as JSON at the end; each written atomically, each checked before
             the first frame. From a camera or stream (no end), the JSON lines go to the
@@ -106,6 +111,7 @@ class RunOptions:
     display: bool | None = None
     output: Path | None = None
     output_fps: float | None = None
+    output_segment: float | None = None
     jsonl: Path | None = None
     max_frames: int = 0
     pace: bool = False
@@ -414,6 +420,11 @@ def run(opts: RunOptions) -> dict:
     try:
         if opts.output is not None:
             check_video_path(Path(opts.output))
+        if opts.output_segment is not None:
+            if opts.output is None:
+                raise ValueError("--output-segment cuts the --output video into files: add --output")
+            if not 1.0 <= opts.output_segment < float("inf"):  # NaN fails too
+                raise ValueError(f"--output-segment must be at least 1 second, got {opts.output_segment}")
         for flag, path in (("--jsonl", opts.jsonl), ("--summary-json", opts.summary_json)):
             if path is not None:
                 check_output_file(Path(path), flag)
@@ -573,7 +584,11 @@ def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Captur
     """(video sink, JSONL file, display), each closed by ``stack`` in the right order:
     the writer is released before its temporary file is moved into place."""
     sink = jsonl = display = None
-    if opts.output is not None:
+    if opts.output is not None and opts.output_segment:
+        fps, live = opts.output_fps or capture.fps or 30.0, capture.source.live
+        sink = VideoSegments(Path(opts.output), fps, opts.output_segment, time.monotonic if live else None)
+        stack.callback(sink.close)
+    elif opts.output is not None:
         tmp = stack.enter_context(atomic_path(opts.output))
         sink = VideoSink(tmp, opts.output_fps or capture.fps or 30.0)
         stack.callback(sink.close)
@@ -816,6 +831,7 @@ def _summary(
         "stopped_by": reason,
         **({"tracking": loop.tracking.summary()} if loop.tracking is not None else {}),
         "output": str(opts.output) if opts.output else None,
+        **({"output_segments": loop.sink.summary()} if isinstance(loop.sink, VideoSegments) else {}),
         "jsonl": str(opts.jsonl) if opts.jsonl else None,
         # a camera's JSONL: its length at this summary, where --resume-counts replays from
         "jsonl_offset": getattr(loop.jsonl, "position", None),
@@ -835,6 +851,9 @@ def format_summary(s: dict) -> str:
     ]
     for name, v in s["stages_ms"].items():
         lines.append(f"{name:<12}{v['mean']:>10.2f}{v['p50']:>10.2f}{v['p90']:>10.2f}")
+    if seg := s.get("output_segments"):
+        failed = f", {seg['failed']} could not be finished" if seg["failed"] else ""
+        lines.append(f"output {seg['written']} segments{failed}, the last {seg['last']}")
     t = s.get("tracking")
     if t:
         lines.append(f"tracks {t['tracks']}  (reset {t['resets']} times)")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
+import sys
 import tempfile
 import threading
 import time
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from pipeline.core.rundir import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +267,103 @@ class VideoSink:
         self._thread.join()
         self._writer.release()
         self._writer = None
+
+
+class VideoSegments:
+    """``--output`` cut into files of ``seconds`` of video each (``--output-segment``),
+    for a camera that records for days. A single file is moved into place only when the
+    run ends (an mp4 is unplayable until finished), so a crash or a power cut would lose
+    all of it; here each segment is written under a hidden temporary name beside its
+    own and moved into place, finished and playable, once full, so a crash loses the
+    segment being written at most, and the finished ones can be shipped or deleted as
+    they come. Each is named after the time its first frame was written:
+    ``door.mp4`` → ``door-20261205-143000.mp4``. A full segment is finished on a thread
+    of its own, so the run does not wait for its encoder to drain.
+
+    A segment is ``seconds`` of the video's time (frames over ``fps``), or, with a
+    ``clock`` (a camera's: ``time.monotonic``), of that clock's: a camera's reported
+    frame rate is often not the one it delivers, and ten-minute files should start ten
+    minutes apart, as their names say."""
+
+    def __init__(self, path: Path, fps: float, seconds: float, clock=None) -> None:
+        self.path, self.fps, self.seconds, self.clock = Path(path), float(fps), float(seconds), clock
+        self.per = max(1, round(seconds * self.fps))  # frames a segment, by the video's time
+        self._started = 0.0  # the clock when the segment began
+        self.frames = 0
+        self.written = 0  # segments finished and in place
+        self.last: Path | None = None  # the newest of them
+        self.failed = 0
+        self._current: tuple[contextlib.ExitStack, VideoSink, Path] | None = None
+        self._finishing: list[threading.Thread] = []
+        self._names: list[Path] = []  # the last few names given: those being finished are not on disk yet
+        self._lock = threading.Lock()
+
+    def _name(self) -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name, k = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}"), 1
+        while name.exists() or name in self._names:  # two in a second, a clock set back, an earlier run's
+            k += 1
+            name = self.path.with_name(f"{self.path.stem}-{stamp}_{k}{self.path.suffix}")  # sorts after
+        self._names = [*self._names[-3:], name]
+        return name
+
+    def _full(self) -> bool:
+        if self.clock is None:
+            return self._current[1].frames >= self.per
+        return self.clock() - self._started >= self.seconds
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._current is None or self._full():
+            self._next()
+        try:
+            self._current[1].write(frame)
+        except BaseException:  # a writer that cannot open or write: this segment's file goes
+            current, self._current = self._current, None
+            current[0].__exit__(*sys.exc_info())
+            raise
+        self.frames += 1
+
+    def _next(self) -> None:
+        if self._current is not None:
+            t = threading.Thread(target=self._finish, args=(self._current,), name="video-segment")
+            t.start()
+            self._finishing = [*(x for x in self._finishing if x.is_alive()), t]
+            self._current = None
+        name = self._name()
+        stack = contextlib.ExitStack()
+        with stack:  # closed (the temporary file removed) unless the segment opens
+            tmp = stack.enter_context(atomic_path(name))
+            sink = VideoSink(tmp, self.fps)
+            stack.callback(sink.close)  # first at the end: the encoder is drained before the move
+            self._current = (stack.pop_all(), sink, name)
+        if self.clock is not None:
+            self._started = self.clock()
+
+    def _finish(self, current: tuple) -> None:
+        stack, _, name = current
+        try:
+            stack.close()
+        except Exception as e:  # noqa: BLE001 - a segment that cannot be finished costs that segment
+            with self._lock:
+                self.failed += 1
+            log.warning("--output %s: cannot finish this segment (%s); the run goes on", name, e)
+            return
+        with self._lock:
+            self.written += 1
+            self.last = name
+
+    def close(self) -> None:
+        """Finish the segment being written (what the run recorded so far is kept, also
+        when it stops on an error) and wait for those still finishing."""
+        current, self._current = self._current, None
+        if current is not None:
+            self._finish(current)
+        for t in self._finishing:
+            t.join()
+
+    def summary(self) -> dict:
+        with self._lock:
+            return {"written": self.written, "failed": self.failed, "last": str(self.last) if self.last else None}
 
 
 class Display:
