@@ -91,8 +91,9 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="SECONDS",
-        help="cut --output into files of SECONDS of video each (door-20261205-143000.mp4...), each finished "
-        "when full: a camera recording for days loses one segment in a crash, not all of it",
+        help="cut --output into files (door-20261205-143000Z.mp4...): one every SECONDS of recording from a "
+        "camera or stream, SECONDS of video each from a file; each finished when full, so a camera recording "
+        "for days loses one segment in a crash, not all of it",
     )
     p.add_argument(
         "--jsonl",

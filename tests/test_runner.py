@@ -713,17 +713,16 @@ def test_output_segments_are_finished_and_in_place_as_they_fill(tmp_path):
     segments = VideoSegments(tmp_path / "rec.avi", fps=25.0, seconds=2)
     for f in frames[:110]:
         segments.write(f)
-    for t in segments._finishing:  # the full ones are finished on their own thread
-        t.join()
+    segments.finished()  # the full ones are finished on their own thread
     done = sorted(tmp_path.glob("rec-*.avi"))
     assert [len(read_all(p)) for p in done] == [50, 50] and len(list(tmp_path.glob(".rec-*"))) == 1  # 10 in flight
-    assert segments.summary() == {"written": 2, "failed": 0, "last": str(done[-1])}
+    assert segments.summary() == {"written": 2, "failed": 0, "lost_frames": 0, "last": str(done[-1])}
     for f in frames[110:]:
         segments.write(f)
     segments.close()
     done = sorted(tmp_path.glob("rec-*.avi"))
     assert [len(read_all(p)) for p in done] == [50, 50, 30] and not list(tmp_path.glob(".*"))
-    assert all(re.fullmatch(r"rec-\d{8}-\d{6}(_\d+)?\.avi", p.name) for p in done)
+    assert all(re.fullmatch(r"rec-\d{8}-\d{6}Z(_\d{3})?\.avi", p.name) for p in done)
     assert segments.summary()["written"] == 3 and segments.summary()["last"] == str(max(done, key=os.path.getmtime))
     first = read_all(done[0])
     assert abs(int(first[49].mean()) - int(frames[49].mean())) < 8  # frames in order, none lost
@@ -734,6 +733,48 @@ def test_output_segments_are_finished_and_in_place_as_they_fill(tmp_path):
         segments.write(f)
     segments.close()
     assert [len(read_all(p)) for p in sorted((tmp_path / "cam").glob("c-*.avi"))] == [20, 20, 10]
+
+
+def test_output_segments_outlive_a_slow_disk_and_a_folder_gone_missing(tmp_path, monkeypatch):
+    """Many segments in one second while the disk is slow to finish them: each keeps its
+    own name (none overwritten). A segment that cannot be opened (its folder replaced by
+    a file) is a warning and lost frames, and the next one is written again."""
+    from pipeline.core import rundir
+    from pipeline.runtime.sinks import VideoSegments
+
+    fsync = rundir.os.fsync
+
+    def slow_fsync(fd):
+        time.sleep(0.2)
+        fsync(fd)
+
+    monkeypatch.setattr(rundir.os, "fsync", slow_fsync)
+    frame = np.full((48, 64, 3), 128, np.uint8)
+    segments = VideoSegments(tmp_path / "fast" / "r.avi", fps=5.0, seconds=1)
+    for _ in range(40):  # 8 segments of 5 frames, far quicker than a second
+        segments.write(frame)
+    segments.close()
+    names = sorted(p.name for p in (tmp_path / "fast").iterdir())
+    assert len(names) == 8 and segments.summary()["written"] == 8 and segments.summary()["last"].endswith(names[-1])
+    assert all(len(read_all(tmp_path / "fast" / n)) == 5 for n in names)
+    monkeypatch.setattr(rundir.os, "fsync", fsync)
+
+    folder = tmp_path / "gone"
+    segments = VideoSegments(folder / "r.avi", fps=5.0, seconds=1)
+    for _ in range(5):
+        segments.write(frame)
+    shutil.rmtree(folder)
+    folder.write_text("not a folder")  # the next segment cannot be opened
+    for _ in range(5):
+        segments.write(frame)
+    folder.unlink()
+    for _ in range(5):
+        segments.write(frame)
+    segments.close()
+    s = segments.summary()
+    # the first segment went with its folder (it cannot be finished), the second could not be opened
+    assert (s["written"], s["failed"], s["lost_frames"]) == (1, 2, 5)
+    assert [len(read_all(p)) for p in folder.iterdir()] == [5]
 
 
 def test_live_lines_survive_log_rotation_either_way(tmp_path):
@@ -799,6 +840,10 @@ def test_resume_counts_replays_only_the_jsonl_the_summary_was_taken_with(tmp_pat
     t = replayed(after + before, crc)  # rotated: the same length at least, other bytes before the offset
     assert t["lines"][0]["in"] == {} and t["tracks"] == 0 and t["next_track_id"] == 3  # ids still kept clear
     assert replayed(before + after, None)["lines"][0]["in"] == {"p": 1}  # an older summary: no fingerprint
+    # ids the crashed run gave before a rotation are in the rotated copy: kept clear of too
+    (tmp_path / "t.jsonl.1").write_text('{"frame": 5, "predictions": [{"track_id": 9}], "events": []}\n')
+    (tmp_path / "t.jsonl.2.gz").write_bytes(b"\x1f\x8b not read")
+    assert replayed(after + before, crc)["next_track_id"] == 10
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ ends with a summary: frames, dropped frames, reconnects, mean/p50/p90 per stage,
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -74,9 +75,10 @@ class RunOptions:
         pace: play files at their frame rate, dropping frames the model cannot keep up with.
         loop: restart a video file at its end.
         max_frames: stop after this many frames (0: until the source ends).
-        output_segment: cut ``output`` into files of this many seconds of video, each
-            finished and moved into place when full (``door-20261205-143000.mp4``), so a
-            crash loses one segment, not a recording of days
+        output_segment: cut ``output`` into files of this many seconds (of recording
+            by the clock from a camera or stream, of video from a file), each finished
+            and moved into place when full (``door-20261205-143000Z.mp4``), so a crash
+            loses one segment, not a recording of days
             (:class:`~pipeline.runtime.sinks.VideoSegments`).
         output, jsonl, summary_json: the annotated video, a JSON line per frame, and the
             summary as JSON at the end; each written atomically, each checked before
@@ -552,7 +554,9 @@ def _replay_jsonl(tracking: Tracking, jsonl: Path, offset, crc=None) -> None:
                 )
                 tracking.ids_above(_last_track_id(jsonl))
                 return
-            if offset:  # a line begins there, unless lines the disk refused moved it: then at the next one
+            # A line begins at the offset. A summary without a fingerprint may be off by
+            # lines a full disk refused: then the replay starts at the next line.
+            if offset:
                 f.seek(offset - 1)
                 if f.read(1) != b"\n":
                     f.readline()
@@ -568,16 +572,34 @@ def _replay_jsonl(tracking: Tracking, jsonl: Path, offset, crc=None) -> None:
 
 
 def _last_track_id(jsonl: Path, tail: int = 8 << 20) -> int:
-    """The highest track id in the last ``tail`` bytes of a JSONL (0 without one): the
-    ids an earlier run gave after its summary's last rewrite: some 10 s, which at 30 fps
-    and 50 objects a frame is about 2.5 MB of lines."""
-    try:
-        with open(jsonl, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - tail))
-            data = f.read()
-    except OSError:
-        return 0
-    return max(map(int, re.findall(rb'"track_id": (\d+)', data)), default=0)
+    """The highest track id in the last ``tail`` bytes of a JSONL and of its newest
+    rotated copy (logrotate's ``tracks.jsonl.1`` or ``tracks.jsonl-20261205``; not a
+    compressed one), 0 without them: the ids an earlier run gave after its summary's
+    last rewrite (some 10 s, which at 30 fps and 50 objects a frame is about 2.5 MB of
+    lines), which a rotation since may have moved to the copy."""
+
+    def last_in(path: Path) -> int:
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - tail))
+                data = f.read()
+        except OSError:
+            return 0
+        return max(map(int, re.findall(rb'"track_id": (\d+)', data)), default=0)
+
+    def mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    copies = [
+        p
+        for p in jsonl.parent.glob(glob.escape(jsonl.name) + "[.-]*")
+        if p.suffix.lower() not in (".gz", ".xz", ".bz2", ".zst", ".lz4")
+    ]
+    newest = max(copies, key=mtime, default=None)
+    return max(last_in(jsonl), last_in(newest) if newest else 0)
 
 
 def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Capture) -> tuple:
@@ -852,7 +874,7 @@ def format_summary(s: dict) -> str:
     for name, v in s["stages_ms"].items():
         lines.append(f"{name:<12}{v['mean']:>10.2f}{v['p50']:>10.2f}{v['p90']:>10.2f}")
     if seg := s.get("output_segments"):
-        failed = f", {seg['failed']} could not be finished" if seg["failed"] else ""
+        failed = f", {seg['failed']} lost ({seg['lost_frames']} frames not recorded)" if seg["failed"] else ""
         lines.append(f"output {seg['written']} segments{failed}, the last {seg['last']}")
     t = s.get("tracking")
     if t:

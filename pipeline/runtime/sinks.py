@@ -6,7 +6,6 @@ import contextlib
 import logging
 import os
 import queue
-import sys
 import tempfile
 import threading
 import time
@@ -112,22 +111,27 @@ class LiveLines:
         self.lost = 0  # lines a failed write lost
         self.reopened = 0  # files opened anew after a rotation
         self._warn, self._failing = Throttle(), False
+        self._waiting = 0  # bytes in _pending (JSON lines are ASCII: json.dumps escapes the rest)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._open(truncate=not append)
 
     def _open(self, truncate: bool = False) -> None:
+        """Opens the path (the state changes only once it is open and read)."""
         # unbuffered: each flush is one write of whole lines; a+: appended (O_APPEND), and
         # the last bytes can be read back
-        self._f = open(self.path, "a+b", buffering=0)
-        if truncate:
-            self._f.truncate(0)
-        st = os.fstat(self._f.fileno())
-        self._id = (st.st_dev, st.st_ino)
-        self._written = self._f.seek(0, os.SEEK_END)  # the file's length
-        self._f.seek(max(0, self._written - _TAIL))
-        self._tail = self._f.read(_TAIL)  # the file's last bytes, for the summary's fingerprint
-        self._line_ended = not self._tail or self._tail.endswith(b"\n")  # ends with a whole line, or is empty
-        self._waiting = 0  # bytes in _pending (JSON lines are ASCII: json.dumps escapes the rest)
+        f = open(self.path, "a+b", buffering=0)
+        try:
+            if truncate:
+                f.truncate(0)
+            st = os.fstat(f.fileno())
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - _TAIL))
+            tail = f.read(_TAIL)  # the file's last bytes, for the summary's fingerprint
+        except BaseException:
+            f.close()
+            raise
+        self._f, self._id, self._written, self._tail = f, (st.st_dev, st.st_ino), size, tail
+        self._line_ended = not tail or tail.endswith(b"\n")  # ends with a whole line, or is empty
 
     @property
     def position(self) -> int:
@@ -164,16 +168,19 @@ class LiveLines:
         if not self._pending:
             return
         if self._rotated():
+            old = self._f
             try:
-                old, self._f = self._f, None
                 self._open()
-                old.close()
-                self.reopened += 1
-                log.info("--jsonl %s: the file was rotated away; writing a new one", self.path)
             except OSError as e:  # keep the old file: its lines are not lost, only rotated with it
-                self._f = old
                 if self._warn():
                     log.warning("--jsonl %s: cannot open it anew after a rotation (%s)", self.path, e.strerror or e)
+            else:
+                self.reopened += 1
+                log.info("--jsonl %s: the file was rotated away; writing a new one", self.path)
+                try:
+                    old.close()
+                except OSError:  # a deferred write error of the rotated file (NFS): not this one's
+                    pass
         data = (b"" if self._line_ended else b"\n") + "".join(self._pending).encode()
         done = 0
         try:
@@ -241,9 +248,11 @@ class VideoSink:
         if self._writer is None:
             h, w = frame.shape[:2]
             fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.path.suffix.lower()])
-            self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (w, h))
-            if not self._writer.isOpened():
+            writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (w, h))
+            if not writer.isOpened():  # kept out of self._writer: close() then has nothing to drain
+                writer.release()
                 raise OSError(f"{self.path}: cannot open a video writer ({FOURCC[self.path.suffix.lower()]})")
+            self._writer = writer
             self._size = (w, h)
             self._thread.start()
         if self._error is not None:
@@ -270,100 +279,145 @@ class VideoSink:
 
 
 class VideoSegments:
-    """``--output`` cut into files of ``seconds`` of video each (``--output-segment``),
-    for a camera that records for days. A single file is moved into place only when the
-    run ends (an mp4 is unplayable until finished), so a crash or a power cut would lose
+    """``--output`` cut into files of ``seconds`` each (``--output-segment``), for a
+    camera that records for days. A single file is moved into place only when the run
+    ends (an mp4 is unplayable until finished), so a crash or a power cut would lose
     all of it; here each segment is written under a hidden temporary name beside its
     own and moved into place, finished and playable, once full, so a crash loses the
     segment being written at most, and the finished ones can be shipped or deleted as
-    they come. Each is named after the time its first frame was written:
-    ``door.mp4`` → ``door-20261205-143000.mp4``. A full segment is finished on a thread
-    of its own, so the run does not wait for its encoder to drain.
+    they come. Each is named after the UTC time its first frame was written, which
+    sorts in time order across daylight-saving changes too: ``door.mp4`` →
+    ``door-20261205-143000Z.mp4`` (a second one in the same second: ``…Z_002.mp4``).
 
     A segment is ``seconds`` of the video's time (frames over ``fps``), or, with a
-    ``clock`` (a camera's: ``time.monotonic``), of that clock's: a camera's reported
-    frame rate is often not the one it delivers, and ten-minute files should start ten
-    minutes apart, as their names say."""
+    ``clock`` (a camera's: ``time.monotonic``), of recording by that clock: a camera's
+    reported frame rate is often not the one it delivers, and ten-minute files should
+    start ten minutes apart. A full segment is finished on a thread of its own, so the
+    run does not wait for its encoder to drain. A segment that cannot be opened or
+    finished (a full disk, a codec that refuses) is a warning, and the run goes on:
+    the frames until the next segment's time are not recorded."""
 
     def __init__(self, path: Path, fps: float, seconds: float, clock=None) -> None:
         self.path, self.fps, self.seconds, self.clock = Path(path), float(fps), float(seconds), clock
         self.per = max(1, round(seconds * self.fps))  # frames a segment, by the video's time
-        self._started = 0.0  # the clock when the segment began
-        self.frames = 0
+        self.frames = 0  # frames written
+        self.lost = 0  # frames of segments that could not be opened
         self.written = 0  # segments finished and in place
-        self.last: Path | None = None  # the newest of them
-        self.failed = 0
-        self._current: tuple[contextlib.ExitStack, VideoSink, Path] | None = None
-        self._finishing: list[threading.Thread] = []
-        self._names: list[Path] = []  # the last few names given: those being finished are not on disk yet
-        self._lock = threading.Lock()
+        self.failed = 0  # segments that could not be opened or finished
+        self.last: Path | None = None  # the newest finished one
+        self._current: tuple[contextlib.ExitStack, VideoSink, Path, int] | None = None
+        self._started = 0.0  # the clock, or frames given, when the segment (or the gap) began
+        self._given = 0  # frames given, written or not
+        self._gap = False  # in a segment's time that could not be opened
+        self._seq = 0  # segments begun
+        self._last_seq = 0  # of ``last``
+        self._unfinished: set[Path] = set()  # names given, not yet in place
+        self._busy = 0  # segments being finished
+        self._idle = threading.Condition()
+        self._warn = Throttle()
 
     def _name(self) -> Path:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        stamp = time.strftime("%Y%m%d-%H%M%SZ", time.gmtime())
         name, k = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}"), 1
-        while name.exists() or name in self._names:  # two in a second, a clock set back, an earlier run's
+        while name.exists() or name in self._unfinished:  # two in a second, a clock set back, an earlier run's
             k += 1
-            name = self.path.with_name(f"{self.path.stem}-{stamp}_{k}{self.path.suffix}")  # sorts after
-        self._names = [*self._names[-3:], name]
+            name = self.path.with_name(f"{self.path.stem}-{stamp}_{k:03d}{self.path.suffix}")  # sorts after it
         return name
 
-    def _full(self) -> bool:
-        if self.clock is None:
-            return self._current[1].frames >= self.per
-        return self.clock() - self._started >= self.seconds
+    def _now(self) -> float:
+        return self._given if self.clock is None else self.clock()
 
     def write(self, frame: np.ndarray) -> None:
-        if self._current is None or self._full():
+        span = self.per if self.clock is None else self.seconds
+        if (self._current is None and not self._gap) or self._now() - self._started >= span:
             self._next()
+        self._given += 1
+        if self._current is None:  # this segment's time could not be opened
+            self.lost += 1
+            return
         try:
             self._current[1].write(frame)
-        except BaseException:  # a writer that cannot open or write: this segment's file goes
-            current, self._current = self._current, None
-            current[0].__exit__(*sys.exc_info())
-            raise
+        except OSError as e:  # the encoder failed: this segment goes, the next is tried at its time
+            self._fail(self._current[2], e, self._current[0])
+            self._current = None
+            self.lost += 1
+            return
         self.frames += 1
 
     def _next(self) -> None:
-        if self._current is not None:
-            t = threading.Thread(target=self._finish, args=(self._current,), name="video-segment")
-            t.start()
-            self._finishing = [*(x for x in self._finishing if x.is_alive()), t]
-            self._current = None
-        name = self._name()
+        current, self._current = self._current, None
+        if current is not None:
+            with self._idle:
+                self._busy += 1
+            threading.Thread(target=self._finish, args=(current,), name="video-segment").start()
+        self._started, self._gap = self._now(), False
+        self._seq += 1
+        name = None
         stack = contextlib.ExitStack()
-        with stack:  # closed (the temporary file removed) unless the segment opens
-            tmp = stack.enter_context(atomic_path(name))
-            sink = VideoSink(tmp, self.fps)
-            stack.callback(sink.close)  # first at the end: the encoder is drained before the move
-            self._current = (stack.pop_all(), sink, name)
-        if self.clock is not None:
-            self._started = self.clock()
+        try:
+            with stack:  # closed (the temporary file removed) unless the segment opens
+                name = self._name()
+                tmp = stack.enter_context(atomic_path(name))
+                sink = VideoSink(tmp, self.fps)
+                stack.callback(sink.close)  # first at the end: the encoder is drained before the move
+                self._current = (stack.pop_all(), sink, name, self._seq)
+                self._unfinished.add(name)
+        except OSError as e:
+            self._gap = True
+            self._fail(name or self.path, e)
+
+    def _fail(self, name: Path, e: Exception, stack: contextlib.ExitStack | None = None) -> None:
+        if stack is not None:  # the temporary file goes
+            try:
+                stack.__exit__(type(e), e, e.__traceback__)
+            except Exception:  # noqa: BLE001 - the error already being reported is the one that matters
+                pass
+        with self._idle:
+            self.failed += 1
+            self._unfinished.discard(name)
+        if self._warn():
+            log.warning("--output %s: %s; %d segments lost so far, the run goes on", name, e, self.failed)
 
     def _finish(self, current: tuple) -> None:
-        stack, _, name = current
+        stack, _, name, seq = current
         try:
             stack.close()
         except Exception as e:  # noqa: BLE001 - a segment that cannot be finished costs that segment
-            with self._lock:
+            with self._idle:
                 self.failed += 1
             log.warning("--output %s: cannot finish this segment (%s); the run goes on", name, e)
-            return
-        with self._lock:
-            self.written += 1
-            self.last = name
+        else:
+            with self._idle:
+                self.written += 1
+                if seq > self._last_seq:  # segments may finish out of order
+                    self.last, self._last_seq = name, seq
+        finally:
+            with self._idle:
+                self._unfinished.discard(name)
+                self._busy -= 1
+                self._idle.notify_all()
 
     def close(self) -> None:
         """Finish the segment being written (what the run recorded so far is kept, also
-        when it stops on an error) and wait for those still finishing."""
+        when it stops on an error) and wait for those still finishing. It waits on a
+        condition, not with ``join``: a second Ctrl-C meanwhile then lets them finish at
+        exit (the threads are not daemons) instead of leaving them as temporary files."""
         current, self._current = self._current, None
         if current is not None:
+            with self._idle:
+                self._busy += 1
             self._finish(current)
-        for t in self._finishing:
-            t.join()
+        self.finished()
+
+    def finished(self) -> None:
+        """Wait until the full segments are in place."""
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0)
 
     def summary(self) -> dict:
-        with self._lock:
-            return {"written": self.written, "failed": self.failed, "last": str(self.last) if self.last else None}
+        with self._idle:
+            last = str(self.last) if self.last else None
+            return {"written": self.written, "failed": self.failed, "lost_frames": self.lost, "last": last}
 
 
 class Display:
