@@ -477,6 +477,7 @@ def test_unwritable_outputs_are_errors_before_any_frame_and_the_summary_is_writt
             "--summary-json /proc/s.json: cannot write in /proc",
         ),
         ({"output_segment": 60.0}, "--output-segment cuts the --output video into files: add --output"),
+        ({"jsonl": Path("/dev/null")}, "--jsonl /dev/null: is not a regular file"),
         ({"output": tmp_path / "folder" / "o.mp4", "output_segment": 0.5}, "--output-segment must be at least 1"),
         ({"output": tmp_path / "folder" / "o.mp4", "output_segment": float("nan")}, "--output-segment must be"),
     ]

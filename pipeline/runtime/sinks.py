@@ -39,6 +39,11 @@ def check_output_file(path: Path, what: str) -> None:
     try:  # is_dir and exists raise on a folder we may not enter
         if path.is_dir():
             raise ValueError(f"{what} {path}: is a folder, not a file")
+        if path.exists() and not path.is_file():  # /dev/null, a pipe: the rename at the end would replace it
+            raise ValueError(
+                f"{what} {path}: is not a regular file (a device or a pipe); outputs are written to a file "
+                "beside it and renamed over it when complete"
+            )
         existing = next(p for p in path.absolute().parents if p.exists())  # the root, at least
     except OSError as e:
         raise ValueError(f"{what} {path}: cannot be reached ({e.strerror or e})") from None
