@@ -99,7 +99,8 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
         "--jsonl",
         type=Path,
         default=None,
-        help="one JSON line per frame: predictions and timings (from a camera or stream, written as they come)",
+        help="one JSON line per frame: predictions and timings (from a camera or stream, written as they come; "
+        "-: standard output, as they come, the summary then on standard error)",
     )
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0: until the source ends)")
     p.add_argument("--no-display", dest="display", action="store_false", default=None, help="run headless")
@@ -203,7 +204,8 @@ def _run(args) -> int:
         resume_counts=args.resume_counts,
         parallel=args.parallel,
     )
-    print(format_summary(run(opts)))  # run() writes --summary-json
+    # run() writes --summary-json; with --jsonl - standard output carries the JSON lines alone
+    print(format_summary(run(opts)), file=sys.stderr if str(args.jsonl) == "-" else sys.stdout)
     return 0
 
 

@@ -778,6 +778,29 @@ def test_output_segments_outlive_a_slow_disk_and_a_folder_gone_missing(tmp_path,
     assert [len(read_all(p)) for p in folder.iterdir()] == [5]
 
 
+def test_jsonl_to_standard_output_streams_and_outlives_its_reader(model, tmp_path, capsys, caplog):
+    """--jsonl -: the lines on standard output as they come (a pipe into jq or an MQTT
+    bridge); a reader that goes away costs the lines after it, not the run."""
+    import os
+
+    from pipeline.runtime.sinks import StdoutLines
+
+    s = _run(model, str(write_video(tmp_path / "v.avi", 6)), jsonl=Path("-"))
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["frame"] for x in lines] == list(range(6)) and s["jsonl"] == "-" and not (tmp_path / "-").exists()
+
+    r, w = os.pipe()
+    out = os.fdopen(w, "w")
+    lines = StdoutLines(out)
+    lines.write('{"a": 1}\n')
+    assert os.read(r, 100) == b'{"a": 1}\n'  # there at once, not when a buffer fills
+    os.close(r)  # the reader goes
+    lines.write('{"b": 2}\n')
+    lines.write('{"c": 3}\n')
+    assert lines.lost == 2 and "--jsonl -: Broken pipe; the lines from here on are lost" in caplog.text
+    out.close()
+
+
 def test_live_lines_survive_log_rotation_either_way(tmp_path):
     """logrotate's ``copytruncate`` empties the file under the run: the next lines go to
     its start, with no hole of zero bytes before them; its default renames the file

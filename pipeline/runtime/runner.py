@@ -39,6 +39,7 @@ from pipeline.core.sidecar import read_sidecar, sidecar_path
 from pipeline.runtime.sinks import (
     Display,
     LiveLines,
+    StdoutLines,
     Throttle,
     VideoSegments,
     VideoSink,
@@ -428,7 +429,7 @@ def run(opts: RunOptions) -> dict:
             if not 1.0 <= opts.output_segment < float("inf"):  # NaN fails too
                 raise ValueError(f"--output-segment must be at least 1 second, got {opts.output_segment}")
         for flag, path in (("--jsonl", opts.jsonl), ("--summary-json", opts.summary_json)):
-            if path is not None:
+            if path is not None and not (flag == "--jsonl" and _stdout(path)):
                 check_output_file(Path(path), flag)
     except ValueError as e:
         raise RunError(str(e)) from None
@@ -505,7 +506,8 @@ def _resume_counts(tracking: Tracking | None, opts: RunOptions) -> None:
     path = Path(opts.summary_json)
     if not path.exists():
         log.info("--resume-counts: %s does not exist yet; counting from 0", path)
-        if opts.jsonl is not None:  # a run that crashed before its first rewrite: its ids stay its own
+        # a run that crashed before its first rewrite: its ids stay its own
+        if opts.jsonl is not None and not _stdout(opts.jsonl):
             tracking.ids_above(_last_track_id(Path(opts.jsonl)))
         return
     where = f"--resume-counts {path}"
@@ -521,8 +523,13 @@ def _resume_counts(tracking: Tracking | None, opts: RunOptions) -> None:
     except ValueError as e:
         raise RunError(str(e)) from None
     log.info("%s: carrying on its counts (%d tracks so far)", where, tracking.seen)
-    if opts.jsonl is not None:
+    if opts.jsonl is not None and not _stdout(opts.jsonl):
         _replay_jsonl(tracking, Path(opts.jsonl), saved.get("jsonl_offset"), saved.get("jsonl_tail_crc32"))
+
+
+def _stdout(jsonl) -> bool:
+    """``--jsonl -``: the lines go to standard output, not to a file."""
+    return jsonl is not None and str(jsonl) == "-"
 
 
 def _whole(v) -> bool:
@@ -614,7 +621,9 @@ def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Captur
         tmp = stack.enter_context(atomic_path(opts.output))
         sink = VideoSink(tmp, opts.output_fps or capture.fps or 30.0)
         stack.callback(sink.close)
-    if opts.jsonl is not None and capture.source.live:
+    if _stdout(opts.jsonl):
+        jsonl = stack.enter_context(StdoutLines())
+    elif opts.jsonl is not None and capture.source.live:
         jsonl = stack.enter_context(LiveLines(Path(opts.jsonl), append=opts.resume_counts))
     elif opts.jsonl is not None:
         jsonl = stack.enter_context(open(stack.enter_context(atomic_path(opts.jsonl)), "w"))

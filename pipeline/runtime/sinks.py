@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import queue
+import sys
 import tempfile
 import threading
 import time
@@ -227,6 +228,42 @@ class LiveLines:
         self._f.close()
 
     def __enter__(self) -> LiveLines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class StdoutLines:
+    """``--jsonl -``: the JSON lines on standard output as they come, each written and
+    flushed at once, for a pipe into another program (an MQTT or a Kafka bridge, jq).
+    A reader that goes away (a broken pipe) loses the lines from there on with one
+    warning, and the run goes on: the counts still reach ``--summary-json``."""
+
+    def __init__(self, stream=None) -> None:
+        self._out = stream if stream is not None else sys.stdout
+        self.lost = 0
+        self._gone = False
+
+    def write(self, line: str) -> None:
+        if self._gone:
+            self.lost += 1
+            return
+        try:
+            self._out.write(line)
+            self._out.flush()
+        except OSError as e:  # BrokenPipeError, or EIO from a terminal that closed
+            self._gone, self.lost = True, self.lost + 1
+            log.warning("--jsonl -: %s; the lines from here on are lost, the run goes on", e.strerror or e)
+            try:  # what is left in the buffer would fail again at exit, with a traceback
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self._out.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> StdoutLines:
         return self
 
     def __exit__(self, *exc) -> None:
