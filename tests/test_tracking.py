@@ -517,6 +517,28 @@ def test_a_long_run_keeps_the_counted_marks_of_live_tracks_only():
     assert line._done == {(9, "out")} and zone._entered == {9}
 
 
+def test_counters_fed_tracks_built_by_hand_forget_the_marks_of_long_gone_tracks():
+    """Counting ``Tracks`` made by the caller (no tracker memory): a track unseen for as
+    long as the by-id memory keeps tracks loses its counted-once marks with it."""
+    from pipeline.runtime.tracking import TrackMemory, Tracks
+
+    line, zone = LineCounter.parse("100,0,100,400"), ZoneCounter.parse("100,0,300,0,300,400,100,400")
+    line._side, zone._was_inside = TrackMemory(forget_after=300), TrackMemory(forget_after=300)
+
+    def at(*xs_ids):
+        boxes = np.array([box(x, 50 + 60 * i) for i, (x, _) in enumerate(xs_ids)])
+        ids = np.array([t for _, t in xs_ids])
+        return Tracks(ids, boxes, np.full(len(ids), 0.9), np.zeros(len(ids), int))
+
+    for x in (80, 90, 110, 120):  # track 1 walks right over the line and into the zone
+        line.update(at((x, 1), (50, 2)), ["p"]), zone.update(at((x, 1), (50, 2)), ["p"])
+    assert line._done == {(1, "in")} and zone._entered == {1}
+    for _ in range(600):  # track 1 gone; track 2 stays
+        line.update(at((50, 2)), ["p"]), zone.update(at((50, 2)), ["p"])
+    assert line._done == set() and zone._entered == set()
+    assert sum(line.counts["in"].values()) == 1 and sum(zone.entries.values()) == 1  # the counts stay
+
+
 def test_the_printed_summary_numbers_lines_and_zones_as_the_events_do():
     from pipeline.runtime.runner import format_summary
 

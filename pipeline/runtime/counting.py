@@ -78,6 +78,16 @@ class TrackMemory:
         return old
 
 
+def _forgetting(tracks: Tracks, counter) -> bool:
+    """Whether ``counter``'s by-id memory (tracks built by hand, with no tracker memory)
+    has just forgotten its long-unseen tracks, so their counted-once marks can go too:
+    for those the runner's ``Tracking`` drops them by the tracker's ids instead."""
+    if tracks.memory is not None:
+        return False
+    memory = counter._side if isinstance(counter, LineCounter) else counter._was_inside
+    return memory.updates % 256 == 0
+
+
 def _exchange(
     tracks: Tracks, row: int | None, by_id: TrackMemory, values: np.ndarray, zeros: bool = True
 ) -> np.ndarray:
@@ -137,6 +147,8 @@ class LineCounter:
         # a side of 0 is on the line: wait for a side; an unknown before (0): no crossing.
         # Changed sides are rare: only they are checked against the segment's ends.
         changed = set_indices(sides * _exchange(tracks, self.memory_row, self._side, sides) < 0)
+        if _forgetting(tracks, self):
+            self.forget_ended(set(self._side.m[0].tolist()))
         for k in changed.tolist():
             if not 0.0 <= along_side[k, 0] <= 1.0:
                 continue
@@ -255,6 +267,8 @@ class ZoneCounter:
         now = self._contains(tracks.centres)
         self._now = (tracks.classes, now, class_names)
         was = _exchange(tracks, self.memory_row, self._was_inside, np.where(now, 1.0, -1.0), zeros=False)
+        if _forgetting(tracks, self):
+            self.forget_ended(set(self._was_inside.m[0].tolist()))
         entered = set_indices(now & (was < 0))
         for k in entered.tolist():
             tid = int(tracks.ids[k])
