@@ -97,7 +97,7 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--jsonl",
-        type=Path,
+        type=lambda v: v if v == "-" else Path(v),  # "-" as given: ./- is a file of that name
         default=None,
         help="one JSON line per frame: predictions and timings (from a camera or stream, written as they come; "
         "-: standard output, as they come, the summary then on standard error)",
@@ -205,7 +205,7 @@ def _run(args) -> int:
         parallel=args.parallel,
     )
     # run() writes --summary-json; with --jsonl - standard output carries the JSON lines alone
-    print(format_summary(run(opts)), file=sys.stderr if str(args.jsonl) == "-" else sys.stdout)
+    print(format_summary(run(opts)), file=sys.stderr if args.jsonl == "-" else sys.stdout)
     return 0
 
 

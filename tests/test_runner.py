@@ -458,7 +458,7 @@ def test_bad_models_are_errors_before_any_frame(model, channel_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_unwritable_outputs_are_errors_before_any_frame_and_the_summary_is_written(model, tmp_path):
+def test_unwritable_outputs_are_errors_before_any_frame_and_the_summary_is_written(model, tmp_path, monkeypatch):
     """An output that cannot be written is found before the run, not at its end (where
     the run's JSONL or counts would be lost); the summary JSON is written by the run."""
     from pipeline.runtime.runner import RunError
@@ -485,6 +485,10 @@ def test_unwritable_outputs_are_errors_before_any_frame_and_the_summary_is_writt
         with pytest.raises(RunError, match=message):
             _run(model, video, **kw)
     assert not list((tmp_path / "folder").iterdir())  # nothing written, not even the video
+    with monkeypatch.context() as m:  # started with standard output closed (>&-)
+        m.setattr(sys, "stdout", None)
+        with pytest.raises(RunError, match="--jsonl -: standard output is closed"):
+            _run(model, video, jsonl="-")
     s = _run(model, video, summary_json=tmp_path / "new" / "deep" / "s.json")
     assert json.loads((tmp_path / "new" / "deep" / "s.json").read_text())["frames"] == s["frames"] == 3
     s = _run(model, video, summary_json=tmp_path / "new" / "deep" / "again.json")  # its folder exists now
@@ -780,25 +784,53 @@ def test_output_segments_outlive_a_slow_disk_and_a_folder_gone_missing(tmp_path,
 
 def test_jsonl_to_standard_output_streams_and_outlives_its_reader(model, tmp_path, capsys, caplog):
     """--jsonl -: the lines on standard output as they come (a pipe into jq or an MQTT
-    bridge); a reader that goes away costs the lines after it, not the run."""
+    bridge); a reader that stalls or goes away costs lines, never the run."""
     import os
 
     from pipeline.runtime.sinks import StdoutLines
 
-    s = _run(model, str(write_video(tmp_path / "v.avi", 6)), jsonl=Path("-"))
+    s = _run(model, str(write_video(tmp_path / "v.avi", 6)), jsonl="-")
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [x["frame"] for x in lines] == list(range(6)) and s["jsonl"] == "-" and not (tmp_path / "-").exists()
+    assert [x["frame"] for x in lines] == list(range(6)) and s["jsonl"] == "-" and s["jsonl_lost"] == 0
 
     r, w = os.pipe()
     out = os.fdopen(w, "w")
     lines = StdoutLines(out)
     lines.write('{"a": 1}\n')
-    assert os.read(r, 100) == b'{"a": 1}\n'  # there at once, not when a buffer fills
+    deadline = time.monotonic() + 5
+    got = b""
+    while not got.endswith(b"\n") and time.monotonic() < deadline:
+        got += os.read(r, 100)
+    assert got == b'{"a": 1}\n'  # there at once, not when a buffer fills
     os.close(r)  # the reader goes
     lines.write('{"b": 2}\n')
     lines.write('{"c": 3}\n')
+    lines.close()
     assert lines.lost == 2 and "--jsonl -: Broken pipe; the lines from here on are lost" in caplog.text
     out.close()
+
+    r, w = os.pipe()  # a reader that never reads: the pipe fills, and the run must not wait for it
+    out = os.fdopen(w, "w")
+    lines = StdoutLines(out, queue_size=8, close_wait_s=0.2)
+    t0 = time.monotonic()
+    for k in range(200):
+        lines.write(json.dumps({"k": k, "pad": "x" * 1000}) + "\n")
+    lines.close()
+    assert time.monotonic() - t0 < 2 and 0 < lines.lost < 200
+    assert "the reader does not keep up" in caplog.text
+    os.set_blocking(r, False)
+    data = b""
+    while True:
+        try:
+            chunk = os.read(r, 1 << 16)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    whole = data[: data.rfind(b"\n") + 1].splitlines()
+    assert [json.loads(x)["k"] for x in whole] == list(range(len(whole)))  # those that went out, in order
+    os.close(r)
 
 
 def test_live_lines_survive_log_rotation_either_way(tmp_path):

@@ -82,7 +82,7 @@ def _forgetting(tracks: Tracks, counter) -> bool:
     """Whether ``counter``'s by-id memory (tracks built by hand, with no tracker memory)
     has just forgotten its long-unseen tracks, so their counted-once marks can go too:
     for those the runner's ``Tracking`` drops them by the tracker's ids instead."""
-    if tracks.memory is not None:
+    if counter.memory_row is not None and tracks.memory is not None:  # as _exchange decides
         return False
     memory = counter._side if isinstance(counter, LineCounter) else counter._was_inside
     return memory.updates % 256 == 0

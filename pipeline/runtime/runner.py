@@ -21,6 +21,7 @@ import os
 import queue
 import re
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -85,7 +86,9 @@ class RunOptions:
             summary as JSON at the end; each written atomically, each checked before
             the first frame. From a camera or stream (no end), the JSON lines go to the
             file as they come instead, replacing it, or appended to it with
-            ``resume_counts`` (:class:`~pipeline.runtime.sinks.LiveLines`).
+            ``resume_counts`` (:class:`~pipeline.runtime.sinks.LiveLines`). ``jsonl``
+            ``"-"`` (the string): to standard output as they come, from any source
+            (:class:`~pipeline.runtime.sinks.StdoutLines`).
         summary_every: seconds between rewrites of ``summary_json`` while the run goes
             on (``stopped_by`` null until it ends), so a camera that runs for days shows
             its counts as they grow and keeps them through a crash or a power cut;
@@ -115,7 +118,7 @@ class RunOptions:
     output: Path | None = None
     output_fps: float | None = None
     output_segment: float | None = None
-    jsonl: Path | None = None
+    jsonl: Path | str | None = None  # "-": standard output
     max_frames: int = 0
     pace: bool = False
     loop: bool = False
@@ -428,6 +431,8 @@ def run(opts: RunOptions) -> dict:
                 raise ValueError("--output-segment cuts the --output video into files: add --output")
             if not 1.0 <= opts.output_segment < float("inf"):  # NaN fails too
                 raise ValueError(f"--output-segment must be at least 1 second, got {opts.output_segment}")
+        if _stdout(opts.jsonl) and sys.stdout is None:
+            raise ValueError("--jsonl -: standard output is closed")
         for flag, path in (("--jsonl", opts.jsonl), ("--summary-json", opts.summary_json)):
             if path is not None and not (flag == "--jsonl" and _stdout(path)):
                 check_output_file(Path(path), flag)
@@ -528,8 +533,9 @@ def _resume_counts(tracking: Tracking | None, opts: RunOptions) -> None:
 
 
 def _stdout(jsonl) -> bool:
-    """``--jsonl -``: the lines go to standard output, not to a file."""
-    return jsonl is not None and str(jsonl) == "-"
+    """``--jsonl -`` (the string; a ``Path("-")`` is a file of that name): the lines go
+    to standard output."""
+    return isinstance(jsonl, str) and jsonl == "-"
 
 
 def _whole(v) -> bool:
@@ -868,6 +874,8 @@ def _summary(
         "jsonl_offset": getattr(loop.jsonl, "position", None),
         # and the CRC-32 of its last 64 bytes there: a JSONL rotated or replaced since is not replayed
         "jsonl_tail_crc32": getattr(loop.jsonl, "tail_crc32", None),
+        # lines a full disk or a reader that stalled or went away (--jsonl -) cost
+        "jsonl_lost": getattr(loop.jsonl, "lost", None),
         "cpu_s": round(cpu, 3),
     }
 

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import queue
+import select
 import sys
 import tempfile
 import threading
@@ -235,33 +236,100 @@ class LiveLines:
 
 
 class StdoutLines:
-    """``--jsonl -``: the JSON lines on standard output as they come, each written and
-    flushed at once, for a pipe into another program (an MQTT or a Kafka bridge, jq).
-    A reader that goes away (a broken pipe) loses the lines from there on with one
-    warning, and the run goes on: the counts still reach ``--summary-json``."""
+    """``--jsonl -``: the JSON lines on standard output as they come, for a pipe into
+    another program (an MQTT or a Kafka bridge, jq). They are written on a thread of
+    their own, so a reader that stalls (a bridge that hangs, ``| less`` paused) never
+    stalls the run: past ``queue_size`` lines waiting, lines are dropped and counted,
+    with a warning at most once a minute. A reader that goes away (a broken pipe) loses
+    the lines from there on with one warning. Either way the run goes on, and its
+    counts still reach ``--summary-json``. At the end the lines still waiting get
+    ``close_wait_s`` to go out."""
 
-    def __init__(self, stream=None) -> None:
+    def __init__(self, stream=None, queue_size: int = 1024, close_wait_s: float = 2.0) -> None:
         self._out = stream if stream is not None else sys.stdout
-        self.lost = 0
+        if self._out is None:  # started with standard output closed (``>&-``)
+            raise OSError("standard output is closed")
+        self._out.flush()  # whatever is buffered goes before the lines
+        try:
+            self._fd: int | None = self._out.fileno()
+        except (AttributeError, OSError, ValueError):  # a stream in memory (a test's capture)
+            self._fd = None
+        self.close_wait_s = close_wait_s
+        self.dropped = 0  # lines the queue had no room for (this thread's count)
+        self.failed = 0  # lines the writer could not write (the writer's count)
         self._gone = False
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._warn = Throttle()
+        self._done = threading.Event()
+        # a daemon: a reader that never reads again must not keep the process from exiting
+        threading.Thread(target=self._run, name="jsonl-stdout", daemon=True).start()
+
+    @property
+    def lost(self) -> int:
+        return self.dropped + self.failed
 
     def write(self, line: str) -> None:
-        if self._gone:
-            self.lost += 1
+        if self._gone:  # the reader went away: nothing to queue for
+            self.dropped += 1
             return
         try:
+            self._queue.put_nowait(line)
+        except queue.Full:
+            self.dropped += 1
+            if self._warn():
+                log.warning(
+                    "--jsonl -: the reader does not keep up; %d lines dropped so far, the run goes on", self.lost
+                )
+
+    def _run(self) -> None:
+        try:
+            while (line := self._queue.get()) is not None:
+                if self._gone:
+                    self.failed += 1
+                    continue
+                try:
+                    self._write(line)
+                except OSError as e:  # BrokenPipeError, or EIO from a terminal that closed
+                    self._gone, self.failed = True, self.failed + 1
+                    log.warning("--jsonl -: %s; the lines from here on are lost, the run goes on", e.strerror or e)
+                    self._silence()
+        finally:
+            self._done.set()
+
+    def _write(self, line: str) -> None:
+        if self._fd is None:
             self._out.write(line)
             self._out.flush()
-        except OSError as e:  # BrokenPipeError, or EIO from a terminal that closed
-            self._gone, self.lost = True, self.lost + 1
-            log.warning("--jsonl -: %s; the lines from here on are lost, the run goes on", e.strerror or e)
-            try:  # what is left in the buffer would fail again at exit, with a traceback
-                os.dup2(os.open(os.devnull, os.O_WRONLY), self._out.fileno())
-            except (OSError, ValueError, AttributeError):
-                pass
+            return
+        data = memoryview(line.encode())
+        while data:
+            try:
+                data = data[os.write(self._fd, data) :]
+            except BlockingIOError:  # a non-blocking standard output whose reader is behind: wait
+                select.select([], [self._fd], [], 1.0)
+
+    def _silence(self) -> None:
+        """Anything left in the stream's buffer would fail again at exit, with a traceback."""
+        try:
+            fd = os.open(os.devnull, os.O_WRONLY)
+        except OSError:
+            return
+        try:
+            os.dup2(fd, self._out.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
-        pass
+        try:
+            self._queue.put(None, timeout=self.close_wait_s)
+            done = self._done.wait(self.close_wait_s)
+        except queue.Full:
+            done = False
+        if not done:  # a reader that stalls at the end: the rest is lost
+            self.dropped += self._queue.qsize()
+            log.warning("--jsonl -: the reader stopped reading; %d lines lost", self.lost)
 
     def __enter__(self) -> StdoutLines:
         return self
