@@ -324,11 +324,11 @@ class StdoutLines:
     def close(self) -> None:
         try:
             self._queue.put(None, timeout=self.close_wait_s)
-            done = self._done.wait(self.close_wait_s)
+            done, ending = self._done.wait(self.close_wait_s), 1
         except queue.Full:
-            done = False
+            done, ending = False, 0
         if not done:  # a reader that stalls at the end: the rest is lost
-            self.dropped += self._queue.qsize()
+            self.dropped += max(0, self._queue.qsize() - ending)  # not the end marker, if it is waiting too
             log.warning("--jsonl -: the reader stopped reading; %d lines lost", self.lost)
 
     def __enter__(self) -> StdoutLines:
