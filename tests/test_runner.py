@@ -896,6 +896,7 @@ def test_resume_counts_replays_only_the_jsonl_the_summary_was_taken_with(tmp_pat
     t = replayed(after + before, crc)  # rotated: the same length at least, other bytes before the offset
     assert t["lines"][0]["in"] == {} and t["tracks"] == 0 and t["next_track_id"] == 3  # ids still kept clear
     assert replayed(before + after, None)["lines"][0]["in"] == {"p": 1}  # an older summary: no fingerprint
+    assert replayed(before + after, "1234")["lines"][0]["in"] == {}  # a fingerprint edited by hand vouches for nothing
     # ids the crashed run gave before a rotation are in the rotated copy: kept clear of too
     (tmp_path / "t.jsonl.1").write_text('{"frame": 5, "predictions": [{"track_id": 9}], "events": []}\n')
     (tmp_path / "t.jsonl.2.gz").write_bytes(b"\x1f\x8b not read")

@@ -42,12 +42,14 @@ class TrackMemory:
     def clear(self) -> None:
         self.m = np.zeros((3, 0), int)  # rows: id (sorted), value, update last stored
         self.updates = 0
+        self.forgot = False
 
     def exchange(self, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Stores ``values`` for the distinct ``ids`` where they are not 0 (0 keeps what
         was stored); returns what was stored before, 0 for ids never stored."""
         self.updates += 1
-        if self.updates % 256 == 0:
+        self.forgot = self.updates % 256 == 0  # this update forgets the tracks unseen too long
+        if self.forgot:
             self.m = self.m.compress(self.m[2] > self.updates - self.forget_after, 1)
         m, n = self.m, self.m.shape[1]
         old = np.zeros(len(ids), int)
@@ -78,28 +80,23 @@ class TrackMemory:
         return old
 
 
-def _forgetting(tracks: Tracks, counter) -> bool:
-    """Whether ``counter``'s by-id memory (tracks built by hand, with no tracker memory)
-    has just forgotten its long-unseen tracks, so their counted-once marks can go too:
-    for those the runner's ``Tracking`` drops them by the tracker's ids instead."""
-    if counter.memory_row is not None and tracks.memory is not None:  # as _exchange decides
-        return False
-    memory = counter._side if isinstance(counter, LineCounter) else counter._was_inside
-    return memory.updates % 256 == 0
-
-
 def _exchange(
     tracks: Tracks, row: int | None, by_id: TrackMemory, values: np.ndarray, zeros: bool = True
-) -> np.ndarray:
+) -> tuple[np.ndarray, set[int] | None]:
     """:meth:`TrackMemory.exchange` for this frame's tracks: in the tracker's memory
     ``row`` when the tracks carry it (two array operations, no lookup by id), else in
-    ``by_id`` (tracks built by hand). ``zeros=False``: the caller has none in ``values``."""
+    ``by_id`` (tracks built by hand). ``zeros=False``: the caller has none in ``values``.
+
+    Also returns, when ``by_id`` has just forgotten its long-unseen tracks, the ids it
+    still knows: the caller's counted-once marks of the others can go too (with the
+    tracker's memory, ``Tracking`` drops them by the tracker's ids instead); else None."""
     if row is None or tracks.memory is None:
-        return by_id.exchange(tracks.ids, values)
+        old = by_id.exchange(tracks.ids, values)
+        return old, set(by_id.m[0].tolist()) if by_id.forgot else None
     memory = tracks.memory[row]
     old = memory.take(tracks.slots)
     memory[tracks.slots] = np.where(values != 0, values, old) if zeros else values
-    return old
+    return old, None
 
 
 def _label(class_names, k: int) -> str:
@@ -146,9 +143,10 @@ class LineCounter:
         sides = np.sign(along_side[:, 1])  # +1 left, -1 right, 0 on the line
         # a side of 0 is on the line: wait for a side; an unknown before (0): no crossing.
         # Changed sides are rare: only they are checked against the segment's ends.
-        changed = set_indices(sides * _exchange(tracks, self.memory_row, self._side, sides) < 0)
-        if _forgetting(tracks, self):
-            self.forget_ended(set(self._side.m[0].tolist()))
+        old, known = _exchange(tracks, self.memory_row, self._side, sides)
+        if known is not None:
+            self.forget_ended(known)
+        changed = set_indices(sides * old < 0)
         for k in changed.tolist():
             if not 0.0 <= along_side[k, 0] <= 1.0:
                 continue
@@ -266,9 +264,9 @@ class ZoneCounter:
             return events
         now = self._contains(tracks.centres)
         self._now = (tracks.classes, now, class_names)
-        was = _exchange(tracks, self.memory_row, self._was_inside, np.where(now, 1.0, -1.0), zeros=False)
-        if _forgetting(tracks, self):
-            self.forget_ended(set(self._was_inside.m[0].tolist()))
+        was, known = _exchange(tracks, self.memory_row, self._was_inside, np.where(now, 1.0, -1.0), zeros=False)
+        if known is not None:
+            self.forget_ended(known)
         entered = set_indices(now & (was < 0))
         for k in entered.tolist():
             tid = int(tracks.ids[k])

@@ -51,7 +51,7 @@ from pipeline.runtime.sinks import (
 from pipeline.runtime.sources import Capture, Frame, FrameSource, open_source, put_until_stopped
 from pipeline.runtime.stats import StageStats
 from pipeline.runtime.tflite_model import TFLiteModel
-from pipeline.runtime.tracking import LineCounter, Tracking, TrackOptions, ZoneCounter
+from pipeline.runtime.tracking import LineCounter, Tracking, TrackOptions, ZoneCounter, is_whole
 
 log = logging.getLogger(__name__)
 
@@ -535,11 +535,7 @@ def _resume_counts(tracking: Tracking | None, opts: RunOptions) -> None:
 def _stdout(jsonl) -> bool:
     """``--jsonl -`` (the string; a ``Path("-")`` is a file of that name): the lines go
     to standard output."""
-    return isinstance(jsonl, str) and jsonl == "-"
-
-
-def _whole(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return jsonl == "-"
 
 
 def _replay_jsonl(tracking: Tracking, jsonl: Path, offset, crc=None) -> None:
@@ -554,12 +550,14 @@ def _replay_jsonl(tracking: Tracking, jsonl: Path, offset, crc=None) -> None:
         size = jsonl.stat().st_size
     except OSError:
         return
-    if not _whole(offset) or not 0 <= offset <= size:
+    if not is_whole(offset) or not 0 <= offset <= size:
         tracking.ids_above(_last_track_id(jsonl))
         return
     try:
         with open(jsonl, "rb") as f:
-            if _whole(crc) and not ends_as(f, offset, crc):  # older summaries have none: the offset alone
+            # older summaries have no fingerprint: the offset alone, as then; one that is
+            # not a number (edited by hand) vouches for nothing
+            if crc is not None and not (is_whole(crc) and ends_as(f, offset, crc)):
                 log.info(
                     "--resume-counts: %s is not the JSONL the summary was taken with (rotated or replaced "
                     "since): its lines are not counted again",

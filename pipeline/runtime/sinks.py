@@ -207,7 +207,7 @@ class LiveLines:
             if done:
                 self._line_ended = data[done - 1] == ord("\n")
                 self._tail = (self._tail + data[max(0, done - _TAIL) : done])[-_TAIL:]
-                expected, self._written = self._written + done, self._written + done
+                expected = self._written = self._written + done
                 try:  # where the write ended: the file's end (appended), also after a copytruncate
                     self._written = self._f.tell()
                     if self._written != expected:  # emptied (copytruncate) or written by another: read its end

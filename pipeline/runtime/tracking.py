@@ -22,6 +22,7 @@ __all__ = [
     "Tracking",
     "Tracks",
     "ZoneCounter",
+    "is_whole",
     "match",
     "parse_points",
 ]
@@ -30,6 +31,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _FORGET_EVERY = 1024  # frames between forgetting which ended tracks were counted
+
+
+def is_whole(v) -> bool:
+    """An int from JSON (a bool is an int to Python, not a count or an id)."""
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
@@ -202,9 +208,7 @@ class Tracking:
         ``where`` and what does not fit."""
 
         def counts(d, what: str) -> dict[str, int]:
-            if not isinstance(d, dict) or not all(
-                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in d.items()
-            ):
+            if not isinstance(d, dict) or not all(isinstance(k, str) and is_whole(v) and v >= 0 for k, v in d.items()):
                 raise ValueError(f"{where}: {what} is not a count per label ({str(d)[:80]})")
             return dict(d)
 
@@ -239,12 +243,12 @@ class Tracking:
         )
         seen, next_id = saved["tracks"], saved.get("next_track_id", 1)
         # ids live in the tracker's float64 state, exact as whole numbers below 2**53
-        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**52 for v in (seen, next_id)):
+        if not all(is_whole(v) and 0 <= v < 2**52 for v in (seen, next_id)):
             raise ValueError(
                 f"{where}: 'tracks' and 'next_track_id' must be whole numbers from 0 to 2**52, got {seen!r}, {next_id!r}"
             )
         last = saved.get("last_track_id", max(next_id - 1, 0))  # older summaries: every id given was shown
-        if not isinstance(last, int) or isinstance(last, bool) or not 0 <= last < max(next_id, 1):
+        if not is_whole(last) or not 0 <= last < max(next_id, 1):
             raise ValueError(f"{where}: 'last_track_id' must be a whole number below 'next_track_id', got {last!r}")
         for c, got in zip(self.lines, resumed[0]):
             c.counts = got
@@ -273,7 +277,7 @@ class Tracking:
                 unreadable += 1
                 continue
             for tid in shown:
-                if isinstance(tid, int):
+                if is_whole(tid):
                     top = max(top, tid)
                     if tid >= first_new:
                         new.add(tid)
@@ -282,7 +286,7 @@ class Tracking:
                     continue
                 counters = {"line": self.lines, "zone": self.zones}.get(e.get("type"), [])
                 k = e.get(e.get("type")) if counters else None
-                if isinstance(k, int) and 0 <= k < len(counters):  # the counter's index, as written
+                if is_whole(k) and 0 <= k < len(counters):  # the counter's index, as written
                     counters[k].tally(e["label"], e.get("direction"))
         self.seen += len(new)
         self.ids_above(top)
