@@ -828,8 +828,10 @@ def test_jsonl_to_standard_output_streams_and_outlives_its_reader(model, tmp_pat
         if not chunk:
             break
         data += chunk
-    whole = data[: data.rfind(b"\n") + 1].splitlines()
-    assert [json.loads(x)["k"] for x in whole] == list(range(len(whole)))  # those that went out, in order
+    ks = [json.loads(x)["k"] for x in data[: data.rfind(b"\n") + 1].splitlines()]
+    # those that went out: whole lines, each once, in order; a slow writer thread on a
+    # loaded machine may see the queue full (a line dropped) before the pipe fills
+    assert ks and ks == sorted(set(ks)) and len(ks) + lines.lost <= 200
     os.close(r)
 
 

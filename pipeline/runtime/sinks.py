@@ -257,7 +257,7 @@ class StdoutLines:
         self.close_wait_s = close_wait_s
         self.dropped = 0  # lines the queue had no room for (this thread's count)
         self.failed = 0  # lines the writer could not write (the writer's count)
-        self._gone = False
+        self._gone = self._abandoned = False
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._warn = Throttle()
         self._done = threading.Event()
@@ -284,6 +284,9 @@ class StdoutLines:
     def _run(self) -> None:
         try:
             while (line := self._queue.get()) is not None:
+                if self._abandoned:  # close gave up on the reader: close counts the rest
+                    self.failed += 1
+                    break
                 if self._gone:
                     self.failed += 1
                     continue
@@ -324,11 +327,18 @@ class StdoutLines:
     def close(self) -> None:
         try:
             self._queue.put(None, timeout=self.close_wait_s)
-            done, ending = self._done.wait(self.close_wait_s), 1
+            done = self._done.wait(self.close_wait_s)
         except queue.Full:
-            done, ending = False, 0
+            done = False
         if not done:  # a reader that stalls at the end: the rest is lost
-            self.dropped += max(0, self._queue.qsize() - ending)  # not the end marker, if it is waiting too
+            # taken off the queue here, so the writer, if the reader wakes before the
+            # process exits, does not send lines already counted lost
+            self._abandoned = True
+            while True:
+                try:
+                    self.dropped += self._queue.get_nowait() is not None
+                except queue.Empty:
+                    break
             log.warning("--jsonl -: the reader stopped reading; %d lines lost", self.lost)
 
     def __enter__(self) -> StdoutLines:
