@@ -979,3 +979,30 @@ def test_quantize_table_gives_what_the_formula_gives(dtype, scale, zp, mean, std
     expected = np.clip(np.round(normalize(x, spec) / scale + zp), info.min, info.max).astype(dtype)
     got = quantize_input(x, {"dtype": dtype, "quantization": (scale, zp)}, spec)
     assert got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+def test_frame_parallel_results_come_in_order_and_an_interpreter_error_ends_the_run(model, tmp_path, monkeypatch):
+    """Two single-thread interpreters work on successive frames; the main thread takes
+    their results in frame order, and an error in either interpreter's ``invoke``
+    reaches the caller after the frames before it (none after), with the summary
+    naming it."""
+    from pipeline.runtime.tflite_model import TFLiteModel
+
+    video = str(write_video(tmp_path / "v.avi", 40))
+    s = _run(model, video, threads=2, jsonl=tmp_path / "ok.jsonl")
+    frames = [json.loads(x)["source_frame"] for x in (tmp_path / "ok.jsonl").read_text().splitlines()]
+    assert s["frames"] == 40 and frames == list(range(40))
+
+    original, calls = TFLiteModel.invoke, []
+
+    def invoke(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 12:
+            raise RuntimeError("boom: the delegate failed")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(TFLiteModel, "invoke", invoke)
+    with pytest.raises(RuntimeError, match="boom"):
+        _run(model, video, threads=2, summary_json=tmp_path / "s.json")
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["stopped_by"].startswith("error: RuntimeError: boom") and 0 < summary["frames"] < 12

@@ -18,7 +18,6 @@ import glob
 import json
 import logging
 import os
-import queue
 import re
 import signal
 import sys
@@ -48,7 +47,7 @@ from pipeline.runtime.sinks import (
     check_video_path,
     ends_as,
 )
-from pipeline.runtime.sources import Capture, Frame, FrameSource, open_source, put_until_stopped
+from pipeline.runtime.sources import Capture, Frame, FrameSource, open_source
 from pipeline.runtime.stats import StageStats
 from pipeline.runtime.tflite_model import TFLiteModel
 from pipeline.runtime.tracking import LineCounter, Tracking, TrackOptions, ZoneCounter, is_whole
@@ -663,15 +662,15 @@ class _Inference:
     handed on in frame order; with ``parallel="ops"`` one interpreter spreads each
     frame over its threads (lower latency per frame, lower throughput: XNNPACK's
     threads wait for each other, and the capture and drawing threads take their cores).
-    A one-slot output queue and at most one more finished frame keep the inferred frames
-    waiting for drawing few, so a slow consumer holds inference back (and a live capture
-    drops frames) instead of building up latency. An error in ``invoke`` is re-raised on
-    the main thread.
+    The main thread takes the finished frames straight from the workers, in frame order
+    (an ordering thread in between cost 3 % of the 2-thread frame: its CPU and a thread
+    switch per frame). At most two frames beyond those the interpreters work on may wait,
+    so a slow consumer holds inference back (and a live capture drops frames) instead of
+    building up latency. An error in ``invoke`` is re-raised on the main thread.
     """
 
     def __init__(self, models: list[TFLiteModel], capture: Capture) -> None:
         self.models, self.capture = models, capture
-        self._out: queue.Queue = queue.Queue(maxsize=1)
         self._stop = threading.Event()
         self._take = threading.Lock()  # frames are numbered in the order workers take them
         self._cond = threading.Condition()
@@ -681,10 +680,9 @@ class _Inference:
             threading.Thread(target=self._work, args=(m,), name=f"inference{k}", daemon=True)
             for k, m in enumerate(models)
         ]
-        self._flusher = threading.Thread(target=self._flush, name="inference-order", daemon=True)
 
     def start(self) -> _Inference:
-        for t in (*self._threads, self._flusher):
+        for t in self._threads:
             t.start()
         return self
 
@@ -692,28 +690,31 @@ class _Inference:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        for t in (*self._threads, self._flusher):
+        for t in self._threads:
             t.join(timeout=5)
 
     def get(self, timeout: float = 0.25) -> tuple | None:
         """The next ``(frame, outputs, inference ms)`` in frame order; None once the source has ended."""
-        try:
-            item = self._out.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError from None
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._next_out in self._done, timeout):
+                raise TimeoutError
+            item = self._done[self._next_out]
+            if item is not None:  # the end marker stays, for later calls
+                del self._done[self._next_out]
+                self._next_out += 1
+                self._cond.notify_all()
         if isinstance(item, BaseException):
             raise item
-        if item is None:
-            self._out.put(None)  # stay ended for later calls
         return item
 
     def _work(self, model: TFLiteModel) -> None:
-        # Frames taken but not yet handed to the main thread: one per interpreter, plus one
-        # finished result that may wait while both interpreters work on the next frames.
-        # Without that one, an interpreter idles whenever the main thread is a little
-        # late (2 threads: 0.80x of bare FPS against 0.82-0.85x, 1 thread 0.93x against
-        # 0.95x; docs/benchmarks.md). It adds at most one frame of latency.
-        ahead = len(self.models) + 1
+        # Frames taken but not yet taken by the main thread: one per interpreter, plus two
+        # finished ones that may wait while the interpreters work on the next frames (the
+        # one the main thread is about to take, and one more). Without the second, an
+        # interpreter idles whenever the main thread is a little late (2 threads: 0.80x of
+        # bare FPS against 0.82-0.85x, 1 thread 0.93x against 0.95x; docs/benchmarks.md).
+        # It adds at most one frame of latency.
+        ahead = len(self.models) + 2
         while not self._stop.is_set():
             with self._cond:  # back-pressure: at most `ahead` frames in flight or waiting
                 if not self._cond.wait_for(
@@ -742,24 +743,6 @@ class _Inference:
         with self._cond:
             self._done[seq] = item
             self._cond.notify_all()
-
-    def _flush(self) -> None:
-        """Hand results on in frame order; stop after the end marker or an error."""
-        while not self._stop.is_set():
-            with self._cond:
-                if not self._cond.wait_for(lambda: self._stop.is_set() or self._next_out in self._done, 0.25):
-                    continue
-                if self._stop.is_set():
-                    return
-                item = self._done.pop(self._next_out)
-            put_until_stopped(self._out, item, self._stop)
-            with self._cond:
-                self._next_out += 1
-                self._cond.notify_all()
-            if item is None or isinstance(item, BaseException):
-                if isinstance(item, BaseException):
-                    put_until_stopped(self._out, None, self._stop)
-                return
 
 
 class _Checkpoints:
