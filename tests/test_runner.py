@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -834,6 +835,36 @@ def test_jsonl_to_standard_output_streams_and_outlives_its_reader(model, tmp_pat
     assert ks and ks == sorted(set(ks)) and len(ks) + lines.lost <= 200
     os.close(r)
 
+    # A pipe already full: close gives up on the lines still waiting, and those never go
+    # out when the reader wakes: each line is sent or counted lost, never both.
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        while True:
+            os.write(w, b"#\n" * 2048)  # PIPE_BUF bytes: written whole or not at all
+    except BlockingIOError:
+        pass
+    os.set_blocking(w, True)
+    out = os.fdopen(w, "w")
+    lines = StdoutLines(out, queue_size=64, close_wait_s=0.2)
+    for k in range(20):
+        lines.write(json.dumps({"k": k}) + "\n")
+    lines.close()
+    assert lines.lost > 0
+    os.set_blocking(r, False)
+    data, quiet_since = b"", time.monotonic()
+    while time.monotonic() - quiet_since < 0.5:  # until the writer has nothing more to send
+        try:
+            chunk = os.read(r, 1 << 16)
+        except BlockingIOError:
+            time.sleep(0.01)
+            continue
+        data += chunk
+        quiet_since = time.monotonic()
+    sent = [json.loads(x)["k"] for x in data.splitlines() if x != b"#"]
+    assert sent == sorted(set(sent)) and len(sent) + lines.lost == 20
+    os.close(r)
+
 
 def test_live_lines_survive_log_rotation_either_way(tmp_path):
     """logrotate's ``copytruncate`` empties the file under the run: the next lines go to
@@ -993,16 +1024,25 @@ def test_frame_parallel_results_come_in_order_and_an_interpreter_error_ends_the_
     frames = [json.loads(x)["source_frame"] for x in (tmp_path / "ok.jsonl").read_text().splitlines()]
     assert s["frames"] == 40 and frames == list(range(40))
 
-    original, calls = TFLiteModel.invoke, []
+    # Frame 20 fails in whichever interpreter takes it: each worker thread remembers the
+    # frame it took last (a count of invoke calls would not tell which frame failed).
+    from pipeline.runtime.sources import Capture
 
-    def invoke(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 12:
+    took, get, invoke = threading.local(), Capture.get, TFLiteModel.invoke
+
+    def remembering_get(self, *a, **k):
+        f = get(self, *a, **k)
+        took.index = None if f is None else f.index
+        return f
+
+    def failing_invoke(self, *a, **k):
+        if getattr(took, "index", None) == 20:
             raise RuntimeError("boom: the delegate failed")
-        return original(self, *a, **k)
+        return invoke(self, *a, **k)
 
-    monkeypatch.setattr(TFLiteModel, "invoke", invoke)
+    monkeypatch.setattr(Capture, "get", remembering_get)
+    monkeypatch.setattr(TFLiteModel, "invoke", failing_invoke)
     with pytest.raises(RuntimeError, match="boom"):
         _run(model, video, threads=2, summary_json=tmp_path / "s.json")
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["stopped_by"].startswith("error: RuntimeError: boom") and 0 < summary["frames"] < 12
+    assert summary["stopped_by"].startswith("error: RuntimeError: boom") and summary["frames"] == 20

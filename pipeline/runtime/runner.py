@@ -699,7 +699,7 @@ class _Inference:
             if not self._cond.wait_for(lambda: self._next_out in self._done, timeout):
                 raise TimeoutError
             item = self._done[self._next_out]
-            if item is not None:  # the end marker stays, for later calls
+            if item is not None and not isinstance(item, BaseException):  # an end stays, for later calls
                 del self._done[self._next_out]
                 self._next_out += 1
                 self._cond.notify_all()
