@@ -503,9 +503,7 @@ class VideoSegments:
         try:
             stack.close()
         except Exception as e:  # noqa: BLE001 - a segment that cannot be finished costs that segment
-            with self._idle:
-                self.failed += 1
-            log.warning("--output %s: cannot finish this segment (%s); the run goes on", name, e)
+            self._fail(name, e)
         else:
             with self._idle:
                 self.written += 1
