@@ -60,6 +60,10 @@ class DetectionRuntime(TaskRuntime):
             "count": int(d["count"]),
         }
 
+    def classes_in(self, outputs):
+        # the raw form scores every class per point; the SSD form gives class ids only
+        return int(outputs[1].shape[-1]) if len(outputs) == 2 else None
+
     def to_json(self, predictions):
         ids = predictions.get("track_ids")
         out = [

@@ -274,12 +274,16 @@ class Detection(Task):
             {
                 "name": "boxes",
                 "kind": "boxes",
+                "shape": [1, -1, 4],
                 "meaning": "decoded boxes, one per anchor point: x1, y1, x2, y2 in model-input pixels "
                 "(letterboxed or stretched as 'input.resize' says); run NMS on them",
             },
             {
                 "name": "scores",
                 "kind": "class_scores",
+                # the shape ties the labels file to this tensor in the metadata: a model
+                # copied without its sidecar still has its labels
+                "shape": [1, -1, len(class_names)],
                 "meaning": "sigmoid score per anchor point and class, in labels-file order",
             },
         ]
