@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -172,7 +173,7 @@ _TRACK_OPTIONS = {
 
 
 def _run(args) -> int:
-    from pipeline.runtime.runner import RunOptions, format_summary, run
+    from pipeline.runtime.runner import SOURCE_LOST, RunOptions, format_summary, run
 
     names = ("top_k", "score_threshold", "iou_threshold", "alpha")
     for flag, given in (("--summary-every", args.summary_every is not None), ("--resume-counts", args.resume_counts)):
@@ -205,7 +206,11 @@ def _run(args) -> int:
         parallel=args.parallel,
     )
     # run() writes --summary-json; with --jsonl - standard output carries the JSON lines alone
-    print(format_summary(run(opts)), file=sys.stderr if args.jsonl == "-" else sys.stdout)
+    summary = run(opts)
+    print(format_summary(summary), file=sys.stderr if summary["jsonl"] == "-" else sys.stdout)
+    if summary["stopped_by"] == SOURCE_LOST:  # not an end: a service manager should restart us
+        print(f"edgepipe run: error: {summary['source']}: lost, and every reopen failed", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -316,8 +321,23 @@ def _dispatch(args) -> int:
     return 0
 
 
+def _joined_coordinates(argv: list[str]) -> list[str]:
+    """``--count-line -10,0,...`` as ``--count-line=-10,0,...``: argparse takes a value
+    that starts with a minus (a point left of or above the frame) for an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in _POINT_FLAGS and re.fullmatch(r"-[\d.]+(,[-+\d.eE]+)+", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+_POINT_FLAGS = ("--count-line", "--zone")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(_joined_coordinates(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -467,3 +468,57 @@ def test_a_restarted_counter_carries_on_its_saved_counts(det_chain, tmp_path, mo
     events = [e for r in rows for e in r["events"] if e["type"] == "line"]
     line = json.loads(summary.read_text())["tracking"]["lines"][0]
     assert len(events) == 3 and sum(line["in"].values()) + sum(line["out"].values()) == 3
+
+
+@pytest.mark.slow
+def test_tracked_boxes_stay_in_the_frame_and_a_file_counted_on_keeps_the_jsonl(det_chain, tmp_path, monkeypatch):
+    """The Kalman filter's box of an object leaving the frame reaches past its edge: it
+    goes out clipped, as detections do. From a file, ``--resume-counts`` keeps the
+    earlier runs' JSON lines (a day's videos counted one after the other); without it
+    the file is replaced. Fewer labels than the detector scores is an error."""
+    from pipeline.core.errors import RunError
+    from pipeline.runtime.runner import RunOptions, run
+    from pipeline.runtime.tracking import TrackOptions
+    from pipeline.tasks.detection.runtime import DetectionRuntime
+
+    run_dir, _ = det_chain
+    model = json.loads((run_dir.path / "exports.json").read_text())["variants"]["int8"]
+    video = tmp_path / "v.avi"
+    out = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25, (96, 96))
+    for _ in range(10):
+        out.write(np.full((96, 96, 3), 80, np.uint8))
+    out.release()
+    walk = iter(range(10**6))
+
+    def off_the_edge(self, *args, **kwargs):  # one object running out to the right, and one to the top
+        k = next(walk) % 10
+        boxes = np.array([[60 + 6 * k, 30, 90 + 6 * k, 60], [30, 20 - 5 * k, 60, 50 - 5 * k]], np.float32)
+        return {"boxes": boxes, "scores": np.full(2, 0.9, np.float32), "classes": np.zeros(2, int), "count": 2}
+
+    monkeypatch.setattr(DetectionRuntime, "postprocess", off_the_edge)
+    jsonl, summary = tmp_path / "t.jsonl", tmp_path / "s.json"
+
+    def go(**kw) -> list[dict]:
+        opts = RunOptions(model=model, source=str(video), display=False, track=TrackOptions(), jsonl=jsonl, **kw)
+        run(opts)
+        return [json.loads(x) for x in jsonl.read_text().splitlines() if x.endswith("}")]
+
+    rows = go()
+    boxes = np.array([p["box"] for r in rows for p in r["predictions"]])
+    assert len(boxes) >= 15 and boxes.min() >= 0 and boxes.max() <= 96
+    assert boxes[:, 2].max() == 96 and boxes[:, 1].min() == 0  # both reached the edge, and stopped there
+    assert len(go(summary_json=summary, resume_counts=True)) == 20  # the first run's lines, then this one's
+    jsonl.write_bytes(jsonl.read_bytes()[:-30])  # a line cut short (a camera run's power cut): ended, not joined
+    assert len(go(summary_json=summary, resume_counts=True)) == 29 and len(jsonl.read_text().splitlines()) == 30
+    assert len(go()) == 10  # without --resume-counts the file is this run's alone
+    with pytest.raises(RunError, match=r"score \d+ classes as a detection model, but there are 1 labels"):
+        run(RunOptions(model=model, source=str(video), display=False, labels="only"))
+    # copied without its sidecar, the detector still runs: the labels are in its metadata, on the scores
+    bare = tmp_path / "bare" / "det.tflite"
+    bare.parent.mkdir()
+    bare.write_bytes(Path(model).read_bytes())
+    names = json.loads(Path(model).with_suffix(".json").read_text())["class_names"]
+    opts = RunOptions(model=bare, source=str(video), display=False, track=TrackOptions(), jsonl=jsonl)
+    assert run(opts)["frames"] == 10  # (tracked: the stand-in detections carry no labels of their own)
+    rows = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    assert rows[0]["predictions"] and {p["label"] for r in rows for p in r["predictions"]} == {names[0]}

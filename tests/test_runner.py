@@ -8,6 +8,7 @@ through the real export path (``model`` fixture, ~30 s of TF on 2 cores).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -499,6 +500,110 @@ def test_unwritable_outputs_are_errors_before_any_frame_and_the_summary_is_writt
 
 
 @pytest.mark.slow
+def test_outputs_never_overwrite_inputs_and_links_and_standard_output_are_written_through(model, tmp_path, capfd):
+    """An output on the source video, the model, its sidecar or the labels would
+    destroy it; two outputs on one file would lose one. A link is written through (the
+    atomic rename would replace the link), and a path that is standard output (a
+    service's ``--jsonl /dev/stdout``) is ``-``: lines to the stream, not a file."""
+    from pipeline.runtime.runner import RunError
+
+    video = write_video(tmp_path / "v.avi", 3)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\n")
+    kept = {p: p.read_bytes() for p in (video, model, model.with_suffix(".json"), labels)}
+    cases = [
+        ({"output": video}, "--output .*v.avi: is the --source file; writing it would destroy it"),
+        ({"jsonl": video}, "--jsonl .*v.avi: is the --source file"),
+        ({"summary_json": model}, "--summary-json .*: is the --model file"),
+        ({"summary_json": model.with_suffix(".json")}, "is the model's sidecar; writing it would destroy it"),
+        ({"jsonl": labels, "labels": str(labels)}, "--jsonl .*labels.txt: is the --labels file"),
+        (
+            {"jsonl": tmp_path / "o.json", "summary_json": tmp_path / "o.json"},
+            "--jsonl and --summary-json name the same",
+        ),
+        ({"summary_json": Path("-")}, "--summary-json -: only --jsonl takes -"),
+        ({"output": Path("-")}, "--output -: only --jsonl takes -"),
+        ({"summary_json": Path("/proc/self/fd/2")}, "--summary-json /proc/self/fd/2: is standard error"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(RunError, match=message):
+            _run(model, str(video), **kw)
+    assert all(p.read_bytes() == b for p, b in kept.items())
+    # through a link: the file it points to is written, the link stays
+    (tmp_path / "link.json").symlink_to(tmp_path / "real.json")
+    assert _run(model, str(video), summary_json=tmp_path / "link.json")["frames"] == 3
+    assert (tmp_path / "link.json").is_symlink() and json.loads((tmp_path / "real.json").read_text())["frames"] == 3
+    # standard output by a path, whatever it is (here pytest's capture file): the lines reach it
+    capfd.readouterr()
+    s = _run(model, str(video), jsonl=Path("/proc/self/fd/1"))
+    lines = capfd.readouterr().out.splitlines()
+    assert s["jsonl"] == "-" and [json.loads(x)["frame"] for x in lines] == [0, 1, 2]
+
+
+@pytest.mark.slow
+def test_numbers_out_of_range_labels_paths_and_windows_are_errors_before_any_frame(
+    model, tmp_path, monkeypatch, caplog
+):
+    from pipeline.runtime.runner import RunError
+
+    video = str(write_video(tmp_path / "v.avi", 3))
+    nan = float("nan")
+    cases = [
+        ({"task_options": {"score_threshold": 5.0}}, "--score-threshold must be between 0 and 1, got 5.0"),
+        ({"task_options": {"iou_threshold": nan}}, "--iou-threshold must be between 0 and 1, got nan"),
+        ({"task_options": {"alpha": -0.5}}, "--alpha must be between 0 and 1"),
+        ({"task_options": {"top_k": 0}}, "--top-k must be a whole number, at least 1, got 0"),
+        ({"std": 0.0}, "--std must be a positive number"),
+        ({"mean": nan}, "--mean must be a finite number"),
+        ({"output": tmp_path / "o.avi", "output_fps": 0.5}, "--output-fps must be between 1 and 1000"),
+        ({"output": tmp_path / "o.mp4", "output_fps": -5.0}, "--output-fps must be between 1 and 1000"),
+        ({"labels": str(tmp_path / "nowhere" / "labels.txt")}, "--labels .*labels.txt: no such labels file"),
+    ]
+    for kw, message in cases:
+        with pytest.raises(RunError, match=message):
+            _run(model, video, **kw)
+    with pytest.raises(RunError, match=f"{tmp_path}: is a folder; --model takes a .tflite file"):
+        _run(tmp_path, video)
+    assert not list(tmp_path.glob("o.*")) and not list(tmp_path.glob(".o.*"))
+    # No display to show on (a stale $DISPLAY): OpenCV would abort the process. Asked
+    # first: headless with a warning, or with --display an error.
+    from pipeline.runtime.runner import RunOptions, run
+
+    monkeypatch.setenv("DISPLAY", ":99")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with caplog.at_level(logging.WARNING):
+        s = run(RunOptions(model=model, source=video, jsonl=tmp_path / "p.jsonl"))
+    assert s["frames"] == 3 and "no window: cannot open one (DISPLAY=':99'" in caplog.text
+    with pytest.raises(RunError, match="--display: cannot open a window \\(DISPLAY=':99'"):
+        run(RunOptions(model=model, source=video, display=True, jsonl=tmp_path / "q.jsonl"))
+    assert not (tmp_path / "q.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_file_cut_short_is_warned_about(model, tmp_path, caplog):
+    video = write_video(tmp_path / "v.avi", 40)
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(video.read_bytes()[: video.stat().st_size // 3])
+    with caplog.at_level(logging.WARNING):
+        s = _run(model, str(video))
+    assert s["frames"] == 40 and "truncated" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        s = _run(model, str(cut), loop=True, max_frames=60)
+    assert s["frames"] == 60 and caplog.text.count("of the 40 its header gives: a truncated or damaged file?") == 1
+
+
+def test_points_left_of_or_above_the_frame_need_no_equals_sign():
+    from pipeline.cli import _joined_coordinates, parser
+
+    argv = ["run", "--model", "m", "--source", "0", "--track", "--count-line", "-20,240,660,240", "--zone"]
+    args = parser().parse_args(_joined_coordinates([*argv, "-5,-5,50,-5,50,50", "--match-iou", "0.2"]))
+    assert args.count_line == ["-20,240,660,240"] and args.zone == ["-5,-5,50,-5,50,50"] and args.match_iou == 0.2
+    assert _joined_coordinates(["--count-line", "--zone"]) == ["--count-line", "--zone"]  # not a value: as given
+    with pytest.raises(SystemExit):  # what argparse alone does with it
+        parser().parse_args([*argv[:-1]])
+
+
+@pytest.mark.slow
 def test_a_summary_that_cannot_be_written_at_the_end_still_reaches_the_user(model, tmp_path, monkeypatch):
     """The disk fills during a long run: the error carries the summary, counts and all."""
     from pipeline.runtime import runner
@@ -546,7 +651,8 @@ def test_the_summary_json_is_rewritten_while_the_run_goes_on(model, tmp_path, mo
 
     s, running = watched(SlowCamera(video, 0.03), max_frames=45, summary_every=0.2)  # 1.35 s
     assert s["stopped_by"] == "max frames" and s["frames"] == 45
-    assert len(running) >= 2 and 0 < running[0] < 45 and running == sorted(running)
+    # the first at once, before any frame: a crash in the first seconds leaves where the run began
+    assert running[0] == 0 and len(set(running)) >= 3 and max(running) < 45 and running == sorted(running)
     # From a file (a batch job) by default it appears once, complete, when the run is done.
     s, running = watched(str(video), pace=True, max_frames=30)  # 1.2 s at 25 fps
     assert s["frames"] == 30 and not running
@@ -947,7 +1053,7 @@ def test_a_file_source_that_fails_mid_stream_is_reopened_and_resumes(model, tmp_
 
 
 @pytest.mark.slow
-def test_a_stalled_live_stream_is_reopened_with_backoff_and_the_gap_counted(model, tmp_path):
+def test_a_stalled_live_stream_is_reopened_with_backoff_and_the_gap_counted(model, tmp_path, monkeypatch, capsys):
     src = StallingStream(write_video(tmp_path / "v.avi", 20), stall_after=6, refusals=2)
     s = _run(model, src, max_frames=12, reconnect_backoff_s=0.05)
     # Backoff doubles: 0.05 + 0.1 refused, then 0.2 succeeds.
@@ -957,7 +1063,17 @@ def test_a_stalled_live_stream_is_reopened_with_backoff_and_the_gap_counted(mode
     assert s["gap_s"] >= 0.35
     src = StallingStream(write_video(tmp_path / "w.avi", 10), stall_after=4, refusals=99)
     s = _run(model, src, reconnect_attempts=2, reconnect_backoff_s=0.01)
-    assert s["reconnects"] == 0 and s["stopped_by"] == "end of source" and 1 <= s["frames"] <= 4
+    assert s["reconnects"] == 0 and s["stopped_by"] == "source lost" and 1 <= s["frames"] <= 4
+    # A camera lost for good is a failure, not an end: a service manager restarts on the exit status.
+    from pipeline import cli
+    from pipeline.runtime import runner
+
+    lost = StallingStream(write_video(tmp_path / "x.avi", 10), stall_after=4, refusals=99)
+    monkeypatch.setattr(runner, "open_source", lambda spec, loop=False: lost)
+    argv = ["run", "--model", str(model), "--source", "rtsp://cam/live", "--no-display", "--reconnect-attempts", "1"]
+    assert cli.main(argv) == 1
+    said = capsys.readouterr()
+    assert "stopped by source lost" in said.out and f"error: {lost.name}: lost, and every reopen failed" in said.err
 
 
 @pytest.mark.slow

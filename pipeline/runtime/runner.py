@@ -19,7 +19,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -58,6 +60,9 @@ STAGES = ("capture", "preprocess", "inference", "postprocess", "draw")
 # Also recorded: the age of a frame when its overlay is done (read → drawn), queue
 # waits included; latest-frame-only capture keeps it bounded on live sources.
 LATENCY = "latency"
+# ``stopped_by`` when a camera or stream failed and every reopen did too: not an end
+# (``edgepipe run`` exits 1, so that a service manager restarts it)
+SOURCE_LOST = "source lost"
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,10 @@ class RunOptions:
             summary as JSON at the end; each written atomically, each checked before
             the first frame. From a camera or stream (no end), the JSON lines go to the
             file as they come instead, replacing it, or appended to it with
-            ``resume_counts`` (:class:`~pipeline.runtime.sinks.LiveLines`). ``jsonl``
+            ``resume_counts`` (:class:`~pipeline.runtime.sinks.LiveLines`); from a file
+            with ``resume_counts``, this run's lines are added to the file's at the end.
+            An output that is a symbolic link is written through it; one that is the
+            model, its sidecar, the labels or the source file is an error. ``jsonl``
             ``"-"`` (the string): to standard output as they come, from any source
             (:class:`~pipeline.runtime.sinks.StdoutLines`).
         summary_every: seconds between rewrites of ``summary_json`` while the run goes
@@ -159,6 +167,9 @@ def load_model(opts: RunOptions) -> LoadedModel:
             raise RunError(f"{name} must be at least {low}, got {getattr(opts, name)}")
     if opts.summary_every is not None and not 0 <= opts.summary_every < float("inf"):  # NaN fails too
         raise RunError(f"--summary-every must be a number of seconds, at least 0, got {opts.summary_every}")
+    _check_numbers(opts)
+    if Path(opts.model).is_dir():
+        raise RunError(f"{opts.model}: is a folder; --model takes a .tflite file")
     model = TFLiteModel(path, InputSpec(size=1), opts.threads)  # ModelFileError on a bad file
     side, md = None, None
     try:
@@ -199,6 +210,29 @@ def load_model(opts: RunOptions) -> LoadedModel:
     loaded = LoadedModel(model, spec, task_name, names)
     _check_outputs(loaded, opts, path, opts.labels or where)
     return loaded
+
+
+# Post-processing options' ranges, checked before the model loads: a threshold of 5 or
+# NaN would otherwise run with no detections, or fail in OpenCV's NMS mid-run.
+_UNIT_OPTIONS = ("score_threshold", "iou_threshold", "alpha")
+_COUNT_OPTIONS = ("top_k", "max_detections")
+
+
+def _check_numbers(opts: RunOptions) -> None:
+    """The numeric options in range (NaN fails every comparison, so it fails here too)."""
+    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731 - the CLI's name for it
+    for name, v in opts.task_options.items():
+        if name in _UNIT_OPTIONS and not (isinstance(v, (int, float)) and 0 <= v <= 1):
+            raise RunError(f"{flag(name)} must be between 0 and 1, got {v}")
+        if name in _COUNT_OPTIONS and v is not None and not (isinstance(v, int) and v >= 1):
+            raise RunError(f"{flag(name)} must be a whole number, at least 1, got {v}")
+    if opts.mean is not None and not abs(opts.mean) < float("inf"):
+        raise RunError(f"--mean must be a finite number, got {opts.mean}")
+    if opts.std is not None and not 0 < opts.std < float("inf"):
+        raise RunError(f"--std must be a positive number (inputs are divided by it), got {opts.std}")
+    # MJPG .avi files take no fewer than 1 frame a second
+    if opts.output_fps is not None and not 1 <= opts.output_fps <= 1000:
+        raise RunError(f"--output-fps must be between 1 and 1000 frames a second, got {opts.output_fps}")
 
 
 def _check_outputs(m: LoadedModel, opts: RunOptions, path: Path, told_by) -> None:
@@ -290,7 +324,12 @@ def _input_spec(model: TFLiteModel, spec: InputSpec, opts: RunOptions, path: Pat
 def _class_names(path: Path, side, md: dict | None, labels: str | None, where) -> list[str]:
     if labels:
         p = Path(labels)
-        names = p.read_text().splitlines() if p.is_file() else labels.split(",")
+        if p.is_file():
+            names = p.read_text().splitlines()
+        elif "," not in labels and ("/" in labels or p.suffix.lower() in (".txt", ".names", ".labels")):
+            raise RunError(f"--labels {labels}: no such labels file (or give the names, comma-separated)")
+        else:
+            names = labels.split(",")
     elif side is not None and side.class_names:
         names = list(side.class_names)
     elif side is not None and side.labels_file and (path.parent / side.labels_file).is_file():
@@ -360,6 +399,9 @@ class _Loop:
             if not self.frames:
                 self.tracking.check_frame(*f.image.shape[:2])
             preds, events = self.tracking.step(preds, f.index, f.session)
+            # a filtered box may reach past the frame's edge; boxes go out clipped, as detections do
+            h, w = f.image.shape[:2]
+            np.clip(preds["boxes"], 0, (w, h, w, h), out=preds["boxes"])
         t2 = time.perf_counter()
         if self.sink is not None or self.display is not None:
             self._draw(f, preds, t1)  # headless without --output: nobody sees the frame, so skip it
@@ -423,18 +465,7 @@ def run(opts: RunOptions) -> dict:
     """
     m = load_model(opts)
     try:
-        if opts.output is not None:
-            check_video_path(Path(opts.output))
-        if opts.output_segment is not None:
-            if opts.output is None:
-                raise ValueError("--output-segment cuts the --output video into files: add --output")
-            if not 1.0 <= opts.output_segment < float("inf"):  # NaN fails too
-                raise ValueError(f"--output-segment must be at least 1 second, got {opts.output_segment}")
-        if _stdout(opts.jsonl) and sys.stdout is None:
-            raise ValueError("--jsonl -: standard output is closed")
-        for flag, path in (("--jsonl", opts.jsonl), ("--summary-json", opts.summary_json)):
-            if path is not None and not (flag == "--jsonl" and _stdout(path)):
-                check_output_file(Path(path), flag)
+        opts = _checked_outputs(opts)
     except ValueError as e:
         raise RunError(str(e)) from None
     tracking = Tracking(opts.track, m.class_names) if opts.track is not None else None
@@ -500,6 +531,116 @@ def _final_summary_on_error(opts: RunOptions, source: FrameSource, started: list
             except Exception as again:  # noqa: BLE001 - the first error is the one to report
                 log.warning("--summary-json %s: not written after the error (%s)", opts.summary_json, again)
         raise
+
+
+def _checked_outputs(opts: RunOptions) -> RunOptions:
+    """The outputs checked before any frame is read (a ValueError names the problem),
+    and ``opts`` with them as they will be written: an output that is a symbolic link
+    is written through it (the atomic rename would replace the link itself), a
+    ``--jsonl`` that names standard output (``/dev/stdout``) is ``-``, and ``display``
+    is decided (:func:`_window_problem`)."""
+    if opts.output_segment is not None:
+        if opts.output is None:
+            raise ValueError("--output-segment cuts the --output video into files: add --output")
+        if not 1.0 <= opts.output_segment < float("inf"):  # NaN fails too
+            raise ValueError(f"--output-segment must be at least 1 second, got {opts.output_segment}")
+    for flag, path in (("--output", opts.output), ("--summary-json", opts.summary_json)):
+        if path is not None and str(path) == "-":
+            raise ValueError(f"{flag} -: only --jsonl takes - (standard output); {flag} is written to a file")
+    jsonl = opts.jsonl
+    if jsonl is not None and not _stdout(jsonl) and _stream_of(Path(jsonl)) == "standard output":
+        jsonl = "-"  # --jsonl /dev/stdout: lines as they come, not a file renamed over the stream
+    if _stdout(jsonl) and sys.stdout is None:
+        raise ValueError("--jsonl -: standard output is closed")
+    given = {"--output": opts.output, "--jsonl": None if _stdout(jsonl) else jsonl, "--summary-json": opts.summary_json}
+    outputs = {flag: _through_link(Path(p)) for flag, p in given.items() if p is not None}
+    # What the run reads must survive it: the same file as an output would be overwritten.
+    inputs = {"--model file": Path(opts.model), "model's sidecar": sidecar_path(Path(opts.model))}
+    if opts.labels and Path(opts.labels).is_file():
+        inputs["--labels file"] = Path(opts.labels)
+    if isinstance(opts.source, str) and Path(opts.source).is_file():
+        inputs["--source file"] = Path(opts.source)
+    seen: dict[str, str] = {}
+    for flag, path in outputs.items():
+        stream = _stream_of(Path(given[flag]))  # as given: a stream's link may name a deleted file
+        if stream:
+            raise ValueError(f"{flag} {given[flag]}: is {stream}; {flag} is written to a file")
+        if flag == "--output":
+            check_video_path(path)
+        else:
+            check_output_file(path, flag)
+        key = os.path.realpath(path)
+        what = next((k for k, p in inputs.items() if os.path.realpath(p) == key), None)
+        if what is not None and not (flag == "--output" and opts.output_segment):  # segments have their own names
+            raise ValueError(f"{flag} {given[flag]}: is the {what}; writing it would destroy it")
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {flag} name the same file ({given[flag]})")
+        seen[key] = flag
+    show = opts.display
+    if show is None:
+        show = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    problem = _window_problem() if show else None
+    if problem and opts.display:
+        raise ValueError(f"--display: cannot open a window ({problem}); run with --no-display")
+    if problem:
+        log.warning("no window: cannot open one (%s); running headless (--no-display says so)", problem)
+    return replace(
+        opts,
+        output=outputs.get("--output"),
+        jsonl="-" if _stdout(jsonl) else outputs.get("--jsonl"),
+        summary_json=outputs.get("--summary-json"),
+        display=show and not problem,
+    )
+
+
+def _through_link(path: Path) -> Path:
+    """``path``, or where it points when it is a symbolic link (one to a file still
+    to be written, too). Not a ``/proc`` link to an open file, whose name is no
+    path (``pipe:[123]``, ``/tmp/x (deleted)``): that one is checked as it is."""
+    if not path.is_symlink():
+        return path
+    target = Path(os.path.realpath(path))
+    try:
+        st = os.stat(path)
+    except OSError:  # a link to a file not there yet: it will be made there
+        return target
+    try:
+        same = os.path.samestat(st, os.stat(target))
+    except OSError:
+        same = False
+    return target if same else path
+
+
+def _stream_of(path: Path) -> str | None:
+    """ "standard output" or "standard error" when ``path`` is that stream's file
+    (``/dev/stdout``, ``/proc/self/fd/2``, or a file the shell redirected it to)."""
+    try:
+        st = os.stat(path)
+    except OSError:  # not there yet: a file of our own
+        return None
+    for fd, name in ((1, "standard output"), (2, "standard error")):
+        try:
+            std = os.fstat(fd)
+        except OSError:  # closed
+            continue
+        if (st.st_dev, st.st_ino) == (std.st_dev, std.st_ino):
+            return name
+    return None
+
+
+def _window_problem() -> str | None:
+    """Why no window can open here, or None. Asked of a child process: without a
+    display (a stale ``$DISPLAY`` after ssh, none at all), OpenCV's Qt backend aborts
+    the whole process, which no handler can catch, losing every output."""
+    code = "import cv2; cv2.namedWindow('edgepipe'); cv2.destroyAllWindows()"
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    if r.returncode == 0:
+        return None
+    said = [s.strip() for s in r.stderr.splitlines() if s.strip() and not s.startswith(("Traceback", "  "))]
+    return f"DISPLAY={os.environ.get('DISPLAY', '')!r}: {said[0] if said else f'exit status {r.returncode}'}"
 
 
 def _resume_counts(tracking: Tracking | None, opts: RunOptions) -> None:
@@ -629,14 +770,28 @@ def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Captur
     elif opts.jsonl is not None and capture.source.live:
         jsonl = stack.enter_context(LiveLines(Path(opts.jsonl), append=opts.resume_counts))
     elif opts.jsonl is not None:
-        jsonl = stack.enter_context(open(stack.enter_context(atomic_path(opts.jsonl)), "w"))
-    show = opts.display
-    if show is None:
-        show = bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
-    if show:
+        tmp = stack.enter_context(atomic_path(opts.jsonl))
+        if opts.resume_counts:  # a batch of files counted on: the earlier runs' lines stay before this one's
+            _copy_lines(Path(opts.jsonl), tmp)
+        jsonl = stack.enter_context(open(tmp, "a"))
+    if opts.display:  # decided by _checked_outputs
         display = Display(f"edgepipe: {capture.source.name}")
         stack.callback(display.close)
     return sink, jsonl, display
+
+
+def _copy_lines(src: Path, dst: Path) -> None:
+    """``src``'s lines (if it exists) into ``dst``, the last one ended: a camera run that a
+    power cut stopped mid-line leaves one unfinished."""
+    try:
+        shutil.copyfile(src, dst)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise RunError(f"--jsonl {src}: cannot carry on its lines ({e.strerror or e})") from None
+    with open(dst, "rb+") as f:
+        if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+            f.write(b"\n")
 
 
 def _interpreters(m: LoadedModel, opts: RunOptions) -> list[TFLiteModel]:
@@ -765,7 +920,9 @@ class _Checkpoints:
     def __init__(self, path: Path, every: float, summary) -> None:
         self.path, self.every, self.summary = path, every, summary
         self.failures = 0
-        self._due = time.monotonic() + every
+        # The first write at once: a counter that crashes within its first ``every``
+        # seconds leaves where its JSONL started, and --resume-counts replays from there.
+        self._due = time.monotonic()
         self._idle = threading.Event()  # no write going on
         self._idle.set()
         self._written: tuple | None = None  # what the last write saw: frames, reconnects
@@ -819,7 +976,7 @@ def _drive(
         except TimeoutError:
             continue
         if item is None:
-            return "end of source"
+            return SOURCE_LOST if inference.capture.lost else "end of source"
         if not loop.step(*item):
             return "quit key"
     return "signal"

@@ -100,6 +100,7 @@ class VideoSource(FrameSource):
         self.timeout_ms = timeout_ms
         self.cap: cv2.VideoCapture | None = None
         self.position = 0
+        self._warned_short = False
 
     def open(self) -> None:
         if not self.live and not Path(str(self.target)).is_file():
@@ -120,6 +121,8 @@ class VideoSource(FrameSource):
 
     def read(self) -> np.ndarray | None:
         ok, frame = self.cap.read()
+        if not ok:
+            self._check_end()
         if not ok and self.loop and self.position:
             self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             self.position = 0
@@ -133,6 +136,23 @@ class VideoSource(FrameSource):
             return None
         self.position += 1
         return frame
+
+    def _check_end(self) -> None:
+        """A file that ends well before the frame count in its header was cut short (a
+        copy stopped midway, a recording the camera's power cut): warn, once, or the run
+        would look like one over a whole file."""
+        if self.live or self.cap is None or self._warned_short:
+            return
+        header = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        # counts estimated from the duration (some containers) may be off by a frame or two
+        if header > self.position + max(2, header // 100):
+            self._warned_short = True
+            log.warning(
+                "%s: ended after frame %d of the %d its header gives: a truncated or damaged file?",
+                self.name,
+                self.position,
+                header,
+            )
 
     def close(self) -> None:
         if self.cap is not None:
@@ -261,6 +281,7 @@ class Capture:
         self.reconnect_attempts = reconnect_attempts
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.dropped = self.reconnects = self.read_failures = self.bad_frames = 0
+        self.lost = False  # the source failed and every reopen did too (not an end)
         self.gap_s = 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
         self._slot: Frame | None = None
@@ -324,6 +345,7 @@ class Capture:
                     failed = img is None and self.source.live
                 if failed:
                     if not self._reconnect():
+                        self.lost = not self._stop.is_set()
                         break
                     continue
                 if img is None:
