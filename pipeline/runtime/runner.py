@@ -387,6 +387,7 @@ class _Loop:
         self.fps = 0.0
         self._last = self._dt = None
         self._hud, self._hud_t, self._hud_shape = None, 0.0, None
+        self._edge_shape: tuple = (0, 0)
 
     def step(self, f: Frame, outputs: list, inference_ms: float) -> bool:
         """Post-process, draw and emit one inferred frame; False when the user quit."""
@@ -399,9 +400,7 @@ class _Loop:
             if not self.frames:
                 self.tracking.check_frame(*f.image.shape[:2])
             preds, events = self.tracking.step(preds, f.index, f.session)
-            # a filtered box may reach past the frame's edge; boxes go out clipped, as detections do
-            h, w = f.image.shape[:2]
-            np.clip(preds["boxes"], 0, (w, h, w, h), out=preds["boxes"])
+            self._clip(preds["boxes"], f.image.shape)
         t2 = time.perf_counter()
         if self.sink is not None or self.display is not None:
             self._draw(f, preds, t1)  # headless without --output: nobody sees the frame, so skip it
@@ -435,6 +434,15 @@ class _Loop:
             self.sink.write(f.image)
         self.frames += 1
         return self.display.show(f.image) if self.display is not None else True
+
+    def _clip(self, boxes: np.ndarray, shape: tuple) -> None:
+        """A filtered box may reach past the frame's edge: clipped in place, as
+        detections are (two ufuncs against a cached edge: half of ``np.clip``'s cost,
+        which counts in tracking's per-frame budget)."""
+        if shape != self._edge_shape:
+            self._edge, self._edge_shape = np.array([shape[1], shape[0]] * 2, np.float32), shape
+        np.minimum(boxes, self._edge, out=boxes)
+        np.maximum(boxes, 0, out=boxes)
 
     def _draw(self, f: Frame, preds, now: float) -> None:
         if self.opts.hud:  # first, so that on a small frame predictions stay on top
