@@ -510,6 +510,27 @@ def test_tracked_boxes_stay_in_the_frame_and_a_file_counted_on_keeps_the_jsonl(d
     assert len(go(summary_json=summary, resume_counts=True)) == 20  # the first run's lines, then this one's
     jsonl.write_bytes(jsonl.read_bytes()[:-30])  # a line cut short (a camera run's power cut): ended, not joined
     assert len(go(summary_json=summary, resume_counts=True)) == 29 and len(jsonl.read_text().splitlines()) == 30
+    # A run that fails midway adds no lines and no counts: the file counted again counts once.
+    kept, tracks = jsonl.read_bytes(), json.loads(summary.read_text())["tracking"]["tracks"]
+
+    seen = iter(range(100))
+
+    def fails(self, *args, **kwargs):
+        if next(seen) == 6:
+            raise RuntimeError("the model broke")
+        return off_the_edge(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(DetectionRuntime, "postprocess", fails)
+        with pytest.raises(RuntimeError, match="the model broke"):
+            go(summary_json=summary, resume_counts=True)
+    after = json.loads(summary.read_text())
+    assert jsonl.read_bytes() == kept and after["stopped_by"].startswith("error: RuntimeError")
+    assert after["tracking"]["tracks"] == tracks and after["jsonl_offset"] == len(kept)
+    # One that died while adding its lines left them past the summary's offset: cut off, then added once.
+    jsonl.write_bytes(kept + b'{"frame": 0, "predictions": []}\n{"frame": 1, "pred')
+    assert len(go(summary_json=summary, resume_counts=True)) == 39 and jsonl.read_bytes().startswith(kept)
+    assert json.loads(summary.read_text())["tracking"]["tracks"] > tracks
     assert len(go()) == 10  # without --resume-counts the file is this run's alone
     with pytest.raises(RunError, match=r"score \d+ classes as a detection model, but there are 1 labels"):
         run(RunOptions(model=model, source=str(video), display=False, labels="only"))

@@ -500,7 +500,9 @@ def test_unwritable_outputs_are_errors_before_any_frame_and_the_summary_is_writt
 
 
 @pytest.mark.slow
-def test_outputs_never_overwrite_inputs_and_links_and_standard_output_are_written_through(model, tmp_path, capfd):
+def test_outputs_never_overwrite_inputs_and_links_and_standard_output_are_written_through(
+    model, tmp_path, capfd, monkeypatch
+):
     """An output on the source video, the model, its sidecar or the labels would
     destroy it; two outputs on one file would lose one. A link is written through (the
     atomic rename would replace the link), and a path that is standard output (a
@@ -538,6 +540,11 @@ def test_outputs_never_overwrite_inputs_and_links_and_standard_output_are_writte
     s = _run(model, str(video), jsonl=Path("/proc/self/fd/1"))
     lines = capfd.readouterr().out.splitlines()
     assert s["jsonl"] == "-" and [json.loads(x)["frame"] for x in lines] == [0, 1, 2]
+    monkeypatch.chdir(tmp_path)  # a file named "-" (a Path), not standard output: shown as one
+    assert (
+        _run(model, str(video), jsonl=Path("-"))["jsonl"] == "./-"
+        and len((tmp_path / "-").read_text().splitlines()) == 3
+    )
 
 
 @pytest.mark.slow
@@ -555,13 +562,18 @@ def test_numbers_out_of_range_labels_paths_and_windows_are_errors_before_any_fra
         ({"task_options": {"top_k": 0}}, "--top-k must be a whole number, at least 1, got 0"),
         ({"std": 0.0}, "--std must be a positive number"),
         ({"mean": nan}, "--mean must be a finite number"),
-        ({"output": tmp_path / "o.avi", "output_fps": 0.5}, "--output-fps must be between 1 and 1000"),
-        ({"output": tmp_path / "o.mp4", "output_fps": -5.0}, "--output-fps must be between 1 and 1000"),
+        ({"output": tmp_path / "o.avi", "output_fps": 0.001}, "--output-fps must be between 0.01 and 1000"),
+        ({"output": tmp_path / "o.mp4", "output_fps": -5.0}, "--output-fps must be between 0.01 and 1000"),
         ({"labels": str(tmp_path / "nowhere" / "labels.txt")}, "--labels .*labels.txt: no such labels file"),
     ]
     for kw, message in cases:
         with pytest.raises(RunError, match=message):
             _run(model, video, **kw)
+    from pipeline.runtime.runner import _class_names
+
+    assert _class_names(model, None, None, "car/truck", "x") == ["car/truck"]  # one label, not a path
+    options = {"score_threshold": np.float32(0.35), "top_k": np.int64(2)}  # NumPy's numbers from a caller
+    assert _run(model, video, task_options=options)["frames"] == 3
     with pytest.raises(RunError, match=f"{tmp_path}: is a folder; --model takes a .tflite file"):
         _run(tmp_path, video)
     assert not list(tmp_path.glob("o.*")) and not list(tmp_path.glob(".o.*"))
@@ -569,12 +581,12 @@ def test_numbers_out_of_range_labels_paths_and_windows_are_errors_before_any_fra
     # first: headless with a warning, or with --display an error.
     from pipeline.runtime.runner import RunOptions, run
 
-    monkeypatch.setenv("DISPLAY", ":99")
+    monkeypatch.setenv("DISPLAY", ":4711")  # not :99, xvfb-run's own
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     with caplog.at_level(logging.WARNING):
         s = run(RunOptions(model=model, source=video, jsonl=tmp_path / "p.jsonl"))
-    assert s["frames"] == 3 and "no window: cannot open one (DISPLAY=':99'" in caplog.text
-    with pytest.raises(RunError, match="--display: cannot open a window \\(DISPLAY=':99'"):
+    assert s["frames"] == 3 and "no window: cannot open one (DISPLAY=':4711'" in caplog.text
+    with pytest.raises(RunError, match="--display: cannot open a window \\(DISPLAY=':4711'"):
         run(RunOptions(model=model, source=video, display=True, jsonl=tmp_path / "q.jsonl"))
     assert not (tmp_path / "q.jsonl").exists()
 

@@ -17,9 +17,9 @@ import contextlib
 import glob
 import json
 import logging
+import numbers
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,6 +39,7 @@ from pipeline.core.registry import get_runtime
 from pipeline.core.rundir import atomic_path, write_json, write_text
 from pipeline.core.sidecar import read_sidecar, sidecar_path
 from pipeline.runtime.sinks import (
+    BatchLines,
     Display,
     LiveLines,
     StdoutLines,
@@ -222,17 +223,17 @@ def _check_numbers(opts: RunOptions) -> None:
     """The numeric options in range (NaN fails every comparison, so it fails here too)."""
     flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731 - the CLI's name for it
     for name, v in opts.task_options.items():
-        if name in _UNIT_OPTIONS and not (isinstance(v, (int, float)) and 0 <= v <= 1):
+        if name in _UNIT_OPTIONS and not (isinstance(v, numbers.Real) and 0 <= v <= 1):
             raise RunError(f"{flag(name)} must be between 0 and 1, got {v}")
-        if name in _COUNT_OPTIONS and v is not None and not (isinstance(v, int) and v >= 1):
+        if name in _COUNT_OPTIONS and v is not None and not (isinstance(v, numbers.Integral) and v >= 1):
             raise RunError(f"{flag(name)} must be a whole number, at least 1, got {v}")
     if opts.mean is not None and not abs(opts.mean) < float("inf"):
         raise RunError(f"--mean must be a finite number, got {opts.mean}")
     if opts.std is not None and not 0 < opts.std < float("inf"):
         raise RunError(f"--std must be a positive number (inputs are divided by it), got {opts.std}")
-    # MJPG .avi files take no fewer than 1 frame a second
-    if opts.output_fps is not None and not 1 <= opts.output_fps <= 1000:
-        raise RunError(f"--output-fps must be between 1 and 1000 frames a second, got {opts.output_fps}")
+    # a time-lapse at 0.01 (a frame shown 100 s) is written; below that OpenCV opens no writer
+    if opts.output_fps is not None and not 0.01 <= opts.output_fps <= 1000:
+        raise RunError(f"--output-fps must be between 0.01 and 1000 frames a second, got {opts.output_fps}")
 
 
 def _check_outputs(m: LoadedModel, opts: RunOptions, path: Path, told_by) -> None:
@@ -326,7 +327,9 @@ def _class_names(path: Path, side, md: dict | None, labels: str | None, where) -
         p = Path(labels)
         if p.is_file():
             names = p.read_text().splitlines()
-        elif "," not in labels and ("/" in labels or p.suffix.lower() in (".txt", ".names", ".labels")):
+        elif "," not in labels and (
+            p.suffix.lower() in (".txt", ".names", ".labels") or p.parent.name and p.parent.is_dir()
+        ):
             raise RunError(f"--labels {labels}: no such labels file (or give the names, comma-separated)")
         else:
             names = labels.split(",")
@@ -388,6 +391,7 @@ class _Loop:
         self._last = self._dt = None
         self._hud, self._hud_t, self._hud_shape = None, 0.0, None
         self._edge_shape: tuple = (0, 0)
+        self.held: dict | None = None  # the tracking counts a summary shows until the run commits its own
 
     def step(self, f: Frame, outputs: list, inference_ms: float) -> bool:
         """Post-process, draw and emit one inferred frame; False when the user quit."""
@@ -477,9 +481,9 @@ def run(opts: RunOptions) -> dict:
     except ValueError as e:
         raise RunError(str(e)) from None
     tracking = Tracking(opts.track, m.class_names) if opts.track is not None else None
-    if opts.resume_counts:
-        _resume_counts(tracking, opts)
     source = opts.source if isinstance(opts.source, FrameSource) else open_source(opts.source, loop=opts.loop)
+    if opts.resume_counts:
+        _resume_counts(tracking, opts, source.live)
     stop, reason = threading.Event(), []
     started: list = []  # (loop, clock) once frames flow
     # Signal handlers stay in place while the outputs are finalised, so a SIGTERM
@@ -500,6 +504,11 @@ def run(opts: RunOptions) -> dict:
             stack.callback(capture.stop)
             log.info("running %s (%s, %d px input) on %s", Path(opts.model).name, m.task_name, m.spec.size, source.name)
             loop = _Loop(m, opts, capture, *_open_outputs(stack, opts, capture), tracking)
+            if opts.resume_counts and not source.live:
+                # From a file the counts are committed with the JSONL's lines, at the end:
+                # until then (a rewrite, a failure) the summary keeps those it started from,
+                # or the file counted again after a failure would count its events twice.
+                loop.held = tracking.summary()
             clock = time.perf_counter(), time.process_time()
             started += [loop, clock]
             checkpoints = None
@@ -512,7 +521,7 @@ def run(opts: RunOptions) -> dict:
             stack.callback(inference.stop)  # before capture.stop: it may be waiting on a frame
             reason.append(_drive(loop, inference, stop, opts.max_frames, checkpoints))
             ended = time.perf_counter(), time.process_time()
-        summary = _summary(loop, opts, source, clock, reason[0], ended)
+        summary = _summary(loop, opts, source, clock, reason[0], ended, committed=True)
         if opts.summary_json is not None:  # still under the signal handlers: never half written
             try:
                 write_json(opts.summary_json, summary)
@@ -626,6 +635,8 @@ def _stream_of(path: Path) -> str | None:
         st = os.stat(path)
     except OSError:  # not there yet: a file of our own
         return None
+    if os.path.realpath(path) == os.devnull:  # where both may go: a device, not a stream of ours
+        return None
     for fd, name in ((1, "standard output"), (2, "standard error")):
         try:
             std = os.fstat(fd)
@@ -642,7 +653,7 @@ def _window_problem() -> str | None:
     the whole process, which no handler can catch, losing every output."""
     code = "import cv2; cv2.namedWindow('edgepipe'); cv2.destroyAllWindows()"
     try:
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as e:
         return str(e)
     if r.returncode == 0:
@@ -651,7 +662,7 @@ def _window_problem() -> str | None:
     return f"DISPLAY={os.environ.get('DISPLAY', '')!r}: {said[0] if said else f'exit status {r.returncode}'}"
 
 
-def _resume_counts(tracking: Tracking | None, opts: RunOptions) -> None:
+def _resume_counts(tracking: Tracking | None, opts: RunOptions, live: bool = True) -> None:
     """``--resume-counts``: the counts in ``--summary-json``, if it exists, are where
     ``tracking`` starts; a file that is not such a summary is an error before any frame."""
     if tracking is None or opts.summary_json is None:
@@ -677,7 +688,36 @@ def _resume_counts(tracking: Tracking | None, opts: RunOptions) -> None:
         raise RunError(str(e)) from None
     log.info("%s: carrying on its counts (%d tracks so far)", where, tracking.seen)
     if opts.jsonl is not None and not _stdout(opts.jsonl):
-        _replay_jsonl(tracking, Path(opts.jsonl), saved.get("jsonl_offset"), saved.get("jsonl_tail_crc32"))
+        at = Path(opts.jsonl), saved.get("jsonl_offset"), saved.get("jsonl_tail_crc32")
+        if live:
+            _replay_jsonl(tracking, *at)
+        else:
+            _cut_back(tracking, *at)
+
+
+def _cut_back(tracking: Tracking, jsonl: Path, offset, crc) -> None:
+    """From a file, the JSONL's lines past the summary's offset are those of a run that
+    died while adding them (:class:`BatchLines`), whose counts never reached the
+    summary: they go, as its counts did, and the file counted again adds them once.
+    Where the offset does not fit the file (rotated, replaced, an older summary) it is
+    left as it is, and only its ids are kept clear of."""
+    try:
+        size = jsonl.stat().st_size
+        with open(jsonl, "rb+") as f:
+            if is_whole(offset) and 0 <= offset < size and is_whole(crc) and ends_as(f, offset, crc):
+                f.truncate(offset)
+                os.fsync(f.fileno())
+                log.warning(
+                    "--resume-counts: cut the last %d bytes off %s: lines an interrupted run was adding, "
+                    "whose counts it never saved",
+                    size - offset,
+                    jsonl,
+                )
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise RunError(f"--resume-counts: cannot read the JSONL {jsonl} ({e.strerror or e})") from None
+    tracking.ids_above(_last_track_id(jsonl))
 
 
 def _stdout(jsonl) -> bool:
@@ -777,29 +817,14 @@ def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Captur
         jsonl = stack.enter_context(StdoutLines())
     elif opts.jsonl is not None and capture.source.live:
         jsonl = stack.enter_context(LiveLines(Path(opts.jsonl), append=opts.resume_counts))
+    elif opts.jsonl is not None and opts.resume_counts:  # files counted one after another
+        jsonl = stack.enter_context(BatchLines(Path(opts.jsonl)))
     elif opts.jsonl is not None:
-        tmp = stack.enter_context(atomic_path(opts.jsonl))
-        if opts.resume_counts:  # a batch of files counted on: the earlier runs' lines stay before this one's
-            _copy_lines(Path(opts.jsonl), tmp)
-        jsonl = stack.enter_context(open(tmp, "a"))
+        jsonl = stack.enter_context(open(stack.enter_context(atomic_path(opts.jsonl)), "w"))
     if opts.display:  # decided by _checked_outputs
         display = Display(f"edgepipe: {capture.source.name}")
         stack.callback(display.close)
     return sink, jsonl, display
-
-
-def _copy_lines(src: Path, dst: Path) -> None:
-    """``src``'s lines (if it exists) into ``dst``, the last one ended: a camera run that a
-    power cut stopped mid-line leaves one unfinished."""
-    try:
-        shutil.copyfile(src, dst)
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise RunError(f"--jsonl {src}: cannot carry on its lines ({e.strerror or e})") from None
-    with open(dst, "rb+") as f:
-        if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
-            f.write(b"\n")
 
 
 def _interpreters(m: LoadedModel, opts: RunOptions) -> list[TFLiteModel]:
@@ -991,10 +1016,18 @@ def _drive(
 
 
 def _summary(
-    loop: _Loop, opts: RunOptions, source: FrameSource, start: tuple, reason: str | None, end: tuple | None = None
+    loop: _Loop,
+    opts: RunOptions,
+    source: FrameSource,
+    start: tuple,
+    reason: str | None,
+    end: tuple | None = None,
+    committed: bool = False,
 ) -> dict:
     """The run's summary; ``start`` and ``end`` are (wall, CPU) clock readings, ``end``
-    now by default (a summary written while the run goes on, ``reason`` None)."""
+    now by default (a summary written while the run goes on, ``reason`` None). Until
+    ``committed`` (the run's outputs are in place) the tracking counts are ``loop.held``
+    where the run holds them back."""
     cap = loop.capture
     end = end or (time.perf_counter(), time.process_time())
     wall, cpu = end[0] - start[0], end[1] - start[1]
@@ -1013,10 +1046,15 @@ def _summary(
         "fps": round(loop.frames / wall, 2) if wall > 0 else 0.0,
         "stages_ms": loop.stats.summary(),
         "stopped_by": reason,
-        **({"tracking": loop.tracking.summary()} if loop.tracking is not None else {}),
+        **({"tracking": _counts(loop, committed)} if loop.tracking is not None else {}),
         "output": str(opts.output) if opts.output else None,
         **({"output_segments": loop.sink.summary()} if isinstance(loop.sink, VideoSegments) else {}),
-        "jsonl": str(opts.jsonl) if opts.jsonl else None,
+        # "-": standard output; a file of that name shows as ./-
+        "jsonl": (
+            "-" if _stdout(opts.jsonl) else os.path.join(".", opts.jsonl) if str(opts.jsonl) == "-" else str(opts.jsonl)
+        )
+        if opts.jsonl
+        else None,
         # a camera's JSONL: its length at this summary, where --resume-counts replays from
         "jsonl_offset": getattr(loop.jsonl, "position", None),
         # and the CRC-32 of its last 64 bytes there: a JSONL rotated or replaced since is not replayed
@@ -1025,6 +1063,10 @@ def _summary(
         "jsonl_lost": getattr(loop.jsonl, "lost", None),
         "cpu_s": round(cpu, 3),
     }
+
+
+def _counts(loop: _Loop, committed: bool) -> dict:
+    return loop.held if loop.held is not None and not committed else loop.tracking.summary()
 
 
 def format_summary(s: dict) -> str:

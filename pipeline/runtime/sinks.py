@@ -103,7 +103,8 @@ class LiveLines:
     is of whole lines. A write that fails (the disk filled) loses its lines with a
     warning that counts them, and the run goes on: a counter that runs for days must
     not stop for its log. (From a file source the JSONL is written atomically at the
-    end instead: it is a batch job's result.)
+    end instead, it is a batch job's result; or with ``--resume-counts`` added to the
+    file at the end, :class:`BatchLines`.)
 
     It survives log rotation either way logrotate does it: always opened to append
     (O_APPEND), after a ``copytruncate`` the lines go to the emptied file's start, not
@@ -233,6 +234,53 @@ class LiveLines:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class BatchLines:
+    """The JSONL of a file source counted on with ``--resume-counts`` (a day's videos,
+    one run each): this run's lines go to a temporary file beside it and are added to
+    it when the run ends well (through :class:`LiveLines`, so a line left unfinished is
+    ended first); a run that fails adds none, as its counts reach no summary. Until
+    then :attr:`position` and :attr:`tail_crc32` are the file's as it was, which the
+    summaries written meanwhile record with the counts they hold; a run that dies
+    while adding its lines leaves them past that offset, and the next one cuts them
+    off. Appending, not rewriting the whole file, keeps each run's writes to its own
+    lines (the file grows by gigabytes a day)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        start = LiveLines(self.path, append=True)  # the file as it is: its end and fingerprint
+        self.position, self.tail_crc32, self.lost = start.position, start.tail_crc32, 0
+        start.close()
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".tmp", dir=self.path.parent
+        )
+        self._tmp = Path(tmp)
+        self._f = os.fdopen(fd, "w")
+
+    def write(self, line: str) -> None:
+        self._f.write(line)
+
+    def __enter__(self) -> BatchLines:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        try:
+            self._f.close()
+            if exc_type is None:
+                self._append()
+        finally:
+            self._tmp.unlink(missing_ok=True)
+
+    def _append(self) -> None:
+        out = LiveLines(self.path, append=True, every_s=float("inf"))
+        with open(self._tmp) as f:
+            for k, line in enumerate(f, 1):
+                out.write(line)
+                if k % 4096 == 0:
+                    out.flush()
+        out.close()
+        self.position, self.tail_crc32, self.lost = out.position, out.tail_crc32, out.lost
 
 
 class StdoutLines:
