@@ -147,6 +147,43 @@ def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path):
     assert not list(tmp_path.glob(".*"))
 
 
+def test_atomic_writes_go_through_a_link_and_leave_it(tmp_path):
+    """As ``open`` would: the file a link names is replaced, the link stays (the rename
+    once replaced /dev/stdout itself); a link to a file not there yet makes it there."""
+    from pipeline.core import rundir
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "latest.json").symlink_to(tmp_path / "real" / "v3.json")
+    for text in ("one", "two"):
+        rundir.write_text(tmp_path / "latest.json", text)
+        assert (tmp_path / "latest.json").is_symlink() and (tmp_path / "real" / "v3.json").read_text() == text
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["latest.json", "real", "v3.json"]  # no temporaries
+
+
+def test_a_file_runs_lines_that_cannot_be_added_stay_named(tmp_path):
+    """``--resume-counts`` from a file: the run's lines go to a temporary file and are
+    added to the JSONL at the end; where that fails, they stay, and the error says where."""
+    from pipeline.core.errors import RunError
+    from pipeline.runtime.sinks import BatchLines
+
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_text('{"frame": 0}\n')
+    with BatchLines(jsonl) as lines:
+        lines.write('{"frame": 1}\n')
+    assert jsonl.read_text() == '{"frame": 0}\n{"frame": 1}\n' and lines.position == len(jsonl.read_bytes())
+    with pytest.raises(RunError, match=r"--jsonl .*t.jsonl: cannot add this run's lines to it .*; they are in "):
+        with BatchLines(jsonl) as lines:
+            lines.write('{"frame": 2}\n')
+            jsonl.unlink()
+            jsonl.mkdir()  # the path is a folder by the end of the run
+    (kept,) = tmp_path.glob(".t.*.jsonl")
+    assert kept.read_text() == '{"frame": 2}\n'
+    with pytest.raises(ValueError, match="ended early"), BatchLines(tmp_path / "u.jsonl") as lines:
+        lines.write('{"frame": 0}\n')
+        raise ValueError("ended early")  # a run that fails adds nothing, and leaves nothing behind
+    assert (tmp_path / "u.jsonl").read_text() == "" and not list(tmp_path.glob(".u.*"))
+
+
 @pytest.mark.slow
 def test_unreadable_files_that_leave_no_full_batch_are_a_data_error(tmp_path):
     """11 files, batch 11, 3 unreadable: Keras would crash with 'Empty logs'."""

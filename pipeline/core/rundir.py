@@ -47,14 +47,35 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def through_link(path: Path) -> Path:
+    """``path``, or where it points when it is a symbolic link (one to a file still
+    to be written, too), so that a write replaces the file, not the link, as ``open``
+    would. Not a ``/proc`` link to an open file, whose name is no path
+    (``pipe:[123]``, ``/tmp/x (deleted)``): that one is left as it is."""
+    if not path.is_symlink():
+        return path
+    target = Path(os.path.realpath(path))
+    try:
+        st = os.stat(path)
+    except OSError:  # a link to a file not there yet: it will be made there
+        return target
+    try:
+        same = os.path.samestat(st, os.stat(target))
+    except OSError:
+        same = False
+    return target if same else path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it into place atomically.
 
     The temporary name keeps the suffix, so writers that dispatch on it (Keras'
     ``.h5``) behave. On failure the temporary file is removed and ``path`` is untouched.
+    A symbolic link is written through (:func:`through_link`): the rename replaces the
+    file it points to, not the link (``/dev/stdout`` was once replaced that way).
     """
-    path = Path(path)
+    path = through_link(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
     os.close(fd)

@@ -36,7 +36,7 @@ from pipeline.core.errors import ConfigError, MetadataError, ModelFileError, Mod
 from pipeline.core.images import InputSpec, prepare
 from pipeline.core.overlay import hud_panel, paste_hud
 from pipeline.core.registry import get_runtime
-from pipeline.core.rundir import atomic_path, write_json, write_text
+from pipeline.core.rundir import atomic_path, through_link, write_json, write_text
 from pipeline.core.sidecar import read_sidecar, sidecar_path
 from pipeline.runtime.sinks import (
     BatchLines,
@@ -570,7 +570,7 @@ def _checked_outputs(opts: RunOptions) -> RunOptions:
     if _stdout(jsonl) and sys.stdout is None:
         raise ValueError("--jsonl -: standard output is closed")
     given = {"--output": opts.output, "--jsonl": None if _stdout(jsonl) else jsonl, "--summary-json": opts.summary_json}
-    outputs = {flag: _through_link(Path(p)) for flag, p in given.items() if p is not None}
+    outputs = {flag: through_link(Path(p)) for flag, p in given.items() if p is not None}
     # What the run reads must survive it: the same file as an output would be overwritten.
     inputs = {"--model file": Path(opts.model), "model's sidecar": sidecar_path(Path(opts.model))}
     if opts.labels and Path(opts.labels).is_file():
@@ -608,24 +608,6 @@ def _checked_outputs(opts: RunOptions) -> RunOptions:
         summary_json=outputs.get("--summary-json"),
         display=show and not problem,
     )
-
-
-def _through_link(path: Path) -> Path:
-    """``path``, or where it points when it is a symbolic link (one to a file still
-    to be written, too). Not a ``/proc`` link to an open file, whose name is no
-    path (``pipe:[123]``, ``/tmp/x (deleted)``): that one is checked as it is."""
-    if not path.is_symlink():
-        return path
-    target = Path(os.path.realpath(path))
-    try:
-        st = os.stat(path)
-    except OSError:  # a link to a file not there yet: it will be made there
-        return target
-    try:
-        same = os.path.samestat(st, os.stat(target))
-    except OSError:
-        same = False
-    return target if same else path
 
 
 def _stream_of(path: Path) -> str | None:
@@ -1049,12 +1031,7 @@ def _summary(
         **({"tracking": _counts(loop, committed)} if loop.tracking is not None else {}),
         "output": str(opts.output) if opts.output else None,
         **({"output_segments": loop.sink.summary()} if isinstance(loop.sink, VideoSegments) else {}),
-        # "-": standard output; a file of that name shows as ./-
-        "jsonl": (
-            "-" if _stdout(opts.jsonl) else os.path.join(".", opts.jsonl) if str(opts.jsonl) == "-" else str(opts.jsonl)
-        )
-        if opts.jsonl
-        else None,
+        "jsonl": _shown(opts.jsonl),
         # a camera's JSONL: its length at this summary, where --resume-counts replays from
         "jsonl_offset": getattr(loop.jsonl, "position", None),
         # and the CRC-32 of its last 64 bytes there: a JSONL rotated or replaced since is not replayed
@@ -1063,6 +1040,13 @@ def _summary(
         "jsonl_lost": getattr(loop.jsonl, "lost", None),
         "cpu_s": round(cpu, 3),
     }
+
+
+def _shown(jsonl) -> str | None:
+    """``--jsonl`` as the summary gives it: "-" for standard output, ./- for a file of that name."""
+    if jsonl is None or _stdout(jsonl):
+        return jsonl
+    return "./-" if str(jsonl) == "-" else str(jsonl)
 
 
 def _counts(loop: _Loop, committed: bool) -> dict:

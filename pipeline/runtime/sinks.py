@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pipeline.core.errors import RunError
 from pipeline.core.rundir import atomic_path
 
 log = logging.getLogger(__name__)
@@ -269,7 +270,11 @@ class BatchLines:
             self._f.close()
             if exc_type is None:
                 self._append()
-        finally:
+        except OSError as e:  # the JSONL cannot be opened now: this run's lines stay where they are
+            raise RunError(
+                f"--jsonl {self.path}: cannot add this run's lines to it ({e.strerror or e}); they are in {self._tmp}"
+            ) from None
+        else:
             self._tmp.unlink(missing_ok=True)
 
     def _append(self) -> None:
