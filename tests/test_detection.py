@@ -73,6 +73,16 @@ def test_coco_reader_maps_categories_clips_drops_and_keeps_negatives(tmp_path, c
         ({"categories": [{"id": 3}]}, "categories[0] has no 'name'"),
         ({"images": [{"file_name": "a.jpg"}]}, "images[0] has no 'id'"),
         ({"images": [{"id": 1, "file_name": "a.jpg", "height": "abc", "width": 80}]}, "non-numeric height"),
+        ({"images": [{"id": 1, "file_name": None}], "annotations": []}, "images[0] has file_name None"),
+        ({"images": [{"id": 1, "file_name": ["a.jpg"]}], "annotations": []}, "images[0] has file_name ['a.jpg']"),
+        (
+            {"annotations": [{"id": 9, "image_id": 1, "category_id": 3, "bbox": [1, 2, "nan", 4]}]},
+            "annotation #0 lacks",
+        ),
+        (
+            {"annotations": [{"id": 9, "image_id": 1, "category_id": 3, "bbox": [1, 2, 3, 4], "iscrowd": "no"}]},
+            "annotation #0 (id 9) has iscrowd 'no', not 0 or 1",
+        ),
     ],
 )
 def test_coco_reader_errors_name_the_file_and_entry(tmp_path, kw, message):
@@ -80,6 +90,45 @@ def test_coco_reader_errors_name_the_file_and_entry(tmp_path, kw, message):
     with pytest.raises(DataError, match="ann.json") as e:
         D.read_coco(path, tmp_path / "img")
     assert message in str(e.value)
+
+
+def test_boxes_follow_a_resized_copy_and_a_size_that_cannot_fit_skips_the_image(tmp_path):
+    # Annotations made on 160x120 originals; the images on disk are 80x60 copies (the
+    # same shape): the boxes are scaled to them. A file whose annotations say 10x10 (or a
+    # portrait photo annotated as landscape) cannot be placed: a DataError naming the
+    # file and both sizes, which training counts and skips.
+    images = [
+        {"id": 1, "file_name": "a.jpg", "height": 120, "width": 160},
+        {"id": 2, "file_name": "b.jpg", "height": 10, "width": 10},
+        {"id": 3, "file_name": "c.jpg", "height": 80, "width": 60},
+    ]
+    _image(tmp_path / "img" / "c.jpg")
+    annotations = [
+        {"id": 1, "image_id": 1, "category_id": 3, "bbox": [40, 20, 60, 40]},
+        {"id": 2, "image_id": 3, "category_id": 3, "bbox": [10, 10, 20, 20]},
+    ]
+    split, _ = D.read_coco(_coco(tmp_path, annotations=annotations, images=images), tmp_path / "img")
+    np.testing.assert_allclose(split.placed(0, (60, 80)), [[20, 10, 50, 30]])
+    np.testing.assert_allclose(split.placed(0, (120, 160)), [[40, 20, 100, 60]])  # the declared size itself
+    with pytest.raises(DataError, match=r"b\.jpg: its annotations give the image as 10x10 .* but it is 80x60"):
+        split.placed(1, (60, 80))
+    with pytest.raises(DataError, match=r"c\.jpg: .* as 60x80 .* is 80x60 upright \(by its EXIF"):
+        split.placed(2, (60, 80))
+    # carried by take (the train/val split of one file), and not asked of measured images
+    assert split.take([2, 0]).sizes == [(80, 60), (120, 160)]
+    plain, _ = D.read_coco(_coco(tmp_path / "p"), tmp_path / "p" / "img")
+    assert plain.sizes == [(60, 80), None]
+    np.testing.assert_allclose(plain.placed(1, (33, 44)), plain.boxes[1])
+    # in the input pipeline: a's boxes in input pixels, b counted and skipped
+    from pipeline.core.images import InputSpec, SkipCounter
+    from pipeline.tasks.detection.task import _sample_fn
+
+    skipped = SkipCounter()
+    load = _sample_fn(split, InputSpec(40), skipped)
+    x, boxes, classes, ok = load(0)
+    assert ok and classes[0] == 0 and classes[1] == -1
+    np.testing.assert_allclose(boxes[0], [10, 20 / 3, 25, 20], rtol=1e-6)  # 80x60 stretched to 40x40
+    assert not load(1)[3] and len(skipped) == 1
 
 
 def test_coco_file_without_annotations_is_an_error_not_all_negatives(tmp_path):

@@ -35,20 +35,45 @@ class DetSplit:
     boxes: list[np.ndarray] = field(default_factory=list)  # (n, 4) float32 xyxy pixels
     classes: list[np.ndarray] = field(default_factory=list)  # (n,) int32
     arrays: np.ndarray | None = None  # in-memory images (synthetic)
+    # (height, width) that the annotation file gives each image, which its boxes are in;
+    # None where the reader measured the image itself. Checked against the decoded image
+    # when it is loaded (``placed``), where reading the size costs nothing.
+    sizes: list[tuple[int, int] | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def add(self, image, boxes, classes) -> None:
+    def add(self, image, boxes, classes, size: tuple[int, int] | None = None) -> None:
         self.images.append(image)
         self.boxes.append(np.asarray(boxes, np.float32).reshape(-1, 4))
         self.classes.append(np.asarray(classes, np.int32).reshape(-1))
+        self.sizes.append(size)
 
     def take(self, idx) -> DetSplit:
         out = DetSplit(arrays=self.arrays)
         for i in idx:
-            out.add(self.images[i], self.boxes[i], self.classes[i])
+            out.add(self.images[i], self.boxes[i], self.classes[i], self.sizes[i])
         return out
+
+    def placed(self, i: int, hw: tuple[int, int]) -> np.ndarray:
+        """Image ``i``'s boxes in the pixels of its decoded ``hw`` image. Annotations
+        made on the originals of a resized copy (the same shape, another size) are
+        scaled to it. Any other size (another image under that name, or a photo that
+        its EXIF orientation turns and the annotations did not) would put the boxes
+        in the wrong place: a DataError naming the file and both sizes, which the
+        input pipeline counts and skips."""
+        declared, boxes = self.sizes[i], self.boxes[i]
+        if declared is None or tuple(declared) == tuple(hw):
+            return boxes
+        (dh, dw), (h, w) = declared, hw
+        sx, sy = w / dw, h / dh
+        if abs(sx / sy - 1) > 0.02:  # 2 %: the rounding of a resize to whole pixels
+            raise DataError(
+                f"{self.images[i]}: its annotations give the image as {dw}x{dh} (width x height), but it "
+                f"is {w}x{h}{' upright (by its EXIF orientation)' if (w > h) != (dw > dh) else ''}: "
+                "its boxes cannot be placed"
+            )
+        return boxes * np.array([sx, sy, sx, sy], np.float32)
 
     def object_count(self) -> int:
         return int(sum(len(c) for c in self.classes))
@@ -86,6 +111,15 @@ def clean_boxes(boxes: np.ndarray, classes: np.ndarray, hw: tuple[int, int], whe
     return clipped[keep], classes[keep]
 
 
+def _declared(height, width) -> tuple[int, int] | None:
+    """The ``(h, w)`` an annotation file gives an image; None where it gives none, or
+    0 (some VOC exporters write 0 for "unknown"), so the image is measured instead."""
+    if height is None or width is None:
+        return None
+    hw = int(float(height)), int(float(width))
+    return hw if min(hw) > 0 else None
+
+
 def _image_size(path: Path) -> tuple[int, int]:
     """``(h, w)`` of an image as training sees it (upright by its EXIF orientation), for
     annotations that do not declare it."""
@@ -114,6 +148,10 @@ def read_coco_json(path: Path, image_fields: tuple[str, ...] = ("id", "file_name
     if not _coco_entries(path, doc.get("categories"), "categories", ("id", "name")):
         raise DataError(f"{path}: no 'categories'")
     image_ids = {im["id"] for im in _coco_entries(path, doc["images"], "images", image_fields)}
+    for k, im in enumerate(doc["images"]):
+        name = im.get("file_name", "-")  # required where the caller reads images
+        if not isinstance(name, str) or not name:
+            raise DataError(f"{path}: images[{k}] has file_name {name!r}, not a file name")
     for k, a in enumerate(doc["annotations"]):
         try:
             known = a["image_id"] in image_ids
@@ -140,14 +178,19 @@ def read_coco(annotations: Path, image_root: Path, names: tuple[str, ...] | None
                 raise TypeError
             x, y, bw, bh = (float(v) for v in bbox)
             hash(cat)  # a list as category_id: TypeError here, not a crash as a dict key below
+            if not np.isfinite([x, y, bw, bh]).all():
+                raise ValueError
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{annotations}: annotation #{k} lacks a valid image_id, category_id or bbox") from None
+        crowd = a.get("iscrowd") or 0
+        if crowd not in (0, 1):  # True and False are 1 and 0; "no" would be taken for a crowd
+            raise DataError(f"{annotations}: annotation #{k} (id {a.get('id')}) has iscrowd {crowd!r}, not 0 or 1")
         if cat not in cat_index:
             raise DataError(
                 f"{annotations}: annotation #{k} (id {a.get('id')}) has unknown category_id {cat!r}; "
                 f"known ids: {sorted(cat_index)}"
             )
-        if a.get("iscrowd", 0):
+        if crowd:
             continue
         per_image.setdefault(img_id, []).append(([x, y, x + bw, y + bh], cat_index[cat]))
     images = {im["id"]: im for im in doc["images"]}
@@ -158,12 +201,11 @@ def read_coco(annotations: Path, image_root: Path, names: tuple[str, ...] | None
             raise DataError(f"{annotations}: image {im['file_name']!r} (id {img_id}) not found under {image_root}")
         objs = per_image.get(img_id, [])
         try:
-            declared = im.get("height") is not None and im.get("width") is not None
-            hw = (int(float(im["height"])), int(float(im["width"]))) if declared else _image_size(path)
-        except (TypeError, ValueError):
+            declared = _declared(im.get("height"), im.get("width"))
+        except (TypeError, ValueError, OverflowError):
             raise DataError(f"{annotations}: image id {img_id!r} has a non-numeric height or width") from None
-        b, c = clean_boxes([o[0] for o in objs], [o[1] for o in objs], hw, str(path))
-        split.add(str(path), b, c)
+        b, c = clean_boxes([o[0] for o in objs], [o[1] for o in objs], declared or _image_size(path), str(path))
+        split.add(str(path), b, c, declared)
     return split, class_names
 
 
@@ -230,8 +272,8 @@ def read_voc(root: Path, split_name: str, names: tuple[str, ...] | None = None):
         hw = None
         if size is not None and size.findtext("height") and size.findtext("width"):
             try:
-                hw = (int(float(size.findtext("height"))), int(float(size.findtext("width"))))
-            except ValueError:
+                hw = _declared(size.findtext("height"), size.findtext("width"))
+            except (ValueError, OverflowError):
                 raise DataError(f"{xml}: <size> height / width are not numbers") from None
         objects.append((str(root / "JPEGImages" / file_name), objs, hw, str(xml)))
     class_names = tuple(names) if names else tuple(sorted(found))
@@ -240,9 +282,10 @@ def read_voc(root: Path, split_name: str, names: tuple[str, ...] | None = None):
         if not Path(path).is_file():
             raise DataError(f"{xml}: image {path} not found")
         objs = [o for o in objs if not o[2]]  # VOC "difficult" objects are not scored
+        declared = hw
         hw = hw or _image_size(Path(path))
         b, c = clean_boxes([o[0] for o in objs], [class_names.index(o[1]) for o in objs], hw, xml)
-        split.add(path, b, c)
+        split.add(path, b, c, declared)
     return split, class_names
 
 

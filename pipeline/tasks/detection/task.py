@@ -58,7 +58,7 @@ def load_sample(split: det_data.DetSplit, i: int, spec) -> tuple[np.ndarray, np.
     ref = split.images[i]
     img = split.arrays[ref] if split.arrays is not None else read_image(ref)
     g = geometry(img.shape[:2], spec)
-    return prepare(img, spec), g.to_input(split.boxes[i]), split.classes[i]
+    return prepare(img, spec), g.to_input(split.placed(i, img.shape[:2])), split.classes[i]
 
 
 def _sample_fn(split, spec, skipped: SkipCounter):
