@@ -285,7 +285,7 @@ TOOLS = {"inspect": _inspect, "benchmark": _benchmark, "compare": _compare}
 
 def _dispatch(args) -> int:
     from pipeline.core import config
-    from pipeline.core.rundir import RunDir
+    from pipeline.core.rundir import RunDir, write_text
     from pipeline.stages.chain import CHAIN, run_stage
 
     if args.command == "run":
@@ -301,18 +301,29 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "demo":
         return _demo(args)
+    previous = None  # the config before this command's --set, where a failure puts it back
     if args.command in ("train", "all"):
         run, cfg = _resolve_for_train(args)
         stages = ("train",) if args.command == "train" else CHAIN
     else:
         run = RunDir(args.run_dir)
+        # A stage that fails puts back the config as it was, as train does: a --set that
+        # made it fail (an export.dir that is a file) must not stay in config.yaml and
+        # fail every later command that reads it.
+        previous = run.config_path.read_text() if args.overrides and run.config_path.is_file() else None
         cfg = run.load_config(args.overrides)
         stages = (args.command,)
     variants = args.variants.split(",") if getattr(args, "variants", None) else None
     result = None
-    for name in stages:
-        logging.getLogger("edgepipe").info("=== %s ===", name)
-        result = run_stage(name, run, cfg, variants, getattr(args, "out", None))
+    try:
+        for name in stages:
+            logging.getLogger("edgepipe").info("=== %s ===", name)
+            result = run_stage(name, run, cfg, variants, getattr(args, "out", None))
+    except BaseException:
+        if previous is not None:
+            write_text(run.config_path, previous)
+            logging.getLogger("edgepipe").info("%s put back as it was before this %s", run.config_path, args.command)
+        raise
     if stages[-1] == "evaluate":
         print((run.path / "report.md").read_text())
     elif stages[-1] == "export":

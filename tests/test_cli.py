@@ -63,6 +63,61 @@ def test_later_stages_refuse_to_change_the_model_shape(tmp_path):
     assert "target_sparsity: 0.7" in run.config_path.read_text()
 
 
+def test_a_failed_stage_puts_back_the_config_its_set_changed(tmp_path):
+    from pipeline.core import config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(config.dump(config.load(None, TINY)))
+    before = (run / "config.yaml").read_text()
+    (tmp_path / "afile").write_text("")
+    # no model yet: the export fails, and its --set must not stay behind to fail the next command
+    r = _run("export", "--run-dir", str(run), "--set", f"export.dir={tmp_path / 'afile'}")
+    assert r.returncode == 2 and "edgepipe train" in r.stderr
+    assert (run / "config.yaml").read_text() == before
+
+
+def _exported(run, out, name="int8"):
+    """A run folder with a config, and a model in ``out`` whose sidecar names that run."""
+    from pipeline.core import config
+    from pipeline.core.images import InputSpec
+    from pipeline.core.rundir import RunDir
+    from pipeline.core.sidecar import Sidecar, write_sidecar
+
+    r = RunDir(run)
+    r.save_config(config.load(None, TINY))
+    (out / f"{name}.tflite").parent.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.tflite").write_bytes(b"TFL3")
+    cfg_path = str(r.config_path.resolve())
+    write_sidecar(out / f"{name}.tflite", Sidecar(input=InputSpec(32).to_dict(), sources={cfg_path: "0"}))
+    return r
+
+
+def test_an_export_never_replaces_another_runs_models_and_evaluate_measures_only_its_own(tmp_path):
+    from pipeline.core.rundir import RunDir, StageInputError
+    from pipeline.stages.evaluate import _check_exported_here
+    from pipeline.stages.export import check_export_folder
+
+    out = tmp_path / "exports" / "r1"  # export.dir/<run name>: where exp1/r1 and exp2/r1 both export
+    first = _exported(tmp_path / "exp1" / "r1", out)
+    second = RunDir(tmp_path / "exp2" / "r1")
+    check_export_folder(out, first)  # its own folder: exported again
+    with pytest.raises(StageInputError, match=r"exports/r1: holds the models of another run, .*exp1/r1 \(int8"):
+        check_export_folder(out, second)
+    listed = {"int8": str(out / "int8.tflite")}
+    _check_exported_here(first, listed, "redo")
+    with pytest.raises(StageInputError, match=r"int8.tflite: exported by another run, .*exp1/r1, not by .*exp2/r1"):
+        _check_exported_here(second, listed, "redo")
+    # a folder left by a run folder that is gone is free; a file or an uncreatable path is an error
+    first.config_path.unlink()
+    check_export_folder(out, second)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(StageInputError, match="afile: is a file, not a folder"):
+        check_export_folder(tmp_path / "afile", second)
+    with pytest.raises(StageInputError, match="cannot create it"):
+        check_export_folder(tmp_path / "afile" / "r1", second)
+
+
 def test_missing_stage_outputs_name_the_producing_stage(tmp_path):
     from pipeline.core import config
     from pipeline.core.rundir import RunDir, StageInputError

@@ -57,6 +57,16 @@ class Sidecar:
     def spec(self) -> InputSpec:
         return InputSpec.from_dict(self.input)
 
+    @property
+    def run_folder(self) -> Path | None:
+        """The run folder the model was exported from: its ``sources`` name the run's
+        config.yaml by absolute path. None where they do not (a hand-written sidecar,
+        or one exported before the paths were absolute)."""
+        for p in map(Path, self.sources if isinstance(self.sources, dict) else ()):
+            if p.name == "config.yaml" and p.is_absolute():
+                return p.parent
+        return None
+
     def __getitem__(self, key: str):
         """Read access by JSON key, as when the sidecar was a plain dict."""
         return self.to_dict()[key]

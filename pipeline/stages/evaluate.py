@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.core.config import Config
+from pipeline.core.errors import ModelNotFoundError
 from pipeline.core.images import normalize
 from pipeline.core.rundir import RunDir, StageInputError, read_json, write_json
+from pipeline.core.sidecar import read_sidecar
 from pipeline.core.tflite import weight_sparsity
 from pipeline.core.variants import preferred_int8
 from pipeline.report import write_report
@@ -58,6 +60,7 @@ def evaluate(run: RunDir, cfg: Config) -> dict:
     listed = read_json(exports, redo).get("variants")
     if not isinstance(listed, dict):
         raise StageInputError(f"{exports}: no 'variants' object; {redo}")
+    _check_exported_here(run, listed, redo)
     task = get_task(cfg.task)
     spec = cfg.input_spec()
     ev = cfg.evaluate
@@ -109,6 +112,20 @@ def evaluate(run: RunDir, cfg: Config) -> dict:
             n: {task.metric: v["metric"], "p50_ms": v["latency_ms_p50"]} for n, v in report["variants"].items()
         }
     return report
+
+
+def _check_exported_here(run: RunDir, listed: dict, redo: str) -> None:
+    """Each listed model must be this run's: one that another run's export has since
+    replaced (runs named alike share ``export.dir/<name>``, or a copied run folder)
+    would be measured against this run's data, of another task or input size."""
+    ours = run.path.resolve()
+    for path in listed.values():
+        try:
+            owner = read_sidecar(path).run_folder
+        except ModelNotFoundError:
+            continue  # a bare model: evaluate measures it as it is
+        if owner is not None and owner.resolve() != ours:
+            raise StageInputError(f"{path}: exported by another run, {owner}, not by {run.path}; {redo}")
 
 
 def served_outputs(model, task, cfg):

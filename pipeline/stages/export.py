@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import __version__
+from pipeline.core.errors import EdgepipeError
 from pipeline.core.images import normalize, with_full_range
 from pipeline.core.metadata import add_metadata
 from pipeline.core.rundir import StageInputError, sha256, write_bytes, write_json, write_text
-from pipeline.core.sidecar import Sidecar, write_sidecar
+from pipeline.core.sidecar import Sidecar, read_sidecar, write_sidecar
 from pipeline.core.tflite import describe_tensor, weight_sparsity
 from pipeline.core.variants import VARIANTS, check_variant_names
 from pipeline.stages.optimize import build_qat, overall_sparsity
@@ -169,6 +170,7 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
     names = resolve_variants(variants or cfg.export.variants, run)
     spec = cfg.input_spec()
     out = Path(out_dir or Path(cfg.export.dir) / run.name)
+    check_export_folder(out, run)
     sources = sorted({VARIANTS[n].source for n in names})
     with run.stage("export", inputs=[run.weights(s) for s in sources] + [run.config_path]) as entry:
         data = task.load_data(cfg)
@@ -197,6 +199,32 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
         entry["outputs"].append(out / "labels.txt")
         write_json(run.path / "exports.json", {"dir": str(out.resolve()), "variants": written})
     return written
+
+
+def check_export_folder(out: Path, run) -> None:
+    """Before any work: ``out`` must be a folder this run can write, and must not hold
+    another run's models. The default folder is ``export.dir/<run name>``, so runs named
+    alike in different places (``exp1/r1``, ``exp2/r1``) would meet there and the second
+    would silently replace the first one's models (evaluate then measures files of
+    another task or size). A folder left by a run folder that no longer exists is free."""
+    if out.exists() and not out.is_dir():
+        raise StageInputError(f"export folder {out}: is a file, not a folder; pass --out DIR or --set export.dir=DIR")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StageInputError(f"export folder {out}: cannot create it ({e.strerror or e})") from None
+    ours = run.path.resolve()
+    for model in sorted(out.glob("*.tflite")):
+        try:
+            owner = read_sidecar(model).run_folder
+        except (EdgepipeError, OSError):
+            continue  # no sidecar this version reads: no owner to protect
+        if owner is not None and owner.resolve() != ours and (owner / "config.yaml").is_file():
+            raise StageInputError(
+                f"export folder {out}: holds the models of another run, {owner} ({model.name}); exporting there "
+                f"would replace them. Export this run elsewhere (--out DIR, or --set export.dir=DIR for "
+                f"DIR/{run.name}), or remove that folder first"
+            )
 
 
 def _convert_form(task, cfg, model, preset: str, form: str, class_names, rep) -> bytes:
@@ -237,9 +265,9 @@ def _sidecar(run, cfg, task, path: Path, blob: bytes, v, form: str, class_names,
         extras={**task.sidecar_extras(cfg, form), **({"form": form} if form else {})},
         sparsity=round(weight_sparsity(blob), 4),
         keras_sparsity=round(overall_sparsity(model), 4),
-        sources={
-            str(run.weights(v.source)): sha256(run.weights(v.source)),
-            str(run.config_path): sha256(run.config_path),
+        sources={  # absolute: they say which run folder the model came from (check_export_folder)
+            str(run.weights(v.source).resolve()): sha256(run.weights(v.source)),
+            str(run.config_path.resolve()): sha256(run.config_path),
         },
         model_sha256=sha256(path),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
