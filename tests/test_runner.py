@@ -512,13 +512,15 @@ def test_outputs_never_overwrite_inputs_and_links_and_standard_output_are_writte
     video = write_video(tmp_path / "v.avi", 3)
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\nc\n")
-    kept = {p: p.read_bytes() for p in (video, model, model.with_suffix(".json"), labels)}
+    shipped = model.parent / "labels.txt"  # the export's own, named by the sidecar
+    kept = {p: p.read_bytes() for p in (video, model, model.with_suffix(".json"), labels, shipped)}
     cases = [
         ({"output": video}, "--output .*v.avi: is the --source file; writing it would destroy it"),
         ({"jsonl": video}, "--jsonl .*v.avi: is the --source file"),
         ({"summary_json": model}, "--summary-json .*: is the --model file"),
         ({"summary_json": model.with_suffix(".json")}, "is the model's sidecar; writing it would destroy it"),
         ({"jsonl": labels, "labels": str(labels)}, "--jsonl .*labels.txt: is the --labels file"),
+        ({"summary_json": shipped}, "--summary-json .*labels.txt: is the model's labels file"),
         (
             {"jsonl": tmp_path / "o.json", "summary_json": tmp_path / "o.json"},
             "--jsonl and --summary-json name the same",

@@ -573,6 +573,12 @@ def _checked_outputs(opts: RunOptions) -> RunOptions:
     outputs = {flag: through_link(Path(p)) for flag, p in given.items() if p is not None}
     # What the run reads must survive it: the same file as an output would be overwritten.
     inputs = {"--model file": Path(opts.model), "model's sidecar": sidecar_path(Path(opts.model))}
+    try:  # the labels file the export ships beside the model (an unreadable sidecar is load_model's error)
+        shipped = read_sidecar(opts.model).labels_file
+    except (ModelFileError, OSError):
+        shipped = ""
+    if shipped:
+        inputs["model's labels file"] = Path(opts.model).parent / shipped
     if opts.labels and Path(opts.labels).is_file():
         inputs["--labels file"] = Path(opts.labels)
     if isinstance(opts.source, str) and Path(opts.source).is_file():
