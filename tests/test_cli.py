@@ -318,3 +318,29 @@ def test_resume_ignores_epochs_logged_without_the_metric(tmp_path):
     (tmp_path / "train_log.csv").write_text("epoch,loss,val_accuracy\n0,1.0,NA\n1,0.8,0.6\n2,0.7,0.55\n")
     spec = get_task("classification").spec
     assert best_so_far(run.path / "train_log.csv", spec.monitor, spec.monitor_mode) == 0.6
+
+
+def test_an_int8_input_that_mediapipe_refuses_is_warned_about_at_export(tmp_path, caplog):
+    """Classification's default int8 input is uint8 (what MediaPipe Tasks hands over);
+    int8 runs on LiteRT but MediaPipe refuses the file, so the export says so."""
+    import logging
+
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir
+    from pipeline.runtime.tflite_model import open_interpreter
+    from pipeline.stages.export import export
+    from pipeline.stages.weights import rebuild, save_weights
+
+    cfg = config.load(None, [*TINY, f"export.dir={tmp_path}", "export.representative_samples=8"])
+    run = RunDir(tmp_path / "run")
+    run.save_config(cfg)
+    save_weights(rebuild(cfg, cfg.data.synthetic_classes), run.weights("float"))
+    for io, warned in (("uint8", False), ("int8", True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            path = export(run, config.load(None, [f"export.int8_io={io}"], base=cfg.to_dict()), ["int8"])["int8"]
+        assert open_interpreter(model_path=path).get_input_details()[0]["dtype"].__name__ == io
+        assert (
+            any("MediaPipe Tasks and the TFLite Task Library refuse" in r.getMessage() for r in caplog.records)
+            is warned
+        )

@@ -171,6 +171,14 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
     spec = cfg.input_spec()
     out = Path(out_dir or Path(cfg.export.dir) / run.name)
     check_export_folder(out, run)
+    default_io = task.spec.default_config.get("export", {}).get("int8_io", "uint8")
+    if cfg.export.int8_io == "int8" and default_io == "uint8" and any(VARIANTS[n].preset == "int8" for n in names):
+        # MediaPipe Tasks hands a model uint8 or float32 and refuses an int8 input tensor
+        log.warning(
+            "export.int8_io=int8: the int8 models take int8 input, which MediaPipe Tasks and the TFLite Task "
+            "Library refuse (they take uint8 or float32); edgepipe run and LiteRT take it. For an app, keep "
+            "export.int8_io=uint8 (this task's default)"
+        )
     sources = sorted({VARIANTS[n].source for n in names})
     with run.stage("export", inputs=[run.weights(s) for s in sources] + [run.config_path]) as entry:
         data = task.load_data(cfg)
