@@ -285,8 +285,9 @@ TOOLS = {"inspect": _inspect, "benchmark": _benchmark, "compare": _compare}
 
 def _dispatch(args) -> int:
     from pipeline.core import config
+    from pipeline.core.cluster import worker_role
     from pipeline.core.rundir import RunDir, write_text
-    from pipeline.stages.chain import CHAIN, run_stage
+    from pipeline.stages.chain import run_chain, run_stage
 
     if args.command == "run":
         return _run(args)
@@ -301,10 +302,19 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "demo":
         return _demo(args)
-    previous = None  # the config before this command's --set, where a failure puts it back
-    if args.command in ("train", "all"):
+    if args.command == "all":
+        # run_chain skips the stages already done (a rerun after an interrupt resumes
+        # at the stage it stopped in), cleans the input cache after export, and leaves
+        # the stages after training to the chief of a multi-worker run.
         run, cfg = _resolve_for_train(args)
-        stages = ("train",) if args.command == "train" else CHAIN
+        run_chain(run, cfg, resume=True)
+        if (run.path / "report.md").is_file() and worker_role().chief:
+            print((run.path / "report.md").read_text())
+        return 0
+    previous = None  # the config before this command's --set, where a failure puts it back
+    if args.command == "train":
+        run, cfg = _resolve_for_train(args)
+        stages = ("train",)
     else:
         run = RunDir(args.run_dir)
         # A stage that fails puts back the config as it was, as train does: a --set that

@@ -261,3 +261,55 @@ def test_a_qat_fine_tune_that_hurts_keeps_the_calibrated_start(chain, tmp_path):
     out = run_stage("qat", copy, copy.load_config(["qat.learning_rate=5.0", "qat.sources=[float]"]))
     assert out["qat"]["accuracy"] >= results["train"]["accuracy"] - 0.1, (out, results["train"])
     assert not (copy.path / "checkpoints" / "qat_best.h5").exists()
+
+
+def test_all_rerun_skips_the_stages_done_and_redoes_what_changed(chain, tmp_path):
+    """``edgepipe all`` again on a run folder resumes: a stage already done with the
+    same config, data and models is skipped (an ``all`` interrupted in its export must
+    not retrain); what a changed setting or a changed model touches runs again."""
+    import hashlib
+    import shutil
+    import subprocess
+
+    from conftest import edgepipe_cmd, subprocess_env
+
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir
+    from pipeline.stages.chain import CHAIN, done
+
+    shared, cfg, _ = chain
+    assert [s for s in CHAIN if done(shared, cfg, s)] == list(CHAIN)
+    later = config.load(None, ["evaluate.latency_runs=7"], base=cfg.to_dict())  # one evaluate setting
+    assert [s for s in CHAIN if done(shared, later, s)] == ["train", "prune", "qat", "export"]
+    longer = config.load(None, [f"train.epochs={cfg.train.epochs + 1}"], base=cfg.to_dict())
+    assert not any(done(shared, longer, s) for s in CHAIN)
+
+    # a copy of the run (its manifest's paths moved with it), exported to a folder of its own
+    run = RunDir(tmp_path / "copied")
+    shutil.copytree(shared.path, run.path)
+    run.manifest_path.write_text(run.manifest_path.read_text().replace(str(shared.path), str(run.path)))
+    float_sha = hashlib.sha256(run.weights("float").read_bytes()).hexdigest()
+
+    def all_(*sets: str) -> tuple[list[str], list[str]]:
+        cmd = edgepipe_cmd("all", "--run-dir", str(run.path), *[a for s in sets for a in ("--set", s)])
+        r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "| variant" in r.stdout or "variant" in r.stdout  # the report
+        skipped = [s for s in CHAIN if f"=== {s}: done before" in r.stderr]
+        ran = [s for s in CHAIN if f"=== {s} ===" in r.stderr]
+        return skipped, ran
+
+    assert all_(f"export.dir={tmp_path / 'exports'}") == (["train", "prune", "qat"], ["export", "evaluate"])
+    assert all_() == (list(CHAIN), [])  # the same command again: nothing to do
+    assert all_("evaluate.latency_runs=3") == (["train", "prune", "qat", "export"], ["evaluate"])
+    # a model lost: its fine-tune runs again, and what reads it too unless it came out
+    # the same to the byte (a seeded CPU run does; a GPU run does not)
+    pqat_sha = hashlib.sha256(run.weights("pqat").read_bytes()).hexdigest()
+    run.weights("pqat").unlink()
+    skipped, ran = all_()
+    same = hashlib.sha256(run.weights("pqat").read_bytes()).hexdigest() == pqat_sha
+    assert skipped == ["train", "prune", *(["export", "evaluate"] if same else [])]
+    assert ran == ["qat", *([] if same else ["export", "evaluate"])]
+    assert hashlib.sha256(run.weights("float").read_bytes()).hexdigest() == float_sha
+    stages = [s["stage"] for s in json.loads(run.manifest_path.read_text())["stages"]]
+    assert stages.count("train") == 1 and "latency_runs: 3" in run.config_path.read_text()

@@ -344,3 +344,31 @@ def test_an_int8_input_that_mediapipe_refuses_is_warned_about_at_export(tmp_path
             any("MediaPipe Tasks and the TFLite Task Library refuse" in r.getMessage() for r in caplog.records)
             is warned
         )
+
+
+def test_a_stage_key_follows_the_config_it_reads_and_the_training_files(tmp_path):
+    """What lets ``edgepipe all`` skip a stage: its key changes with the config sections
+    it reads, and training's with the data files (added, removed, edited in place)."""
+    import os
+
+    from conftest import tiny_config
+
+    from pipeline.stages.resume import stage_key
+
+    photos = tmp_path / "photos"
+    for name in ("cat/1.jpg", "dog/1.jpg"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        (photos / name).write_bytes(b"x")
+    cfg = tiny_config("data.format=folder", f"data.path={photos}")
+    keys = {s: stage_key(cfg, s) for s in ("train", "prune", "evaluate")}
+    assert stage_key(tiny_config("data.format=folder", f"data.path={photos}"), "train") == keys["train"]
+    later = tiny_config("data.format=folder", f"data.path={photos}", "evaluate.latency_runs=9")
+    assert stage_key(later, "train") == keys["train"] and stage_key(later, "prune") == keys["prune"]
+    assert stage_key(later, "evaluate") != keys["evaluate"]
+    assert stage_key(cfg, "qat:pqat") == stage_key(cfg, "qat")
+    (photos / "dog" / "2.jpg").write_bytes(b"y")  # a photo added
+    added = stage_key(cfg, "train")
+    assert added != keys["train"] and stage_key(cfg, "prune") == keys["prune"]  # later stages: by their inputs
+    st = os.stat(photos / "cat" / "1.jpg")
+    os.utime(photos / "cat" / "1.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # edited in place
+    assert stage_key(cfg, "train") not in (added, keys["train"])

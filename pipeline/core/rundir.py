@@ -252,8 +252,9 @@ class RunDir:
         return m
 
     @contextlib.contextmanager
-    def stage(self, name: str, inputs: list[Path] = ()) -> Iterator[dict]:
-        """Record a stage in the manifest: inputs with checksums, outputs, duration, status.
+    def stage(self, name: str, inputs: list[Path] = (), key: str | None = None) -> Iterator[dict]:
+        """Record a stage in the manifest: inputs with checksums, outputs, duration, status,
+        and ``key`` (what of the config and data it read: ``pipeline.stages.resume``).
 
         The body may append paths to ``entry["outputs"]`` and fill ``entry["results"]``.
         """
@@ -267,6 +268,7 @@ class RunDir:
             "outputs": [],
             "results": {},
             "status": "running",
+            **({"key": key} if key else {}),
         }
         t0 = time.perf_counter()
         try:

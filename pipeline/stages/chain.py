@@ -8,8 +8,10 @@ from pathlib import Path
 
 from pipeline.core import config
 from pipeline.core.cluster import worker_role
+from pipeline.core.errors import EdgepipeError
 from pipeline.core.registry import get_spec, task_names
 from pipeline.core.rundir import RunDir
+from pipeline.stages.resume import completed, stage_key
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,11 @@ def run_stage(name: str, run: RunDir, cfg: config.Config, variants: list[str] | 
     raise ValueError(f"Unknown stage {name!r}. Expected one of {list(CHAIN)}.")
 
 
-def run_chain(run: RunDir, cfg: config.Config, stages=CHAIN) -> dict:
-    """``stages`` in order on one run folder; each stage's result by name."""
+def run_chain(run: RunDir, cfg: config.Config, stages=CHAIN, resume: bool = False) -> dict:
+    """``stages`` in order on one run folder; each stage's result by name. With
+    ``resume`` (``edgepipe all``), a stage already done with this config, this data and
+    these models is skipped (:func:`done`): an ``all`` interrupted in its export picks
+    up at the export, not at a retrain."""
     results = {}
     role = worker_role()
     for name in stages:
@@ -48,6 +53,12 @@ def run_chain(run: RunDir, cfg: config.Config, stages=CHAIN) -> dict:
             # (two processes writing one run folder is what must never happen).
             log.info("%s %d: the chief runs %s and the stages after it", role.task_type, role.index, name)
             break
+        if resume and done(run, cfg, name):
+            log.info("=== %s: done before with this config, data and models: skipped (`edgepipe %s` redoes it) ===",
+                     name, name)  # fmt: skip
+            if name == "train" and role.chief and run.config_path.read_text() != config.dump(cfg):
+                run.save_config(cfg)  # what a later stage's --set changed: as train would have saved it
+            continue
         log.info("=== %s ===", name)
         results[name] = run_stage(name, run, cfg)
     if "export" in results and run.cache.is_dir():
@@ -56,6 +67,24 @@ def run_chain(run: RunDir, cfg: config.Config, stages=CHAIN) -> dict:
         shutil.rmtree(run.cache, ignore_errors=True)
         log.info("removed the input cache %s (%.0f MB): the stages that read it are done", run.cache, size / 2**20)
     return results
+
+
+def done(run: RunDir, cfg: config.Config, name: str) -> bool:
+    """Whether stage ``name`` is done in ``run`` for ``cfg`` (:func:`completed`): QAT
+    when each of its fine-tunes is, export for the variants and folder it would write."""
+    if name == "qat":
+        jobs = ["qat:qat"] if "float" in cfg.qat.sources else []
+        jobs += ["qat:pqat"] if "pruned" in cfg.qat.sources and run.has("pruned") else []
+        return bool(jobs) and all(completed(run, j, stage_key(cfg, j)) for j in jobs)
+    extra = None
+    if name == "export":
+        from pipeline.stages.export import export_extra, resolve_variants
+
+        try:
+            extra = export_extra(resolve_variants(cfg.export.variants, run), Path(cfg.export.dir) / run.name)
+        except EdgepipeError:
+            return False
+    return completed(run, name, stage_key(cfg, name, extra))
 
 
 def demo(task: str = "all", run_dir: Path | None = None, overrides=()) -> list[RunDir]:

@@ -25,6 +25,7 @@ from pipeline.core.variants import preferred_int8
 from pipeline.report import write_report
 from pipeline.runtime.benchmark import peak_memory, summarize
 from pipeline.runtime.tflite_model import TFLiteModel, undelegated_ops
+from pipeline.stages.resume import stage_key
 from pipeline.stages.weights import rebuild
 from pipeline.tasks import get_task
 
@@ -64,7 +65,8 @@ def evaluate(run: RunDir, cfg: Config) -> dict:
     task = get_task(cfg.task)
     spec = cfg.input_spec()
     ev = cfg.evaluate
-    with run.stage("evaluate", inputs=[Path(p) for p in listed.values()] + [run.weights("float")]) as entry:
+    inputs = [Path(p) for p in listed.values()] + [run.weights("float")]
+    with run.stage("evaluate", inputs=inputs, key=stage_key(cfg, "evaluate")) as entry:
         data = task.load_data(cfg)
         class_names = task.class_names(data)
         batches = list(task.eval_batches(data, cfg, spec, ev.batch_size, ev.max_samples))

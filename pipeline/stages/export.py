@@ -24,6 +24,7 @@ from pipeline.core.sidecar import Sidecar, read_sidecar, write_sidecar
 from pipeline.core.tflite import describe_tensor, weight_sparsity
 from pipeline.core.variants import VARIANTS, check_variant_names
 from pipeline.stages.optimize import build_qat, overall_sparsity
+from pipeline.stages.resume import stage_key
 from pipeline.stages.weights import rebuild
 from pipeline.tasks import get_task
 from pipeline.tasks.base import ExportGraph
@@ -180,7 +181,8 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
             "export.int8_io=uint8 (this task's default)"
         )
     sources = sorted({VARIANTS[n].source for n in names})
-    with run.stage("export", inputs=[run.weights(s) for s in sources] + [run.config_path]) as entry:
+    key = stage_key(cfg, "export", export_extra(names, out))
+    with run.stage("export", inputs=[run.weights(s) for s in sources] + [run.config_path], key=key) as entry:
         data = task.load_data(cfg)
         class_names = list(task.class_names(data))
         calib = list(task.calibration_images(data, cfg, spec, cfg.export.representative_samples))
@@ -207,6 +209,11 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
         entry["outputs"].append(out / "labels.txt")
         write_json(run.path / "exports.json", {"dir": str(out.resolve()), "variants": written})
     return written
+
+
+def export_extra(names, out: Path) -> list:
+    """What an export's key holds beyond the config: its variants and its folder."""
+    return [sorted(names), str(Path(out).resolve())]
 
 
 def check_export_folder(out: Path, run) -> None:

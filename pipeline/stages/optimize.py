@@ -21,6 +21,7 @@ from pipeline._keras import keras, layers, tf, tfmot
 from pipeline.core.config import Config
 from pipeline.core.rundir import RunDir, read_json, write_json
 from pipeline.stages.fit import best_so_far, fit, fit_batch, make_optimizer, seed_everything, steps_per_epoch
+from pipeline.stages.resume import stage_key
 from pipeline.stages.weights import load_weights, rebuild, save_weights
 from pipeline.tasks import get_task
 
@@ -156,7 +157,7 @@ def prune(run: RunDir, cfg: Config) -> dict:
     src = run.require("float")
     p = cfg.prune
     seed_everything(cfg.train.seed)
-    with run.stage("prune", inputs=[src, run.config_path]) as entry:
+    with run.stage("prune", inputs=[src, run.config_path], key=stage_key(cfg, "prune")) as entry:
         data = task.load_data(cfg)
         cfg = fit_batch(cfg, len(data.train))
         model = rebuild(cfg, len(task.class_names(data)), src)
@@ -340,7 +341,7 @@ def qat(run: RunDir, cfg: Config) -> dict:
     spec = cfg.input_spec()
     for name, src in jobs:
         seed_everything(cfg.train.seed)
-        with run.stage(f"qat:{name}", inputs=[src, run.config_path]) as entry:
+        with run.stage(f"qat:{name}", inputs=[src, run.config_path], key=stage_key(cfg, "qat")) as entry:
             data = task.load_data(cfg)
             cfg = fit_batch(cfg, len(data.train))
             n = len(task.class_names(data))

@@ -28,6 +28,7 @@ from pipeline.stages.fit import (
     steps_per_epoch,
     worker_role,
 )
+from pipeline.stages.resume import stage_key
 from pipeline.stages.weights import load_weights, save_weights
 from pipeline.tasks import get_task
 
@@ -129,7 +130,7 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
     spec = cfg.input_spec()
     ckpt = run.path / "checkpoints"
     phases = plan_phases(cfg)
-    with out.stage("train") as entry:
+    with out.stage("train", inputs=[out.config_path], key=stage_key(cfg, "train")) as entry:
         data = task.load_data(cfg)
         role = worker_role()
         cfg = fit_batch(cfg, len(data.train) // role.workers)  # each worker batches its own share

@@ -1,0 +1,79 @@
+"""What lets ``edgepipe all`` resume: a stage's key (the config it reads, and for
+training the data files it reads) and whether a stage is already done in a run folder.
+
+An ``all`` interrupted in its export must not train again: hours of training (and
+on a GPU, a different model) lost to a Ctrl-C. Each stage records its key in the
+manifest; ``all`` skips a stage whose last entry ended ok with the same key and whose
+recorded input and output files are still those files (sha256). Change the config a
+stage reads, the data, or a model a stage reads, and that stage and those after it
+run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from pipeline.core.rundir import RunDir, sha256
+
+# The config sections each stage reads (cumulative: a later stage's model comes from
+# the earlier ones'). A changed evaluate.* reruns evaluate only.
+_BASE = ("task", "data", "model", "train")
+SECTIONS = {
+    "train": _BASE,
+    "prune": (*_BASE, "prune"),
+    "qat": (*_BASE, "prune", "qat"),
+    "export": (*_BASE, "prune", "qat", "export"),
+    "evaluate": (*_BASE, "prune", "qat", "export", "evaluate"),
+}
+
+
+def data_stamp(data_cfg) -> list:
+    """Every file the data config names (a file, or each file under a folder) by path,
+    size and modification time: photos added, removed or edited in place tell apart,
+    at the cost of a stat per file."""
+    out = []
+    for key, value in sorted(dataclasses.asdict(data_cfg).items()):
+        if not isinstance(value, str) or not value or not os.path.exists(value):
+            continue
+        if os.path.isfile(value):
+            paths = [value]
+        else:  # os.walk does not follow links to folders: no loop through a link to a parent
+            paths = sorted(os.path.join(d, f) for d, _, files in os.walk(value) for f in files)
+        for p in paths:
+            try:
+                st = os.stat(p)
+            except OSError:  # a broken link: the readers report it, if they read it
+                continue
+            out.append([key, p, st.st_size, st.st_mtime_ns])
+    return out
+
+
+def stage_key(cfg, stage: str, extra=None) -> str:
+    """The hash of what ``stage`` reads from the config (``qat:pqat`` is ``qat``), of
+    the data files for training, and of ``extra`` (export's variants and folder)."""
+    base = stage.split(":")[0]
+    d = cfg.to_dict()
+    identity = {s: d.get(s) for s in SECTIONS[base]}
+    if base == "train":
+        identity["files"] = data_stamp(cfg.data)
+    identity["extra"] = extra
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def completed(run: RunDir, stage: str, key: str) -> bool:
+    """Whether the last ``stage`` entry of the manifest ended ok with ``key``, wrote
+    something, and its input and output files are unchanged. The config file itself
+    is left out: the key holds the part of it that the stage reads."""
+    entries = [e for e in run.manifest()["stages"] if isinstance(e, dict) and e.get("stage") == stage]
+    if not entries:
+        return False
+    last = entries[-1]
+    outputs, inputs = last.get("outputs"), last.get("inputs")
+    if last.get("status") != "ok" or last.get("key") != key or not outputs or not isinstance(outputs, dict):
+        return False
+    files = {**(inputs if isinstance(inputs, dict) else {}), **outputs}
+    return all(Path(p).name == "config.yaml" or (Path(p).is_file() and sha256(p) == h) for p, h in files.items())
