@@ -195,6 +195,11 @@ def test_model_without_metadata_reads_as_none_and_foreign_files_fail(tmp_path):
 # === MediaPipe Tasks as the client ===
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
 def _mediapipe_python() -> Path:
     """The MediaPipe venv's Python (``make mediapipe-venv``), created here if missing."""
     py = Path(os.environ.get("EDGEPIPE_MEDIAPIPE_PYTHON", MP_VENV / "bin" / "python"))
@@ -251,7 +256,7 @@ def test_mediapipe_tasks_reproduce_our_predictions_and_labels(models, tmp_path):
         else:
             assert res["labels"] == SEG_CLASSES
             conf = np.stack([np.asarray(m, np.float32).reshape(32, 32) for m in res["confidence_masks"]], -1)
-            np.testing.assert_allclose(conf, ours, atol=tol)
+            np.testing.assert_allclose(conf, ours, atol=tol)  # a softmax in the model: activation NONE
             mask = np.asarray(res["category_mask"]).reshape(32, 32)
             assert (mask == ours.argmax(-1)).mean() >= 0.99  # ties between equal uint8 scores may differ
 
@@ -323,4 +328,7 @@ def test_mediapipe_matches_us_on_keras_applications_backbones(backbone_models, t
             np.testing.assert_allclose([got[i] for i in range(len(CLASSES))], ours, atol=tol)
         else:
             conf = np.stack([np.asarray(c, np.float32).reshape(32, 32) for c in res["confidence_masks"]], -1)
-            np.testing.assert_allclose(conf, ours, atol=tol)
+            # our segmenters give logits, and their metadata's SOFTMAX has MediaPipe turn
+            # them into probabilities (confidence masks that sum to 1, as apps expect)
+            np.testing.assert_allclose(conf, _softmax(ours), atol=tol)
+            np.testing.assert_allclose(conf.sum(-1), 1.0, atol=1e-3)

@@ -126,6 +126,8 @@ class Segmentation(Task):
                 "name": "logits",
                 "shape": [1, -1, -1, len(class_names)],
                 "kind": "per_class_scores",
+                # logits: MediaPipe's ImageSegmenter applies the softmax for its confidence masks
+                "activation": "softmax",
                 "meaning": "per-pixel class logits at the input resolution (tensor_shape), in labels-file "
                 "order; the class map is their argmax over the last axis (not in the graph), softmax "
                 "gives probabilities",
