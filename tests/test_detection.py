@@ -592,3 +592,24 @@ def test_tracked_boxes_stay_in_the_frame_and_a_file_counted_on_keeps_the_jsonl(d
     assert run(opts)["frames"] == 10  # (tracked: the stand-in detections carry no labels of their own)
     rows = [json.loads(x) for x in jsonl.read_text().splitlines()]
     assert rows[0]["predictions"] and {p["label"] for r in rows for p in r["predictions"]} == {names[0]}
+
+
+def test_the_report_grid_draws_either_export_form():
+    """evaluate draws its sample grid from whichever form was exported: the mobile form
+    alone (``export.detection_postprocess=[mobile]``) gives boxes as ratios of the
+    input, which need the input size (it raised before, losing the measured report)."""
+    from pipeline.tasks.detection.task import TASK
+
+    images = np.zeros((2, 64, 64, 3), np.uint8)
+    targets = [{"boxes": np.array([[8, 8, 40, 40]], np.float32)}] * 2
+    # the same box, [16, 8, 48, 40] in input pixels, in each form
+    mobile = [
+        np.tile(np.array([[[8, 16, 40, 48]]], np.float32) / 64, (2, 1, 1)),
+        np.zeros((2, 1), np.float32),
+        np.full((2, 1), 0.9, np.float32),
+        np.ones(2, np.float32),
+    ]
+    raw = [np.tile(np.array([[[16, 8, 48, 40]]], np.float32), (2, 1, 1)), np.tile([[[0.9, 0.0]]], (2, 1, 1))]
+    grids = [TASK.sample_grid(images, outputs, targets, ["a", "b"]) for outputs in (mobile, raw)]
+    assert grids[0].shape == grids[1].shape and grids[0].any()
+    np.testing.assert_array_equal(grids[0], grids[1])  # the same box drawn the same way

@@ -333,15 +333,19 @@ class Detection(Task):
     def sample_grid(self, images, outputs, targets, class_names):
         import cv2
 
+        from pipeline.core.images import InputSpec
         from pipeline.core.overlay import draw_boxes, grid
 
+        # boxes in input pixels: the images are the model's inputs. The mobile form's
+        # boxes are ratios of the input, so postprocess needs its size.
+        spec = InputSpec(int(images.shape[1]))
         tiles = []
         for k in range(min(8, len(images))):
             img = images[k] if images[k].shape[-1] == 3 else np.repeat(images[k][..., :1], 3, -1)
             tile = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR)
             for b in targets[k]["boxes"]:
                 cv2.rectangle(tile, tuple(int(v) for v in b[:2]), tuple(int(v) for v in b[2:]), (255, 255, 255), 1)
-            p = self.runtime.postprocess([o[k : k + 1] for o in outputs], class_names)
+            p = self.runtime.postprocess([o[k : k + 1] for o in outputs], class_names, spec=spec)
             tiles.append(
                 cv2.cvtColor(draw_boxes(tile, p["boxes"], p["classes"], p["scores"], class_names), cv2.COLOR_BGR2RGB)
             )
