@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 
-from pipeline.core.images import ImageError, SkipCounter, geometry, prepare, read_image
+from pipeline.core.images import ImageError, InputSpec, SkipCounter, geometry, prepare, read_image
 from pipeline.data.augment import Affine, on_generator
 from pipeline.tasks.base import Task
 from pipeline.tasks.detection import SPEC
@@ -333,7 +333,6 @@ class Detection(Task):
     def sample_grid(self, images, outputs, targets, class_names):
         import cv2
 
-        from pipeline.core.images import InputSpec
         from pipeline.core.overlay import draw_boxes, grid
 
         # boxes in input pixels: the images are the model's inputs. The mobile form's
