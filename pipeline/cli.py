@@ -284,10 +284,11 @@ TOOLS = {"inspect": _inspect, "benchmark": _benchmark, "compare": _compare}
 
 
 def _dispatch(args) -> int:
+    import contextlib
+
     from pipeline.core import config
     from pipeline.core.cluster import worker_role
-    from pipeline.core.rundir import RunDir, write_text
-    from pipeline.stages.chain import run_chain, run_stage
+    from pipeline.core.rundir import RunDir
 
     if args.command == "run":
         return _run(args)
@@ -302,41 +303,47 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "demo":
         return _demo(args)
+    # train and all: config errors before the run folder is made
+    run, cfg = _resolve_for_train(args) if args.command in ("train", "all") else (RunDir(args.run_dir), None)
+    # One process at a time in a run folder; a multi-worker run's other workers share it.
+    with run.lock(args.command) if worker_role().chief else contextlib.nullcontext():
+        return _stages(args, run, cfg)
+
+
+def _stages(args, run, cfg) -> int:
+    """``train``, ``prune``, ``qat``, ``export``, ``evaluate`` or ``all`` on ``run``
+    (``cfg``: train's and all's, resolved already)."""
+    from pipeline.core.cluster import worker_role
+    from pipeline.core.rundir import write_text
+    from pipeline.stages.chain import run_chain, run_stage
+
     if args.command == "all":
         # run_chain skips the stages already done (a rerun after an interrupt resumes
         # at the stage it stopped in), cleans the input cache after export, and leaves
         # the stages after training to the chief of a multi-worker run.
-        run, cfg = _resolve_for_train(args)
         run_chain(run, cfg, resume=True)
         if (run.path / "report.md").is_file() and worker_role().chief:
             print((run.path / "report.md").read_text())
         return 0
     previous = None  # the config before this command's --set, where a failure puts it back
-    if args.command == "train":
-        run, cfg = _resolve_for_train(args)
-        stages = ("train",)
-    else:
-        run = RunDir(args.run_dir)
+    if args.command != "train":
         # A stage that fails puts back the config as it was, as train does: a --set that
         # made it fail (an export.dir that is a file) must not stay in config.yaml and
         # fail every later command that reads it.
         previous = run.config_path.read_text() if args.overrides and run.config_path.is_file() else None
         cfg = run.load_config(args.overrides)
-        stages = (args.command,)
     variants = args.variants.split(",") if getattr(args, "variants", None) else None
-    result = None
     try:
-        for name in stages:
-            logging.getLogger("edgepipe").info("=== %s ===", name)
-            result = run_stage(name, run, cfg, variants, getattr(args, "out", None))
+        logging.getLogger("edgepipe").info("=== %s ===", args.command)
+        result = run_stage(args.command, run, cfg, variants, getattr(args, "out", None))
     except BaseException:
         if previous is not None:
             write_text(run.config_path, previous)
             logging.getLogger("edgepipe").info("%s put back as it was before this %s", run.config_path, args.command)
         raise
-    if stages[-1] == "evaluate":
+    if args.command == "evaluate":
         print((run.path / "report.md").read_text())
-    elif stages[-1] == "export":
+    elif args.command == "export":
         for name, path in result.items():
             print(f"{name}\t{path}")
     return 0

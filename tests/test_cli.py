@@ -372,3 +372,32 @@ def test_a_stage_key_follows_the_config_it_reads_and_the_training_files(tmp_path
     st = os.stat(photos / "cat" / "1.jpg")
     os.utime(photos / "cat" / "1.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # edited in place
     assert stage_key(cfg, "train") not in (added, keys["train"])
+
+
+def test_a_run_folder_in_use_is_an_error_and_a_killed_holder_leaves_no_lock(tmp_path):
+    """Two processes in one run folder (a second train started by mistake) would resume
+    the first one's live checkpoints or interleave its logs: the second is refused,
+    naming the first; a holder killed outright frees the folder (flock)."""
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir, StageInputError
+
+    run = RunDir(tmp_path / "run")
+    run.save_config(config.load(None, TINY))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pipeline.core.rundir import RunDir\n"
+         f"with RunDir({str(run.path)!r}).lock('train'):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True, env=subprocess_env(),
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StageInputError, match=rf"run: in use by edgepipe train \(pid {holder.pid} on .*since"):
+            with run.lock("prune"):
+                pass
+        r = _run("prune", "--run-dir", str(run.path))
+        assert r.returncode == 2 and f"in use by edgepipe train (pid {holder.pid}" in r.stderr
+        assert "Traceback" not in r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    with run.lock("prune"):  # the killed holder's lock went with it
+        assert "edgepipe prune" in (run.path / ".lock").read_text()

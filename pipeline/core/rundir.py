@@ -240,6 +240,43 @@ class RunDir:
             self.save_config(cfg)
         return cfg
 
+    # --- one process at a time ---
+    @contextlib.contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold ``RUN/.lock`` while ``command`` works in the run folder: a second
+        process (another train started by mistake, a second worker's ``all`` on a
+        shared disk) gets a StageInputError naming the holder, instead of resuming the
+        first one's live checkpoints or interleaving its logs. ``flock`` is released
+        when the holder's process ends, however it ends, so a killed run leaves no
+        stale lock. (Workers of one multi-worker run share the folder: only its chief
+        takes the lock.)"""
+        import fcntl
+
+        if not self.path.is_dir():
+            if command not in ("train", "all"):
+                yield  # no run yet: the stage says which one to run first
+                return
+            self.path.mkdir(parents=True)
+        path = self.path / ".lock"
+        f = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise StageInputError(
+                    f"{self.path}: in use by {holder}; wait for it to end, or use another --run-dir"
+                ) from None
+            f.seek(0)
+            f.truncate()
+            since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            f.write(f"edgepipe {command} (pid {os.getpid()} on {socket.gethostname()}, since {since})\n")
+            f.flush()
+            yield
+        finally:
+            f.close()  # releases the lock
+
     # --- manifest ---
     def manifest(self) -> dict:
         if not self.manifest_path.is_file():
