@@ -64,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="several runs' reports side by side")
     p.add_argument("run_dirs", nargs="+", type=Path)
     p = sub.add_parser("config", help="print the resolved config, or the reference of all keys")
-    p.add_argument("--task", default="classification")
+    p.add_argument("--task", default=None, help="default: the --config file's task, else classification")
     p.add_argument("--config", type=Path, default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--reference", action="store_true", help="print every key as a Markdown table")
@@ -270,6 +270,9 @@ def _benchmark(args) -> str:
         threads = [int(t) for t in args.threads.split(",")]
     except ValueError:
         raise UsageError(f"--threads {args.threads!r}: expected a comma list of integers, e.g. 1,2,4") from None
+    for flag, values, least in (("--threads", threads, 1), ("--runs", [args.runs], 1), ("--warmup", [args.warmup], 0)):
+        if min(values) < least:
+            raise UsageError(f"{flag}: must be at least {least}, got {min(values)}")
     result = benchmark(args.model, threads=threads, runs=args.runs, warmup=args.warmup, profile=args.profile)
     return json.dumps(result, indent=2) + "\n" if args.json else render(result)
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import TINY, edgepipe_cmd, subprocess_env
@@ -328,6 +330,7 @@ def test_an_int8_input_that_mediapipe_refuses_is_warned_about_at_export(tmp_path
     from pipeline.core import config
     from pipeline.core.rundir import RunDir
     from pipeline.runtime.tflite_model import open_interpreter
+    from pipeline.stages.chain import run_stage
     from pipeline.stages.export import export
     from pipeline.stages.weights import rebuild, save_weights
 
@@ -344,6 +347,20 @@ def test_an_int8_input_that_mediapipe_refuses_is_warned_about_at_export(tmp_path
             any("MediaPipe Tasks and the TFLite Task Library refuse" in r.getMessage() for r in caplog.records)
             is warned
         )
+    # evaluate: a listed model of another input size (another run's) is named, not an error from set_tensor
+    from pipeline.core.images import InputSpec
+    from pipeline.core.rundir import StageInputError
+    from pipeline.stages.evaluate import _measure
+
+    with pytest.raises(
+        StageInputError, match=r"int8.tflite: it takes \(32, 32, 3\) input, this run's models take \(64"
+    ):
+        _measure(Path(path), InputSpec(64), None, [], [], [], None, cfg.evaluate)
+    # and an exports.json that lists nothing, or not paths
+    for listed, message in (({}, "lists no models"), ({"x": 5}, "variant 'x' has path 5, not a file path")):
+        (run.path / "exports.json").write_text(json.dumps({"variants": listed}))
+        with pytest.raises(StageInputError, match=message):
+            run_stage("evaluate", run, cfg)
 
 
 def test_a_stage_key_follows_the_config_it_reads_and_the_training_files(tmp_path):
@@ -401,3 +418,24 @@ def test_a_run_folder_in_use_is_an_error_and_a_killed_holder_leaves_no_lock(tmp_
         holder.wait()
     with run.lock("prune"):  # the killed holder's lock went with it
         assert "edgepipe prune" in (run.path / ".lock").read_text()
+
+
+def test_empty_lists_and_out_of_range_benchmark_numbers_are_errors_before_any_work(tmp_path):
+    from pipeline.core import config
+
+    for key in ("export.detection_postprocess", "export.variants", "evaluate.latency_threads"):
+        with pytest.raises(config.ConfigError, match=f"{key}: empty"):
+            config.load(None, [f"{key}=[]"], task="detection")
+    model = tmp_path / "m.tflite"  # never opened: the numbers are checked first
+    for args, message in (
+        (["--threads", "0"], "--threads: must be at least 1, got 0"),
+        (["--threads", "1,-2"], "--threads: must be at least 1, got -2"),
+        (["--runs", "0"], "--runs: must be at least 1"),
+        (["--warmup", "-3"], "--warmup: must be at least 0, got -3"),
+    ):
+        r = _run("benchmark", str(model), *args)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # a config file's task when --task is not given
+    (tmp_path / "det.yaml").write_text("task: detection\n")
+    r = _run("config", "--config", str(tmp_path / "det.yaml"))
+    assert r.returncode == 0 and "task: detection" in r.stdout

@@ -380,6 +380,13 @@ def load(
         if getattr(d, key) and chosen != "segmentation":  # silently ignored would mislead an A/B
             raise ConfigError(f"data.{key}: segmentation only (the {chosen} task does not mix batches); leave it 0")
     check_variant_names(cfg.export.variants)
+    for key, value, what in (
+        ("export.detection_postprocess", cfg.export.detection_postprocess, "a form, none or mobile"),
+        ("export.variants", cfg.export.variants, "a variant, or auto"),
+        ("evaluate.latency_threads", cfg.evaluate.latency_threads, "a thread count"),
+    ):
+        if not value:  # an empty list would export or time nothing, and say nothing
+            raise ConfigError(f"{key}: empty; give at least {what}")
     return cfg
 
 

@@ -180,6 +180,8 @@ def benchmark(
     """Latency per thread count, peak memory and (optionally) per-op times of one model."""
     from pipeline.runtime.tflite_model import open_interpreter, time_invokes, undelegated_ops
 
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be at least 1 and warmup at least 0, got {runs} and {warmup}")
     path = Path(path)
     result: dict = {"model": str(path), "size_bytes": path.stat().st_size if path.is_file() else None, "latency": {}}
     for t in threads:

@@ -61,6 +61,11 @@ def evaluate(run: RunDir, cfg: Config) -> dict:
     listed = read_json(exports, redo).get("variants")
     if not isinstance(listed, dict):
         raise StageInputError(f"{exports}: no 'variants' object; {redo}")
+    if not listed:
+        raise StageInputError(f"{exports}: lists no models; {redo}")
+    for name, path in listed.items():
+        if not isinstance(path, str) or not path:
+            raise StageInputError(f"{exports}: variant {name!r} has path {path!r}, not a file path; {redo}")
     _check_exported_here(run, listed, redo)
     task = get_task(cfg.task)
     spec = cfg.input_spec()
@@ -150,8 +155,19 @@ def _measure(path: Path, spec, task, images, targets, class_names, ref, ev) -> d
     if not path.is_file():
         raise StageInputError(f"{path} is missing: run `edgepipe export` again")
     model = TFLiteModel(path, spec, threads=ev.threads)
+    redo = "a model of another run? rerun `edgepipe export` for this run"
+    shape, want = tuple(int(v) for v in model.input["shape"][1:]), (spec.size, spec.size, spec.channels)
+    if shape != want:
+        raise StageInputError(f"{path}: it takes {shape} input, this run's models take {want}: {redo}")
     outputs = _stack([model(x) for x in images])
-    scores = task.score(outputs, targets, class_names, spec)
+    try:
+        scores = task.score(outputs, targets, class_names, spec)
+    except (IndexError, ValueError, KeyError, TypeError) as e:  # another task's outputs, or other classes
+        shapes = ", ".join(str(list(o.shape[1:])) for o in outputs)
+        raise StageInputError(
+            f"{path}: its outputs ({shapes} a sample) do not fit this run's {task.name} task with "
+            f"{len(class_names)} classes ({type(e).__name__}: {e}): {redo}"
+        ) from None
     blob = path.read_bytes()
     lat = {}
     for t in sorted({ev.threads, *ev.latency_threads}):
