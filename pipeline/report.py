@@ -255,21 +255,33 @@ def compare(run_dirs: list[str | Path]) -> str:
         if not isinstance(r.get("variants"), dict) or "task" not in r or "metric" not in r:
             raise StageInputError(f"{p}: not a report (no task, metric or variants); {redo}")
         for name, v in r["variants"].items():
-            mem = v.get("memory", {}).get("peak_mb")
-            row = [
-                r.get("run", d.name),
-                r["task"],
-                name,
-                r["metric"],
-                f"{v['metric']:.4f}",
-                f"{(v['metric'] - r['keras_float']) * 100:+.2f} pt",
-                f"{v['size_bytes'] / 1024:.1f}",
-                f"{v['latency_ms_p50']:.3f}",
-                str(r.get("threads", "")),
-                f"{mem:.1f}" if mem is not None else "",
-            ]
-            lines.append("| " + " | ".join(row) + " |")
+            try:
+                lines.append("| " + " | ".join(_compare_row(r, d, name, v)) + " |")
+            except (KeyError, TypeError, ValueError, AttributeError) as e:  # a hand edit, an older tool
+                raise StageInputError(f"{p}: variant {name!r} is not a measured variant ({e!r}); {redo}") from None
     return "\n".join(lines) + "\n"
+
+
+def _compare_row(r: dict, d: Path, name: str, v: dict) -> list[str]:
+    """One variant's row of :func:`compare`; a missing figure is blank, a malformed one raises."""
+
+    def num(x, fmt: str) -> str:
+        return "" if x is None else format(float(x), fmt)
+
+    mem = (v.get("memory") or {}).get("peak_mb")
+    keras = r.get("keras_float")
+    return [
+        str(r.get("run", d.name)),
+        str(r["task"]),
+        name,
+        str(r["metric"]),
+        num(v["metric"], ".4f"),
+        "" if keras is None else f"{(float(v['metric']) - float(keras)) * 100:+.2f} pt",
+        num(v.get("size_bytes") and v["size_bytes"] / 1024, ".1f"),
+        num(v.get("latency_ms_p50"), ".3f"),
+        str(r.get("threads", "")),
+        num(mem, ".1f"),
+    ]
 
 
 # === Task figures (called through Task.report_figures) ===

@@ -142,6 +142,23 @@ def test_compare_puts_runs_side_by_side_and_names_a_missing_report(tmp_path):
     assert len(rows) == 2 and "| run_a |" in rows[0] and "0.7000" in rows[1] and "-15.00 pt" in rows[1]
     with pytest.raises(StageInputError, match="c/report.json is missing"):
         compare([tmp_path / "a", tmp_path / "c"])
+    # an odd entry (a hand edit, another version) is named; a figure left out is a blank cell
+    for change, message in (
+        (lambda r: r["variants"]["int8"].pop("metric"), "variant 'int8' is not a measured variant"),
+        (lambda r: r["variants"].update(int8="x"), "variant 'int8' is not a measured variant"),
+        (lambda r: r["variants"]["int8"].update(metric="high"), "variant 'int8' is not a measured variant"),
+    ):
+        r = fake_report(tmp_path / "d", tmp_path, run="run_d")
+        change(r)
+        (tmp_path / "d" / "report.json").write_text(json.dumps(r))
+        with pytest.raises(StageInputError, match=f"d/report.json: {message}"):
+            compare([tmp_path / "a", tmp_path / "d"])
+    r = fake_report(tmp_path / "e", tmp_path, run="run_e")
+    r["keras_float"] = None
+    del r["variants"]["int8"]["latency_ms_p50"]
+    (tmp_path / "e" / "report.json").write_text(json.dumps(r))
+    row = next(line for line in compare([tmp_path / "e"]).splitlines() if "| int8 |" in line)
+    assert "run_e" in row and "|  |" in row
 
 
 @pytest.mark.slow
