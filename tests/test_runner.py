@@ -382,8 +382,16 @@ def test_image_folder_glob_and_single_image_with_odd_frames(model, tmp_path):
     cv2.imwrite(str(d / "b_bgra.png"), np.full((60, 40, 4), 200, np.uint8))
     cv2.imwrite(str(d / "c_u16.png"), np.full((30, 30, 3), 40000, np.uint16))
     (d / "d_corrupt.png").write_bytes(b"\x89PNG not really")
+    (d / "b2_corrupt.png").write_bytes(b"\x89PNG not really")  # before b_bgra ("2" sorts before "_")
     s = _run(model, str(d), output=tmp_path / "o.avi", jsonl=tmp_path / "p.jsonl")
-    assert s["frames"] == 3 and s["skipped_images"] == 1
+    assert s["frames"] == 3 and s["skipped_images"] == 2
+    # each line names its photo (a skipped one leaves a gap in source_frame)
+    lines = [json.loads(x) for x in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert [(x["source_frame"], Path(x["file"]).name) for x in lines] == [
+        (0, "a_gray.png"),
+        (2, "b_bgra.png"),
+        (3, "c_u16.png"),
+    ]
     frames = read_all(tmp_path / "o.avi")
     assert len(frames) == 3 and all(f.shape == (50, 70, 3) for f in frames)  # the first frame's size
     assert _run(model, str(d / "*_b*.png"))["frames"] == 1

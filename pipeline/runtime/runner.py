@@ -427,6 +427,7 @@ class _Loop:
             line = {
                 "frame": self.frames,
                 "source_frame": f.index,
+                **({"file": f.file} if f.file is not None else {}),  # which photo, for a folder of them
                 "time": round(f.timestamp, 6),
                 "predictions": self.task.to_json(preds),
                 "timings_ms": {k: round(v, 3) for k, v in ms.items()},

@@ -79,6 +79,10 @@ class FrameSource:
     def read(self) -> np.ndarray | None:
         raise NotImplementedError
 
+    def file_of(self, index: int) -> str | None:
+        """The file frame ``index`` came from, where frames are files (images)."""
+        return None
+
     def close(self) -> None:
         pass
 
@@ -180,8 +184,11 @@ class ImageSource(FrameSource):
                 return decode_file(p)  # training's definition of a readable image
             except ImageError as e:
                 self.skipped += 1
-                log.warning("skipped unreadable image %d: %s", self.skipped, e)
+                log.warning("skipped unreadable image %d (source_frame %d): %s", self.skipped, self.position - 1, e)
         return None
+
+    def file_of(self, index: int) -> str | None:
+        return str(self.paths[index]) if 0 <= index < len(self.paths) else None
 
 
 def open_source(spec: str | int, loop: bool = False) -> FrameSource:
@@ -224,6 +231,7 @@ class Frame:
     capture_ms: float = 0.0
     read_at: float = 0.0  # perf_counter when the source handed the frame over
     preprocess_ms: float = 0.0
+    file: str | None = None  # the image file it came from (a folder or a glob of images)
 
 
 def as_bgr(img: np.ndarray) -> np.ndarray:
@@ -364,7 +372,16 @@ class Capture:
         img = as_bgr(img)
         t1 = time.perf_counter()
         session = self.source.restarts + self.reconnects
-        frame = Frame(img, self.source.position - 1, time.time(), session, capture_ms=(t1 - t0) * 1e3, read_at=read_at)
+        index = self.source.position - 1
+        frame = Frame(
+            img,
+            index,
+            time.time(),
+            session,
+            capture_ms=(t1 - t0) * 1e3,
+            read_at=read_at,
+            file=self.source.file_of(index),
+        )
         if not self.latest_only:
             self._prepare(frame)
         return frame
