@@ -61,6 +61,9 @@ def test_later_stages_refuse_to_change_the_model_shape(tmp_path):
     run.save_config(config.load(None, TINY))
     with pytest.raises(config.ConfigError, match="model.width"):
         run.load_config(["model.width=2.0"])
+    # the trained value itself (all's --set list reused for one stage) is no change
+    width = config.load(None, TINY).model.width
+    assert run.load_config([f"model.width={width}", "task=classification"]).model.width == width
     assert run.load_config(["prune.target_sparsity=0.7"]).prune.target_sparsity == 0.7
     assert "target_sparsity: 0.7" in run.config_path.read_text()
 

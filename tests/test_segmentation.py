@@ -181,6 +181,12 @@ def test_coco_polygons_and_rle_become_a_semantic_mask(tmp_path):
     assert data.class_names == ("background", "dog", "cat")  # categories in id order
     m = data.train.arrays()[1][0]  # letterboxed: the 40 rows sit at rows 10..49
     assert m[10 + 20, 20] == 2 and m[10 + 10, 47] == 1 and m[10 + 34, 47] == IGNORE and m[10 + 2, 2] == 0
+    # "area" is optional in practice: null, a word or none at all order by the bbox, else last
+    coco["annotations"][0]["area"], coco["annotations"][1]["area"] = None, "big"
+    del coco["annotations"][2]["area"]
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    again = load(cfg, InputSpec(60, resize="letterbox")).train.arrays()[1][0]
+    np.testing.assert_array_equal(again, m)
 
 
 # === Bad input ===

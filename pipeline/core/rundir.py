@@ -230,6 +230,10 @@ class RunDir:
             )
         raw = config_mod.read_yaml(self.config_path)
         frozen = [o for o in overrides if o.split("=", 1)[0].strip().split(".")[0] in ("task", "model")]
+        if frozen:  # the trained value itself is no change (a stage rerun with all's --set list)
+            same = config_mod.load(None, frozen, task=raw.get("task"), base=raw)
+            saved = config_mod.load(None, (), task=raw.get("task"), base=raw)
+            frozen = [] if (same.task, same.model) == (saved.task, saved.model) else frozen
         if frozen:
             raise config_mod.ConfigError(
                 f"{frozen[0]!r}: the model's shape is fixed once trained; "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -479,6 +480,23 @@ def read_voc(d: DataConfig, spec: InputSpec) -> SegmentationData:
 # === COCO instances ===
 
 
+def _area_first(a: dict) -> float:
+    """Sort key, largest first: the annotation's ``area``, or where that is missing or
+    not a number (it is optional in practice, and a null or a string crashed the sort)
+    its bbox's, else 0."""
+    for area in (a.get("area"), _bbox_area(a.get("bbox"))):
+        if isinstance(area, (int, float)) and not isinstance(area, bool) and math.isfinite(area):
+            return -float(area)
+    return 0.0
+
+
+def _bbox_area(bbox) -> float | None:
+    try:
+        return float(bbox[2]) * float(bbox[3])
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
+
+
 def coco_image_annotations(coco, image_id: int, cat_to_class: dict[int, int], dropped: list) -> list[dict]:
     """One image's instances, checked without rasterizing (that waits for training):
     each has a segmentation and a known category; polygons of fewer than 3 points are
@@ -490,7 +508,7 @@ def coco_image_annotations(coco, image_id: int, cat_to_class: dict[int, int], dr
         DataError: naming the annotation id.
     """
     out = []
-    for a in sorted(coco.loadAnns(coco.getAnnIds(imgIds=[image_id])), key=lambda a: -a.get("area", 0)):
+    for a in sorted(coco.loadAnns(coco.getAnnIds(imgIds=[image_id])), key=_area_first):
         if "segmentation" not in a:
             raise DataError(f"annotation id {a.get('id')!r} has no 'segmentation' (a detection-only file?)")
         if a.get("category_id") not in cat_to_class:
