@@ -350,6 +350,18 @@ def test_an_int8_input_that_mediapipe_refuses_is_warned_about_at_export(tmp_path
             any("MediaPipe Tasks and the TFLite Task Library refuse" in r.getMessage() for r in caplog.records)
             is warned
         )
+    # a re-export keeps this run's other variants while their model is the same, and
+    # removes those a retrain has made stale (they would ship beside labels not theirs)
+    export(run, cfg, ["float32", "int8"])
+    export(run, cfg, ["int8"])
+    assert (tmp_path / "run" / "float32.tflite").is_file()
+    save_weights(rebuild(cfg, cfg.data.synthetic_classes), run.weights("float"))  # a retrain, in effect
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        export(run, cfg, ["int8"])
+    assert not (tmp_path / "run" / "float32.tflite").exists() and not (tmp_path / "run" / "float32.json").exists()
+    assert any("removed float32.tflite" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "run" / "int8.tflite").is_file()
     # evaluate: a listed model of another input size (another run's) is named, not an error from set_tensor
     from pipeline.core.images import InputSpec
     from pipeline.core.rundir import StageInputError

@@ -20,7 +20,7 @@ from pipeline.core.errors import EdgepipeError
 from pipeline.core.images import normalize, with_full_range
 from pipeline.core.metadata import add_metadata
 from pipeline.core.rundir import StageInputError, sha256, write_bytes, write_json, write_text
-from pipeline.core.sidecar import Sidecar, read_sidecar, write_sidecar
+from pipeline.core.sidecar import Sidecar, read_sidecar, sidecar_path, write_sidecar
 from pipeline.core.tflite import describe_tensor, weight_sparsity
 from pipeline.core.variants import VARIANTS, check_variant_names
 from pipeline.stages.optimize import build_qat, overall_sparsity
@@ -208,7 +208,39 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
                 written[file_name] = str(path.resolve())  # evaluate may run from another directory
         entry["outputs"].append(out / "labels.txt")
         write_json(run.path / "exports.json", {"dir": str(out.resolve()), "variants": written})
+        _remove_stale(out, run, set(written))
     return written
+
+
+def _remove_stale(out: Path, run, written: set[str]) -> None:
+    """Remove this run's earlier exports in ``out`` whose source model has changed since
+    (a retrain deletes the pruned and QAT models, so their variants are not exported
+    again): left beside the new ``labels.txt``, an old ``pqat_int8.tflite`` would ship
+    with labels that are not its own. An export still made from the current weights
+    (``export --variants int8`` after a full export) stays."""
+    ours, stale = run.path.resolve(), []
+    for model in sorted(out.glob("*.tflite")):
+        if model.stem in written:
+            continue
+        try:
+            side = read_sidecar(model)
+        except (EdgepipeError, OSError):
+            continue  # not ours to judge
+        if side.run_folder is None or side.run_folder.resolve() != ours:
+            continue
+        weights = {Path(p): h for p, h in side.sources.items() if Path(p).name != "config.yaml"}
+        if any(not p.is_file() or sha256(p) != h for p, h in weights.items()):
+            stale.append(model)
+    for model in stale:
+        model.unlink(missing_ok=True)
+        sidecar_path(model).unlink(missing_ok=True)
+    if stale:
+        log.warning(
+            "%s: removed %s, exported earlier from models this run has since retrained (they did not match "
+            "the new labels.txt)",
+            out,
+            ", ".join(m.name for m in stale),
+        )
 
 
 def export_extra(names, out: Path) -> list:
