@@ -312,3 +312,21 @@ def test_a_jpeg_is_decoded_upright_by_its_exif_orientation_everywhere(tmp_path, 
     assert got.shape == want.shape == ((40, 60, 3) if orientation == 3 else (60, 40, 3))
     assert np.abs(got.astype(int) - want).max() <= 2
     assert _image_size(path) == header_size(path) == got.shape[:2]  # sizes from annotations' view too
+
+
+def test_a_class_whose_every_training_image_is_unreadable_is_named(tmp_path):
+    """After the pipeline has read every file once, a class whose images were all
+    skipped is one the model never saw, though it ships in labels.txt: named."""
+    from pipeline.tasks import get_task
+    from pipeline.tasks.classification.pipeline import raw_dataset
+
+    _tree(tmp_path, n=3)
+    (tmp_path / "zebra").mkdir()
+    for k in range(3):
+        (tmp_path / "zebra" / f"z{k}.jpg").write_bytes(b"garbage")
+    (tmp_path / "dog" / "broken.jpg").write_bytes(b"garbage")  # one bad file in a class is not that
+    data = cd.read_folder(tmp_path, 0.0, 0)
+    task = get_task("classification")
+    assert task.unseen_classes(data) == []  # nothing read yet
+    list(raw_dataset(data.train, InputSpec(12, 3), data.skipped).as_numpy_iterator())
+    assert task.unseen_classes(data) == ["zebra"]

@@ -193,6 +193,14 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
             stale.unlink(missing_ok=True)
         entry["results"] = {k: float(v) for k, v in results.items()}
         entry["results"]["skipped_images"] = len(data.skipped)
+        unseen = task.unseen_classes(data)
+        if unseen:
+            entry["results"]["classes_without_readable_training_images"] = unseen
+            log.warning(
+                "class(es) %s: every training image was unreadable (skipped), so the model never saw them, yet "
+                "they are in its labels; fix or remove those images and train again",
+                ", ".join(map(repr, unseen)),
+            )
         entry["results"]["class_names"] = list(class_names)  # a later run's model.weights reads them
         entry["results"]["hardware"] = {
             "gpus": hw.gpus, "mixed_precision": hw.mixed_precision, "xla": hw.xla,

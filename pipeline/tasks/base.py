@@ -98,6 +98,12 @@ class Task:
     def class_names(self, data) -> tuple[str, ...]:
         return data.class_names
 
+    def unseen_classes(self, data) -> list[str]:
+        """Classes that had training images, every one of them unreadable (skipped):
+        the model learned nothing of them, yet they ship in labels.txt. Asked after
+        training, when every file has been read once."""
+        return []
+
     def datasets(self, data, cfg, spec, cache_dir=None):
         """``(train_ds, val_ds)`` of batched, normalized tf.data for ``fit``; splits read
         from files are cached as ``data.cache`` says, on disk under ``cache_dir``."""

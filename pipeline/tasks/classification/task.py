@@ -31,6 +31,16 @@ class Classification(Task):
     def load_data(self, cfg):
         return cls_data.load(cfg)
 
+    def unseen_classes(self, data):
+        train = data.train
+        if not train.paths:  # arrays in memory: nothing to skip
+            return []
+        unread, k = set(data.skipped.paths), len(data.class_names)
+        read = np.fromiter((str(p) not in unread for p in train.paths), bool, len(train.paths))
+        labels = np.asarray(train.labels, int)
+        had, kept = np.bincount(labels, minlength=k), np.bincount(labels[read], minlength=k)
+        return [data.class_names[c] for c in np.flatnonzero((had > 0) & (kept == 0))]
+
     def datasets(self, data, cfg, spec, cache_dir=None):
         from pipeline.data.stream import plan_split
         from pipeline.tasks.classification.pipeline import training_dataset
