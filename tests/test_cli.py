@@ -86,15 +86,17 @@ def _exported(run, out, name="int8"):
     """A run folder with a config, and a model in ``out`` whose sidecar names that run."""
     from pipeline.core import config
     from pipeline.core.images import InputSpec
-    from pipeline.core.rundir import RunDir
+    from pipeline.core.rundir import RunDir, sha256
     from pipeline.core.sidecar import Sidecar, write_sidecar
 
     r = RunDir(run)
     r.save_config(config.load(None, TINY))
+    r.weights("float").parent.mkdir(parents=True)
+    r.weights("float").write_bytes(str(run).encode())  # weights of its own
     (out / f"{name}.tflite").parent.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.tflite").write_bytes(b"TFL3")
-    cfg_path = str(r.config_path.resolve())
-    write_sidecar(out / f"{name}.tflite", Sidecar(input=InputSpec(32).to_dict(), sources={cfg_path: "0"}))
+    sources = {str(r.config_path.resolve()): "0", str(r.weights("float").resolve()): sha256(r.weights("float"))}
+    write_sidecar(out / f"{name}.tflite", Sidecar(input=InputSpec(32).to_dict(), sources=sources))
     return r
 
 
@@ -113,6 +115,13 @@ def test_an_export_never_replaces_another_runs_models_and_evaluate_measures_only
     _check_exported_here(first, listed, "redo")
     with pytest.raises(StageInputError, match=r"int8.tflite: exported by another run, .*exp1/r1, not by .*exp2/r1"):
         _check_exported_here(second, listed, "redo")
+    # the same run in a folder moved or mounted elsewhere (its weights the same) is still that run
+    import shutil
+
+    moved = RunDir(tmp_path / "moved" / "r1")
+    shutil.copytree(first.path, moved.path)
+    check_export_folder(out, moved)
+    _check_exported_here(moved, listed, "redo")
     # a folder left by a run folder that is gone is free; a file or an uncreatable path is an error
     first.config_path.unlink()
     check_export_folder(out, second)
@@ -329,6 +338,7 @@ def test_an_int8_input_that_mediapipe_refuses_is_warned_about_at_export(tmp_path
     """Classification's default int8 input is uint8 (what MediaPipe Tasks hands over);
     int8 runs on LiteRT but MediaPipe refuses the file, so the export says so."""
     import logging
+    import shutil
 
     from pipeline.core import config
     from pipeline.core.rundir import RunDir
@@ -355,12 +365,15 @@ def test_an_int8_input_that_mediapipe_refuses_is_warned_about_at_export(tmp_path
     export(run, cfg, ["float32", "int8"])
     export(run, cfg, ["int8"])
     assert (tmp_path / "run" / "float32.tflite").is_file()
+    for suffix in (".tflite", ".json"):
+        shutil.copy(tmp_path / "run" / f"int8{suffix}", tmp_path / "run" / f"int8_v1{suffix}")
     save_weights(rebuild(cfg, cfg.data.synthetic_classes), run.weights("float"))  # a retrain, in effect
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         export(run, cfg, ["int8"])
     assert not (tmp_path / "run" / "float32.tflite").exists() and not (tmp_path / "run" / "float32.json").exists()
     assert any("removed float32.tflite" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "run" / "int8_v1.tflite").is_file()  # a copy the user kept under its own name stays
     assert (tmp_path / "run" / "int8.tflite").is_file()
     # evaluate: a listed model of another input size (another run's) is named, not an error from set_tensor
     from pipeline.core.images import InputSpec

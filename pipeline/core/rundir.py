@@ -305,7 +305,10 @@ class RunDir:
             "stage": name,
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "host": socket.gethostname(),
-            "inputs": {str(p): sha256(p) for p in inputs if Path(p).is_file()},
+            # absolute, and the folder they were in: a run folder moved elsewhere is
+            # still found done by ``edgepipe all`` (pipeline.stages.resume.completed)
+            "root": str(self.path.resolve()),
+            "inputs": {str(Path(p).resolve()): sha256(p) for p in inputs if Path(p).is_file()},
             "outputs": [],
             "results": {},
             "status": "running",
@@ -321,7 +324,7 @@ class RunDir:
             raise
         finally:
             entry["seconds"] = round(time.perf_counter() - t0, 2)
-            entry["outputs"] = {str(p): sha256(p) for p in map(Path, entry["outputs"]) if p.is_file()}
+            entry["outputs"] = {str(p.resolve()): sha256(p) for p in map(Path, entry["outputs"]) if p.is_file()}
             m = self.manifest()
             m["stages"].append(entry)
             write_json(self.manifest_path, m)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pipeline.core.errors import ModelFileError, ModelNotFoundError
 from pipeline.core.images import InputSpec
-from pipeline.core.rundir import write_json
+from pipeline.core.rundir import sha256, write_json
 
 FORMAT = "edgepipe-sidecar/1"
 _PREFIX, MAJOR = FORMAT.rsplit("/", 1)
@@ -66,6 +66,14 @@ class Sidecar:
             if p.name == "config.yaml" and p.is_absolute():
                 return p.parent
         return None
+
+    def made_from(self, run_path: str | Path) -> bool:
+        """Whether the weights it was exported from are those in ``run_path/models`` now
+        (by sha256): the same run wherever its folder was moved or mounted, and not
+        after a retrain."""
+        weights = {Path(p).name: h for p, h in (self.sources or {}).items() if Path(p).name != "config.yaml"}
+        models = Path(run_path) / "models"
+        return bool(weights) and all((models / n).is_file() and sha256(models / n) == h for n, h in weights.items())
 
     def __getitem__(self, key: str):
         """Read access by JSON key, as when the sidecar was a plain dict."""

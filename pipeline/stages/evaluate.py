@@ -128,10 +128,11 @@ def _check_exported_here(run: RunDir, listed: dict, redo: str) -> None:
     ours = run.path.resolve()
     for path in listed.values():
         try:
-            owner = read_sidecar(path).run_folder
+            side = read_sidecar(path)
         except ModelNotFoundError:
             continue  # a bare model: evaluate measures it as it is
-        if owner is not None and owner.resolve() != ours:
+        owner = side.run_folder
+        if owner is not None and owner.resolve() != ours and not side.made_from(run.path):  # moved: still ours
             raise StageInputError(f"{path}: exported by another run, {owner}, not by {run.path}; {redo}")
 
 

@@ -226,18 +226,19 @@ def _remove_stale(out: Path, run, written: set[str]) -> None:
             side = read_sidecar(model)
         except (EdgepipeError, OSError):
             continue  # not ours to judge
+        if side.model_file != model.name:  # a copy kept under another name (float32_v1.tflite): the user's
+            continue
         if side.run_folder is None or side.run_folder.resolve() != ours:
             continue
-        weights = {Path(p): h for p, h in side.sources.items() if Path(p).name != "config.yaml"}
-        if any(not p.is_file() or sha256(p) != h for p, h in weights.items()):
+        if not side.made_from(run.path):
             stale.append(model)
     for model in stale:
         model.unlink(missing_ok=True)
         sidecar_path(model).unlink(missing_ok=True)
     if stale:
         log.warning(
-            "%s: removed %s, exported earlier from models this run has since retrained (they did not match "
-            "the new labels.txt)",
+            "%s: removed %s, exported earlier from weights this run has since replaced (a retrain): they would "
+            "ship beside this export's files as if they were its own",
             out,
             ", ".join(m.name for m in stale),
         )
@@ -263,10 +264,16 @@ def check_export_folder(out: Path, run) -> None:
     ours = run.path.resolve()
     for model in sorted(out.glob("*.tflite")):
         try:
-            owner = read_sidecar(model).run_folder
+            side = read_sidecar(model)
         except (EdgepipeError, OSError):
             continue  # no sidecar this version reads: no owner to protect
-        if owner is not None and owner.resolve() != ours and (owner / "config.yaml").is_file():
+        owner = side.run_folder
+        if (
+            owner is not None
+            and owner.resolve() != ours
+            and (owner / "config.yaml").is_file()
+            and not side.made_from(run.path)  # this run's, from a folder since moved
+        ):
             raise StageInputError(
                 f"export folder {out}: holds the models of another run, {owner} ({model.name}); exporting there "
                 f"would replace them. Export this run elsewhere (--out DIR, or --set export.dir=DIR for "

@@ -339,9 +339,10 @@ def qat(run: RunDir, cfg: Config) -> dict:
         log.info("no pruned model in %s: prune-preserving QAT skipped (run `edgepipe prune` to add it)", run.path)
     out = {}
     spec = cfg.input_spec()
+    key = stage_key(cfg, "qat")  # of the config as given: fit_batch below may shrink the batch
     for name, src in jobs:
         seed_everything(cfg.train.seed)
-        with run.stage(f"qat:{name}", inputs=[src, run.config_path], key=stage_key(cfg, "qat")) as entry:
+        with run.stage(f"qat:{name}", inputs=[src, run.config_path], key=key) as entry:
             data = task.load_data(cfg)
             cfg = fit_batch(cfg, len(data.train))
             n = len(task.class_names(data))

@@ -76,4 +76,20 @@ def completed(run: RunDir, stage: str, key: str) -> bool:
     if last.get("status") != "ok" or last.get("key") != key or not outputs or not isinstance(outputs, dict):
         return False
     files = {**(inputs if isinstance(inputs, dict) else {}), **outputs}
-    return all(Path(p).name == "config.yaml" or (Path(p).is_file() and sha256(p) == h) for p, h in files.items())
+    root = last.get("root")
+    return all(Path(p).name == "config.yaml" or _unchanged(_here(Path(p), root, run), h) for p, h in files.items())
+
+
+def _here(path: Path, root, run: RunDir) -> Path:
+    """Where a recorded path is now: one inside the run folder as it was (``root``)
+    is inside the run folder as it is, wherever that was moved."""
+    if isinstance(root, str) and path.is_absolute():
+        try:
+            return run.path / path.relative_to(root)
+        except ValueError:
+            pass  # outside the run folder (an export folder): where it was
+    return path
+
+
+def _unchanged(path: Path, digest: str) -> bool:
+    return path.is_file() and sha256(path) == digest
