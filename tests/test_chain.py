@@ -313,3 +313,21 @@ def test_all_rerun_skips_the_stages_done_and_redoes_what_changed(chain, tmp_path
     assert hashlib.sha256(run.weights("float").read_bytes()).hexdigest() == float_sha
     stages = [s["stage"] for s in json.loads(run.manifest_path.read_text())["stages"]]
     assert stages.count("train") == 1 and "latency_runs: 3" in run.config_path.read_text()
+
+
+def test_a_replaced_model_takes_what_was_made_from_it_along(chain, tmp_path):
+    """Pruning again replaces the pruned model: the prune-preserving QAT model made from
+    the old one, and the last export, go with it (export shipped a pqat_int8 of the old
+    pruned model); the QAT model of the float one stays."""
+    import shutil
+
+    from pipeline.core.rundir import RunDir
+    from pipeline.stages.chain import run_stage
+
+    shared, cfg, _ = chain
+    run = RunDir(tmp_path / "again")
+    shutil.copytree(shared.path, run.path)
+    run_stage("prune", run, cfg)
+    assert run.weights("pruned").is_file() and run.weights("qat").is_file()
+    assert not run.weights("pqat").exists() and not (run.path / "pqat_log.csv").exists()
+    assert (run.path / "qat_log.csv").is_file() and not (run.path / "exports.json").exists()

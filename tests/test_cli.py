@@ -186,6 +186,17 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     assert not (run / "models" / "float.h5").exists()
     epochs_before = [int(r["epoch"]) for r in csv.DictReader(log.open())]
     assert epochs_before and epochs_before[-1] < 3
+    # its checkpoint is not resumed under other settings (more epochs, other data...)
+    config_then = (run / "config.yaml").read_text()
+    other = subprocess.run(
+        edgepipe_cmd(*args, "--set", "train.epochs=6"),
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=300,
+    )
+    assert other.returncode == 2 and "holds a killed training of another config or data" in other.stderr
+    assert (run / "config.yaml").read_text() == config_then and (run / "checkpoints" / "backup").is_dir()
 
     r = subprocess.run(edgepipe_cmd(*args), capture_output=True, text=True, env=subprocess_env(), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

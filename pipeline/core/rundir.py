@@ -210,6 +210,15 @@ class RunDir:
     def has(self, model: str) -> bool:
         return self.weights(model).is_file()
 
+    def forget_made_from(self, models: tuple[str, ...]) -> None:
+        """``models`` (and their training logs) were made from a model just replaced,
+        and so was the last export: removed, so that no later stage or export ships
+        them as if they were made from the new one."""
+        for m in models:
+            self.weights(m).unlink(missing_ok=True)
+            (self.path / f"{PRODUCER[m] if m == 'pruned' else m}_log.csv").unlink(missing_ok=True)
+        (self.path / "exports.json").unlink(missing_ok=True)
+
     def require(self, model: str) -> Path:
         """The weights of ``model``, or an error naming the stage that makes them."""
         p = self.weights(model)

@@ -168,6 +168,7 @@ def prune(run: RunDir, cfg: Config) -> dict:
         stripped = tfmot.sparsity.keras.strip_pruning(pruned)
         save_weights(stripped, run.weights("pruned"))
         entry["outputs"].append(run.weights("pruned"))
+        run.forget_made_from(("pqat",))  # prune-preserving QAT of the previous pruned model
         results["sparsity"] = overall_sparsity(stripped)
         results["layer_sparsity"] = kernel_sparsity(stripped)
         entry["results"] = results
@@ -359,6 +360,7 @@ def qat(run: RunDir, cfg: Config) -> dict:
             results = _finetune(model, cfg, run, data, cfg.qat.epochs, cfg.qat.learning_rate, name, keep_best=True)
             save_weights(model, run.weights(name))
             entry["outputs"].append(run.weights(name))
+            run.forget_made_from(())  # the last export was of the previous QAT model
             results["sparsity"] = overall_sparsity(model)
             entry["results"] = out[name] = results
         log.info("%s model: %s", name, results)

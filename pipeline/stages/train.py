@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pipeline._keras import keras
 from pipeline.core.config import Config
-from pipeline.core.rundir import RunDir, write_text
+from pipeline.core.rundir import RunDir, StageInputError, write_text
 from pipeline.data.stream import sharded
 from pipeline.models.backbones import backbone_layer_names
 from pipeline.models.weights import load_pretrained
@@ -35,6 +35,7 @@ from pipeline.tasks import get_task
 log = logging.getLogger(__name__)
 
 FROZEN_DONE = "frozen_phase.h5"  # weights after the frozen phase: it finished, resume in the next
+RESUME_KEY = "resume_key"  # the training's stage key (config and data files): a resume must match it
 
 
 def train(run: RunDir, cfg: Config) -> dict:
@@ -47,10 +48,11 @@ def train(run: RunDir, cfg: Config) -> dict:
     if not role.chief:
         return _train_as_worker(run, cfg, role)
     run.path.mkdir(parents=True, exist_ok=True)
-    # A retrain that fails (bad data, no validation metric...) puts back the config
-    # the trained models were built with. A killed one keeps the new config, which
+    # A retrain that fails (bad data, no validation metric, a killed run's checkpoint
+    # of another config...) puts back the config the trained models, or that
+    # checkpoint, were built with. A killed one keeps the new config, which
     # is what its BackupAndRestore state was made with, so rerunning resumes it.
-    previous = run.config_path.read_text() if run.has("float") and run.config_path.is_file() else None
+    previous = run.config_path.read_text() if run.config_path.is_file() else None
     run.save_config(cfg)
     try:
         return _train(run, cfg)
@@ -130,7 +132,8 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
     spec = cfg.input_spec()
     ckpt = run.path / "checkpoints"
     phases = plan_phases(cfg)
-    with out.stage("train", inputs=[out.config_path], key=stage_key(cfg, "train")) as entry:
+    key = stage_key(cfg, "train")
+    with out.stage("train", inputs=[out.config_path], key=key) as entry:
         data = task.load_data(cfg)
         role = worker_role()
         cfg = fit_batch(cfg, len(data.train) // role.workers)  # each worker batches its own share
@@ -150,6 +153,14 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
         # train from other weights, or call a collective the others never call).
         frozen_done = (ckpt / FROZEN_DONE).is_file()
         resuming = frozen_done or any((ckpt / p.backup).is_dir() for p in phases)
+        made_with = (ckpt / RESUME_KEY).read_text().strip() if resuming and (ckpt / RESUME_KEY).is_file() else None
+        if made_with is not None and made_with != key:
+            # Resuming it would go on under other settings (or crash on another class count)
+            raise StageInputError(
+                f"{ckpt}: holds a killed training of another config or data (train.*, model.*, data.* or the "
+                f"data files changed since it started); run the command it was started with to resume it, or "
+                f"delete {ckpt} to train afresh with this one"
+            )
         monitor, mode = task.spec.monitor, task.spec.monitor_mode
         threshold = best_so_far(run.path / "train_log.csv", monitor, mode) if resuming else None
         barrier(hw.strategy)
@@ -161,6 +172,7 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
         else:
             if chief:
                 _forget_previous_attempt(run)
+                write_text(ckpt / RESUME_KEY, key + "\n")  # what a resume must match
             transfer = load_pretrained(model, cfg, class_names)
         tuned = len(phases) > 1 or phases[-1].freeze_backbone or phases[-1].backbone_lr_mult != 1.0
         backbone = backbone_layer_names(cfg.model) if tuned else frozenset()
@@ -185,12 +197,11 @@ def _train(run: RunDir, cfg: Config, out: RunDir | None = None) -> dict:
             for p in phases:
                 shutil.rmtree(ckpt / p.backup, ignore_errors=True)
             (ckpt / FROZEN_DONE).unlink(missing_ok=True)
+            (ckpt / RESUME_KEY).unlink(missing_ok=True)
         save_weights(model, out.weights("float"))
         entry["outputs"].append(out.weights("float"))
         # Models, logs and exports made from an earlier float model no longer match it.
-        stale_logs = [out.path / f"{m}_log.csv" for m in ("prune", "qat", "pqat")]
-        for stale in [*(out.weights(m) for m in ("pruned", "qat", "pqat")), *stale_logs, out.path / "exports.json"]:
-            stale.unlink(missing_ok=True)
+        out.forget_made_from(("pruned", "qat", "pqat"))
         entry["results"] = {k: float(v) for k, v in results.items()}
         entry["results"]["skipped_images"] = len(data.skipped)
         unseen = task.unseen_classes(data)
