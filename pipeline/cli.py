@@ -211,6 +211,9 @@ def _run(args) -> int:
     if summary["stopped_by"] == SOURCE_LOST:  # not an end: a service manager should restart us
         print(f"edgepipe run: error: {summary['source']}: lost, and every reopen failed", file=sys.stderr)
         return 1
+    if not summary["frames"] and summary["skipped_images"]:  # a script must not take "nothing" for success
+        print(f"edgepipe run: error: {summary['source']}: no readable image (every one skipped)", file=sys.stderr)
+        return 1
     return 0
 
 

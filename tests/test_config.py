@@ -155,3 +155,11 @@ def test_list_overrides_read_numbers_as_numbers_and_names_as_text():
     assert config.load(None, ["evaluate.latency_threads=1,4"]).evaluate.latency_threads == (1, 4)
     assert config.load(None, ["evaluate.latency_threads=2"]).evaluate.latency_threads == (2,)
     assert config.load(None, ["data.class_names=0,1,2"]).data.class_names == ("0", "1", "2")
+
+
+def test_a_home_relative_data_path_and_an_open_lower_bound_read_as_a_user_means(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/ann")
+    cfg = config.load(None, ["data.format=folder", "data.path=~/photos"])
+    assert cfg.data.path == str(Path("/home/ann/photos"))
+    with pytest.raises(config.ConfigError, match=r"data.val_split: 0.0 must be greater than 0.0"):
+        config.load(None, ["data.val_split=0"])

@@ -396,6 +396,11 @@ def test_image_folder_glob_and_single_image_with_odd_frames(model, tmp_path):
     assert len(frames) == 3 and all(f.shape == (50, 70, 3) for f in frames)  # the first frame's size
     assert _run(model, str(d / "*_b*.png"))["frames"] == 1
     assert _run(model, str(d / "c_u16.png"))["frames"] == 1
+    # nothing readable at all is a failure for the script that ran it, not a success
+    from pipeline import cli
+
+    assert cli.main(["run", "--model", str(model), "--source", str(d / "*corrupt.png"), "--no-display"]) == 1
+    assert cli.main(["run", "--model", str(model), "--source", str(d / "c_u16.png"), "--no-display"]) == 0
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,7 +249,9 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
             )
     lo, hi = meta.get("range", (None, None))
     if lo is not None and (value < lo or (meta.get("open_lo") and value == lo)):
-        raise ConfigError(f"{key}: {value!r} is below the minimum {lo}{' (exclusive)' if meta.get('open_lo') else ''}")
+        if meta.get("open_lo"):
+            raise ConfigError(f"{key}: {value!r} must be greater than {lo}")
+        raise ConfigError(f"{key}: {value!r} is below the minimum {lo}")
     if hi is not None and value > hi:
         raise ConfigError(f"{key}: {value!r} is above the maximum {hi}")
     return value
@@ -360,6 +363,11 @@ def load(
     raw = _merge(_merge({}, spec.default_config), raw)
     raw["task"] = chosen
     cfg = _build(Config, raw, "")
+    # ~ in a data path, as a shell would (model.weights does the same): --set data.path=~/photos
+    paths = {f.name: getattr(cfg.data, f.name) for f in dataclasses.fields(DataConfig) if f.type == "str"}
+    home = {k: os.path.expanduser(v) for k, v in paths.items() if v.startswith("~")}
+    if home:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **home))
     if cfg.data.format not in spec.data_formats:
         raise ConfigError(
             f"data.format: {cfg.data.format!r} is not a {chosen} format; expected one of {list(spec.data_formats)}"
@@ -448,7 +456,9 @@ def reference() -> str:
         for f in dataclasses.fields(cls):
             lo, hi = f.metadata.get("range", (None, None))
             rng = (
-                "" if lo is None and hi is None else f"{lo if lo is not None else ''} … {hi if hi is not None else ''}"
+                ""
+                if lo is None and hi is None
+                else f"{'' if lo is None else lo}{' (excl.)' if f.metadata.get('open_lo') else ''} … {'' if hi is None else hi}"
             )
             rows.append(f"| `{section.name}.{f.name}` | {_type_name(hints[f.name])} | `{_plain(f.default)}` | {rng} |")
     return "\n".join(rows)
