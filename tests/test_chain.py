@@ -302,14 +302,11 @@ def test_all_rerun_skips_the_stages_done_and_redoes_what_changed(chain, tmp_path
     assert all_(f"export.dir={tmp_path / 'exports'}") == (["train", "prune", "qat"], ["export", "evaluate"])
     assert all_() == (list(CHAIN), [])  # the same command again: nothing to do
     assert all_("evaluate.latency_runs=3") == (["train", "prune", "qat", "export"], ["evaluate"])
-    # a model lost: its fine-tune runs again, and what reads it too unless it came out
-    # the same to the byte (a seeded CPU run does; a GPU run does not)
-    pqat_sha = hashlib.sha256(run.weights("pqat").read_bytes()).hexdigest()
+    # a model lost: its fine-tune runs again, and what reads it (a new QAT model drops the
+    # export list, even when a seeded CPU run makes it the same to the byte)
     run.weights("pqat").unlink()
-    skipped, ran = all_()
-    same = hashlib.sha256(run.weights("pqat").read_bytes()).hexdigest() == pqat_sha
-    assert skipped == ["train", "prune", *(["export", "evaluate"] if same else [])]
-    assert ran == ["qat", *([] if same else ["export", "evaluate"])]
+    assert all_() == (["train", "prune"], ["qat", "export", "evaluate"])
+    assert (run.path / "exports.json").is_file()
     assert hashlib.sha256(run.weights("float").read_bytes()).hexdigest() == float_sha
     stages = [s["stage"] for s in json.loads(run.manifest_path.read_text())["stages"]]
     assert stages.count("train") == 1 and "latency_runs: 3" in run.config_path.read_text()

@@ -406,6 +406,7 @@ def test_a_stage_key_follows_the_config_it_reads_and_the_training_files(tmp_path
     """What lets ``edgepipe all`` skip a stage: its key changes with the config sections
     it reads, and training's with the data files (added, removed, edited in place)."""
     import os
+    import shutil
 
     from conftest import tiny_config
 
@@ -425,9 +426,27 @@ def test_a_stage_key_follows_the_config_it_reads_and_the_training_files(tmp_path
     (photos / "dog" / "2.jpg").write_bytes(b"y")  # a photo added
     added = stage_key(cfg, "train")
     assert added != keys["train"] and stage_key(cfg, "prune") == keys["prune"]  # later stages: by their inputs
+    (photos / "cat" / "1.jpg").write_bytes(b"xx")  # a photo replaced
+    replaced = stage_key(cfg, "train")
+    assert replaced not in (added, keys["train"])
+    # another host's copy of the data, at the same data.path, has other file times: the same data
     st = os.stat(photos / "cat" / "1.jpg")
-    os.utime(photos / "cat" / "1.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # edited in place
-    assert stage_key(cfg, "train") not in (added, keys["train"])
+    os.utime(photos / "cat" / "1.jpg", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert stage_key(cfg, "train") == replaced
+    # a class folder that is a link is read through
+    shutil.move(photos / "dog", tmp_path / "dog_elsewhere")
+    (photos / "dog").symlink_to(tmp_path / "dog_elsewhere")
+    assert stage_key(cfg, "train") == replaced
+    # settings of how, not what: a resume with the disk cache or without XLA is the same training
+    how = tiny_config("data.format=folder", f"data.path={photos}", "data.cache=disk", "train.xla=off")
+    assert stage_key(how, "train") == replaced
+    # an annotation file by its content: a label fixed in place, same size, counts
+    ann = tmp_path / "ann.json"
+    ann.write_text('{"a": 12}')
+    coco = ("data.format=coco", f"data.train_annotations={ann}", f"data.path={photos}")
+    before = stage_key(tiny_config(*coco, task="detection"), "train")
+    ann.write_text('{"a": 13}')
+    assert stage_key(tiny_config(*coco, task="detection"), "train") != before
 
 
 def test_a_run_folder_in_use_is_an_error_and_a_killed_holder_leaves_no_lock(tmp_path):
@@ -457,6 +476,22 @@ def test_a_run_folder_in_use_is_an_error_and_a_killed_holder_leaves_no_lock(tmp_
         holder.wait()
     with run.lock("prune"):  # the killed holder's lock went with it
         assert "edgepipe prune" in (run.path / ".lock").read_text()
+
+
+def test_a_file_system_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+    import logging
+
+    from pipeline.core.rundir import RunDir
+
+    def no_flock(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with caplog.at_level(logging.WARNING), RunDir(tmp_path / "run").lock("train"):
+        pass
+    assert "cannot lock the run folder (No locks available); going on unguarded" in caplog.text
 
 
 def test_empty_lists_and_out_of_range_benchmark_numbers_are_errors_before_any_work(tmp_path):

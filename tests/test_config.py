@@ -159,7 +159,7 @@ def test_list_overrides_read_numbers_as_numbers_and_names_as_text():
 
 def test_a_home_relative_data_path_and_an_open_lower_bound_read_as_a_user_means(monkeypatch):
     monkeypatch.setenv("HOME", "/home/ann")
-    cfg = config.load(None, ["data.format=folder", "data.path=~/photos"])
-    assert cfg.data.path == str(Path("/home/ann/photos"))
+    cfg = config.load(None, ["data.format=folder", "data.path=~/photos", "export.dir=~/models"])
+    assert cfg.data.path == str(Path("/home/ann/photos")) and cfg.export.dir == "/home/ann/models"
     with pytest.raises(config.ConfigError, match=r"data.val_split: 0.0 must be greater than 0.0"):
         config.load(None, ["data.val_split=0"])

@@ -110,8 +110,15 @@ def test_boxes_follow_a_resized_copy_and_a_size_that_cannot_fit_skips_the_image(
     split, _ = D.read_coco(_coco(tmp_path, annotations=annotations, images=images), tmp_path / "img")
     np.testing.assert_allclose(split.placed(0, (60, 80)), [[20, 10, 50, 30]])
     np.testing.assert_allclose(split.placed(0, (120, 160)), [[40, 20, 100, 60]])  # the declared size itself
-    with pytest.raises(DataError, match=r"b\.jpg: its annotations give the image as 10x10 .* but it is 80x60"):
+    with pytest.raises(
+        DataError, match=r"b\.jpg: its annotations give the image as 10x10 .* but it is 80x60: its"
+    ) as e:
         split.placed(1, (60, 80))
+    assert "EXIF" not in str(e.value)  # a square declared size is no photo on its side
+    # a small resized copy rounds by a pixel: 1000x333 at width 32 is 32x11, not refused
+    odd = D.DetSplit()
+    odd.add("o.jpg", [[100, 30, 200, 90]], [0], (333, 1000))
+    np.testing.assert_allclose(odd.placed(0, (11, 32)), [[3.2, 30 * 11 / 333, 6.4, 90 * 11 / 333]], rtol=1e-5)
     with pytest.raises(DataError, match=r"c\.jpg: .* as 60x80 .* is 80x60 upright \(by its EXIF"):
         split.placed(2, (60, 80))
     # carried by take (the train/val split of one file), and not asked of measured images

@@ -363,11 +363,13 @@ def load(
     raw = _merge(_merge({}, spec.default_config), raw)
     raw["task"] = chosen
     cfg = _build(Config, raw, "")
-    # ~ in a data path, as a shell would (model.weights does the same): --set data.path=~/photos
+    # ~ in a path, as a shell would (model.weights does the same): --set data.path=~/photos
     paths = {f.name: getattr(cfg.data, f.name) for f in dataclasses.fields(DataConfig) if f.type == "str"}
     home = {k: os.path.expanduser(v) for k, v in paths.items() if v.startswith("~")}
     if home:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **home))
+    if cfg.export.dir.startswith("~"):
+        cfg = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, dir=os.path.expanduser(cfg.export.dir)))
     if cfg.data.format not in spec.data_formats:
         raise ConfigError(
             f"data.format: {cfg.data.format!r} is not a {chosen} format; expected one of {list(spec.data_formats)}"

@@ -170,12 +170,22 @@ def read_csv_log(path: str | Path, remedy: str, columns: tuple[str, ...] | None 
     return out
 
 
+_DIGESTS: dict[tuple, str] = {}  # (real path, inode, size, mtime in ns) -> sha256, for this process
+
+
 def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """A file's sha256, read once per process while it is unchanged: a resumed ``all``
+    checks each stage's inputs and outputs, and the weights are among those of every
+    stage (hashing 2 GB five times would be the resume's whole cost)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 # === The run folder ===
@@ -269,23 +279,28 @@ class RunDir:
             if command not in ("train", "all"):
                 yield  # no run yet: the stage says which one to run first
                 return
-            self.path.mkdir(parents=True)
+            self.path.mkdir(parents=True, exist_ok=True)  # exist_ok: a second train racing to make it
         path = self.path / ".lock"
         f = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
         try:
+            locked = True
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:  # held: EWOULDBLOCK / EAGAIN
                 f.seek(0)
                 holder = f.read().strip() or "another process"
                 raise StageInputError(
                     f"{self.path}: in use by {holder}; wait for it to end, or use another --run-dir"
                 ) from None
-            f.seek(0)
-            f.truncate()
-            since = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            f.write(f"edgepipe {command} (pid {os.getpid()} on {socket.gethostname()}, since {since})\n")
-            f.flush()
+            except OSError as e:  # a file system without flock (Lustre without -o flock, some NFS)
+                log.warning("%s: cannot lock the run folder (%s); going on unguarded", path, e.strerror or e)
+                locked = False
+            if locked:
+                f.seek(0)
+                f.truncate()
+                since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+                f.write(f"edgepipe {command} (pid {os.getpid()} on {socket.gethostname()}, since {since})\n")
+                f.flush()
             yield
         finally:
             f.close()  # releases the lock

@@ -45,23 +45,31 @@ def run_chain(run: RunDir, cfg: config.Config, stages=CHAIN, resume: bool = Fals
     ``resume`` (``edgepipe all``), a stage already done with this config, this data and
     these models is skipped (:func:`done`): an ``all`` interrupted in its export picks
     up at the export, not at a retrain."""
-    results = {}
+    results, reached = {}, set()
     role = worker_role()
+    if resume and "export" in stages and role.chief:
+        # before any work: an export folder that is another run's would stop this chain
+        # only after its training (pipeline.stages.export.check_export_folder)
+        from pipeline.stages.export import check_export_folder
+
+        check_export_folder(Path(cfg.export.dir) / run.name, run)
     for name in stages:
         if name != "train" and not role.chief:
             # Training is the only stage that runs on every worker; the chief goes on alone
             # (two processes writing one run folder is what must never happen).
             log.info("%s %d: the chief runs %s and the stages after it", role.task_type, role.index, name)
             break
+        reached.add(name)
         if resume and done(run, cfg, name):
             log.info("=== %s: done before with this config, data and models: skipped (`edgepipe %s` redoes it) ===",
                      name, name)  # fmt: skip
-            if name == "train" and role.chief and run.config_path.read_text() != config.dump(cfg):
+            saved = run.config_path.read_text() if run.config_path.is_file() else None
+            if name == "train" and role.chief and saved != config.dump(cfg):
                 run.save_config(cfg)  # what a later stage's --set changed: as train would have saved it
             continue
         log.info("=== %s ===", name)
         results[name] = run_stage(name, run, cfg)
-    if "export" in results and run.cache.is_dir():
+    if "export" in reached and run.cache.is_dir():
         # The fine-tunes that read the disk cache are done; it can be as large as the dataset.
         size = sum(f.stat().st_size for f in run.cache.rglob("*") if f.is_file())
         shutil.rmtree(run.cache, ignore_errors=True)

@@ -70,7 +70,7 @@ def evaluate(run: RunDir, cfg: Config) -> dict:
     task = get_task(cfg.task)
     spec = cfg.input_spec()
     ev = cfg.evaluate
-    inputs = [Path(p) for p in listed.values()] + [run.weights("float")]
+    inputs = [Path(p) for p in listed.values()] + [run.weights("float"), exports]  # what it lists, too
     with run.stage("evaluate", inputs=inputs, key=stage_key(cfg, "evaluate")) as entry:
         data = task.load_data(cfg)
         class_names = task.class_names(data)

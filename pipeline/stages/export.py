@@ -208,6 +208,7 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
                 written[file_name] = str(path.resolve())  # evaluate may run from another directory
         entry["outputs"].append(out / "labels.txt")
         write_json(run.path / "exports.json", {"dir": str(out.resolve()), "variants": written})
+        entry["outputs"].append(run.path / "exports.json")  # a rerun of train, prune or qat removes it: not done
         _remove_stale(out, run, set(written))
     return written
 

@@ -31,25 +31,44 @@ SECTIONS = {
 }
 
 
+# Settings that change how a stage runs, not what it makes: a resume after an
+# out-of-memory kill with data.cache=disk, or with XLA off, is the same training.
+_HOW = {"data": ("cache", "cache_budget_mb"), "train": ("xla", "worker_timeout_s")}
+
+
 def data_stamp(data_cfg) -> list:
-    """Every file the data config names (a file, or each file under a folder) by path,
-    size and modification time: photos added, removed or edited in place tell apart,
-    at the cost of a stat per file."""
+    """What the data config names: a file (annotations, a mask list) by its content's
+    sha256, so a label fixed in place counts; each file under a folder by its name
+    there and its size (a stat, not a read): photos added, removed or replaced. Not
+    modification times nor absolute paths, which differ between the copies of the
+    data that the workers of a multi-worker run on several hosts read."""
     out = []
     for key, value in sorted(dataclasses.asdict(data_cfg).items()):
         if not isinstance(value, str) or not value or not os.path.exists(value):
             continue
         if os.path.isfile(value):
-            paths = [value]
-        else:  # os.walk does not follow links to folders: no loop through a link to a parent
-            paths = sorted(os.path.join(d, f) for d, _, files in os.walk(value) for f in files)
-        for p in paths:
+            out.append([key, "", sha256(value)])
+            continue
+        for p in _files_under(value):
             try:
-                st = os.stat(p)
+                out.append([key, os.path.relpath(p, value), os.stat(p).st_size])
             except OSError:  # a broken link: the readers report it, if they read it
                 continue
-            out.append([key, p, st.st_size, st.st_mtime_ns])
     return out
+
+
+def _files_under(folder: str) -> list[str]:
+    """Every file under ``folder``, through links to folders (a class folder may be
+    one), each real folder once (a link to a parent does not loop)."""
+    seen, files = set(), []
+    for d, dirs, names in os.walk(folder, followlinks=True):
+        st = os.stat(d)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        files += [os.path.join(d, n) for n in names]
+    return sorted(files)
 
 
 def stage_key(cfg, stage: str, extra=None) -> str:
@@ -58,6 +77,9 @@ def stage_key(cfg, stage: str, extra=None) -> str:
     base = stage.split(":")[0]
     d = cfg.to_dict()
     identity = {s: d.get(s) for s in SECTIONS[base]}
+    for section, keys in _HOW.items():
+        if isinstance(identity.get(section), dict):
+            identity[section] = {k: v for k, v in identity[section].items() if k not in keys}
     if base == "train":
         identity["files"] = data_stamp(cfg.data)
     identity["extra"] = extra

@@ -67,11 +67,11 @@ class DetSplit:
             return boxes
         (dh, dw), (h, w) = declared, hw
         sx, sy = w / dw, h / dh
-        if abs(sx / sy - 1) > 0.02:  # 2 %: the rounding of a resize to whole pixels
+        if not (_resized(dw, dh, w, h) or _resized(dh, dw, h, w)):
+            turned = _resized(dw, dh, h, w)  # the same shape on its side: an EXIF-turned photo
             raise DataError(
                 f"{self.images[i]}: its annotations give the image as {dw}x{dh} (width x height), but it "
-                f"is {w}x{h}{' upright (by its EXIF orientation)' if (w > h) != (dw > dh) else ''}: "
-                "its boxes cannot be placed"
+                f"is {w}x{h}{' upright (by its EXIF orientation)' if turned else ''}: its boxes cannot be placed"
             )
         return boxes * np.array([sx, sy, sx, sy], np.float32)
 
@@ -109,6 +109,12 @@ def clean_boxes(boxes: np.ndarray, classes: np.ndarray, hw: tuple[int, int], whe
             n_dropped,
         )
     return clipped[keep], classes[keep]
+
+
+def _resized(dw: int, dh: int, w: int, h: int) -> bool:
+    """Whether a ``w`` × ``h`` image is a ``dw`` × ``dh`` one resized: its height is the
+    scaled height to within a pixel of rounding on each side."""
+    return abs(dh * w / dw - h) <= 1.0 + 1e-6
 
 
 def _declared(height, width) -> tuple[int, int] | None:

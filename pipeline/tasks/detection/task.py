@@ -55,10 +55,14 @@ def _augmenter(size: int, affine: Affine):
 
 def load_sample(split: det_data.DetSplit, i: int, spec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image ``i`` prepared for the model, with its boxes mapped into input pixels."""
-    ref = split.images[i]
-    img = split.arrays[ref] if split.arrays is not None else read_image(ref)
+    img = _image(split, i)
     g = geometry(img.shape[:2], spec)
     return prepare(img, spec), g.to_input(split.placed(i, img.shape[:2])), split.classes[i]
+
+
+def _image(split: det_data.DetSplit, i: int) -> np.ndarray:
+    ref = split.images[i]
+    return split.arrays[ref] if split.arrays is not None else read_image(ref)
 
 
 def _sample_fn(split, spec, skipped: SkipCounter):
@@ -201,8 +205,8 @@ class Detection(Task):
     def calibration_images(self, data, cfg, spec, n):
         rng = np.random.default_rng(cfg.data.seed)
         for i in np.sort(rng.permutation(len(data.train))[:n]):
-            try:
-                yield load_sample(data.train, int(i), spec)[0]
+            try:  # the image alone: calibration has no use for boxes that may not be placeable
+                yield prepare(_image(data.train, int(i)), spec)
             except ImageError:
                 continue
 
