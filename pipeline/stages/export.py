@@ -171,7 +171,6 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
     names = resolve_variants(variants or cfg.export.variants, run)
     spec = cfg.input_spec()
     out = Path(out_dir or Path(cfg.export.dir) / run.name)
-    check_export_folder(out, run)
     default_io = task.spec.default_config.get("export", {}).get("int8_io", "uint8")
     if cfg.export.int8_io == "int8" and default_io == "uint8" and any(VARIANTS[n].preset == "int8" for n in names):
         # MediaPipe Tasks hands a model uint8 or float32 and refuses an int8 input tensor
@@ -183,6 +182,7 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
     sources = sorted({VARIANTS[n].source for n in names})
     key = stage_key(cfg, "export", export_extra(names, out))
     with run.stage("export", inputs=[run.weights(s) for s in sources] + [run.config_path], key=key) as entry:
+        check_export_folder(out, run)  # first: before the data is read or a model converted
         data = task.load_data(cfg)
         class_names = list(task.class_names(data))
         calib = list(task.calibration_images(data, cfg, spec, cfg.export.representative_samples))
