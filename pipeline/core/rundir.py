@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 # Which stage produces each model, for "run X first" messages.
 PRODUCER = {"float": "train", "pruned": "prune", "qat": "qat", "pqat": "qat"}
+_LOG_OF = {"pruned": "prune", "qat": "qat", "pqat": "pqat"}  # each fine-tuned model's CSV log, <name>_log.csv
 
 
 # === Atomic writes ===
@@ -226,7 +227,7 @@ class RunDir:
         them as if they were made from the new one."""
         for m in models:
             self.weights(m).unlink(missing_ok=True)
-            (self.path / f"{PRODUCER[m] if m == 'pruned' else m}_log.csv").unlink(missing_ok=True)
+            (self.path / f"{_LOG_OF[m]}_log.csv").unlink(missing_ok=True)
         (self.path / "exports.json").unlink(missing_ok=True)
 
     def require(self, model: str) -> Path:

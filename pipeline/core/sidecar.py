@@ -67,6 +67,13 @@ class Sidecar:
                 return p.parent
         return None
 
+    def of_run(self, run_path: str | Path) -> bool:
+        """Whether it is that run's export as far as can be told: it names that folder,
+        or its weights are that run's now (the same run, moved or mounted elsewhere).
+        One that names no folder (older, or hand-written) counts as the run's."""
+        owner = self.run_folder
+        return owner is None or owner.resolve() == Path(run_path).resolve() or self.made_from(run_path)
+
     def made_from(self, run_path: str | Path) -> bool:
         """Whether the weights it was exported from are those in ``run_path/models`` now
         (by sha256): the same run wherever its folder was moved or mounted, and not

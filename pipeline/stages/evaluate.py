@@ -125,15 +125,13 @@ def _check_exported_here(run: RunDir, listed: dict, redo: str) -> None:
     """Each listed model must be this run's: one that another run's export has since
     replaced (runs named alike share ``export.dir/<name>``, or a copied run folder)
     would be measured against this run's data, of another task or input size."""
-    ours = run.path.resolve()
     for path in listed.values():
         try:
             side = read_sidecar(path)
         except ModelNotFoundError:
             continue  # a bare model: evaluate measures it as it is
-        owner = side.run_folder
-        if owner is not None and owner.resolve() != ours and not side.made_from(run.path):  # moved: still ours
-            raise StageInputError(f"{path}: exported by another run, {owner}, not by {run.path}; {redo}")
+        if not side.of_run(run.path):
+            raise StageInputError(f"{path}: exported by another run, {side.run_folder}, not by {run.path}; {redo}")
 
 
 def served_outputs(model, task, cfg):

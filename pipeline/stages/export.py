@@ -262,19 +262,13 @@ def check_export_folder(out: Path, run) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise StageInputError(f"export folder {out}: cannot create it ({e.strerror or e})") from None
-    ours = run.path.resolve()
     for model in sorted(out.glob("*.tflite")):
         try:
             side = read_sidecar(model)
         except (EdgepipeError, OSError):
             continue  # no sidecar this version reads: no owner to protect
         owner = side.run_folder
-        if (
-            owner is not None
-            and owner.resolve() != ours
-            and (owner / "config.yaml").is_file()
-            and not side.made_from(run.path)  # this run's, from a folder since moved
-        ):
+        if not side.of_run(run.path) and (owner / "config.yaml").is_file():  # another run, still there
             raise StageInputError(
                 f"export folder {out}: holds the models of another run, {owner} ({model.name}); exporting there "
                 f"would replace them. Export this run elsewhere (--out DIR, or --set export.dir=DIR for "

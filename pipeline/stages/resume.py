@@ -49,9 +49,10 @@ def data_stamp(data_cfg) -> list:
         if os.path.isfile(value):
             out.append([key, "", sha256(value)])
             continue
+        root = len(os.path.join(value, ""))  # os.walk's paths start with it: the name under the folder
         for p in _files_under(value):
             try:
-                out.append([key, os.path.relpath(p, value), os.stat(p).st_size])
+                out.append([key, p[root:], os.stat(p).st_size])
             except OSError:  # a broken link: the readers report it, if they read it
                 continue
     return out
