@@ -449,6 +449,37 @@ def test_a_stage_key_follows_the_config_it_reads_and_the_training_files(tmp_path
     assert stage_key(tiny_config(*coco, task="detection"), "train") != before
 
 
+def test_the_data_key_covers_the_folders_a_dataset_file_names_and_labels_by_content(tmp_path):
+    """A label fixed in place must train again, wherever the reader finds it: YOLO's
+    label files (which only its data.yaml names), VOC's XML under data.path (the same
+    size: a class id or a coordinate changed), and images beside a COCO file that no
+    data.* setting names."""
+    from conftest import tiny_config
+    from test_detection import _coco, _voc, _yolo
+
+    from pipeline.stages.resume import stage_key
+
+    def key(*settings):
+        return stage_key(tiny_config(*settings, task="detection"), "train")
+
+    yolo = ("data.format=yolo", f"data.path={_yolo(tmp_path, '1 0.5 0.5 0.25 0.5')}")
+    before = key(*yolo)
+    (tmp_path / "yolo" / "labels" / "train" / "a.txt").write_text("0 0.5 0.5 0.25 0.5")  # the same size
+    assert key(*yolo) != before
+    voc = ("data.format=voc", f"data.path={_voc(tmp_path, '<annotation><name>cat</name></annotation>')}")
+    before = key(*voc)
+    xml = tmp_path / "VOC" / "Annotations" / "0001.xml"
+    xml.write_text(xml.read_text().replace("cat", "dog"))
+    assert key(*voc) != before
+    ann = _coco(tmp_path / "coco")  # the images beside it, in img/: moved up beside the JSON
+    for image in (tmp_path / "coco" / "img").iterdir():
+        image.rename(tmp_path / "coco" / image.name)
+    coco = ("data.format=coco", f"data.train_annotations={ann}")
+    before = key(*coco)
+    (tmp_path / "coco" / "b.jpg").write_bytes((tmp_path / "coco" / "b.jpg").read_bytes() + b"more")  # replaced
+    assert key(*coco) != before
+
+
 def test_a_run_folder_in_use_is_an_error_and_a_killed_holder_leaves_no_lock(tmp_path):
     """Two processes in one run folder (a second train started by mistake) would resume
     the first one's live checkpoints or interleave its logs: the second is refused,

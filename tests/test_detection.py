@@ -48,6 +48,19 @@ def _coco(tmp_path, annotations=None, images=None, categories=None):
     return p
 
 
+def test_coco_images_beside_the_annotation_file_need_no_folder_setting(tmp_path):
+    """Exporters (Roboflow, CVAT) put the JSON beside the images: with neither
+    data.train_images nor data.path, the file_names are read from the JSON's folder."""
+    from conftest import tiny_config
+
+    ann = _coco(tmp_path)
+    ann = ann.rename(tmp_path / "img" / "_annotations.coco.json")
+    data = D.load(tiny_config("data.format=coco", f"data.train_annotations={ann}", task="detection"))
+    assert len(data.train) + len(data.val) == 2
+    assert D.coco_image_root(str(ann), "", "") == tmp_path / "img"
+    assert D.coco_image_root(str(ann), "", "photos") == Path("photos")
+
+
 def test_coco_reader_maps_categories_clips_drops_and_keeps_negatives(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         split, names = D.read_coco(_coco(tmp_path), tmp_path / "img")

@@ -98,6 +98,12 @@ class Task:
     def class_names(self, data) -> tuple[str, ...]:
         return data.class_names
 
+    def data_sources(self, cfg) -> list:
+        """Folders :meth:`load_data` reads that no ``data.*`` setting names (images beside
+        an annotation file, the folders a dataset file lists): resume's data key covers
+        them too."""
+        return []
+
     def unseen_classes(self, data) -> list[str]:
         """Classes that had training images, every one of them unreadable (skipped):
         the model learned nothing of them, yet they ship in labels.txt. Asked after

@@ -135,6 +135,13 @@ def _image_size(path: Path) -> tuple[int, int]:
 # === COCO ===
 
 
+def coco_image_root(annotations: str, *folders: str) -> Path:
+    """The folder a COCO file's ``file_name``s are relative to: the first of ``folders``
+    given (``data.train_images``, ``data.path``...), else the annotation file's own
+    folder, where exporters (Roboflow, CVAT) put it beside the images."""
+    return Path(next((f for f in folders if f), "") or Path(annotations).parent)
+
+
 def read_coco_json(path: Path, image_fields: tuple[str, ...] = ("id", "file_name")) -> dict:
     """A COCO instances JSON, its structure checked: ``images``, ``annotations`` and
     ``categories`` lists; entries with their required fields and unique ids; every
@@ -338,16 +345,24 @@ def read_yolo_yaml(data_yaml: Path) -> tuple[Path, dict[str, Path], tuple[str, .
     return root, splits, tuple(str(n) for n in names)
 
 
+def yolo_labels_dir(images_dir: Path) -> Path | None:
+    """YOLO's label folder of an image folder: its last ``images`` part made ``labels``;
+    None without one."""
+    parts = list(Path(images_dir).parts)
+    if "images" not in parts:
+        return None
+    k = len(parts) - 1 - parts[::-1].index("images")
+    return Path(*parts[:k], "labels", *parts[k + 1 :])
+
+
 def read_yolo(images_dir: Path, class_names: tuple[str, ...]) -> DetSplit:
     """``images/<split>/*`` with ``labels/<split>/<stem>.txt`` lines ``class cx cy w h`` (normalized)."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise DataError(f"{images_dir}: YOLO image folder not found")
-    parts = list(images_dir.parts)
-    if "images" not in parts:
+    labels_dir = yolo_labels_dir(images_dir)
+    if labels_dir is None:
         raise DataError(f"{images_dir}: YOLO image folders live under an 'images' folder, labels under 'labels'")
-    k = len(parts) - 1 - parts[::-1].index("images")
-    labels_dir = Path(*parts[:k], "labels", *parts[k + 1 :])
     if not labels_dir.is_dir():
         raise DataError(f"{labels_dir}: YOLO label folder not found (the labels of {images_dir})")
     split = DetSplit()
@@ -475,6 +490,25 @@ def _ratio_split(split: DetSplit, val_split: float, seed: int) -> tuple[DetSplit
     return split.take(train), split.take(val)
 
 
+def data_sources(d) -> list[Path]:
+    """The folders the configured data is read from that no ``data.*`` setting names:
+    COCO's image folders where they default to the annotation file's, YOLO's image and
+    label folders, which its data.yaml names. Resume's data key covers them, so a label
+    fixed there trains again."""
+    if d.format == "coco" and d.train_annotations:
+        out = [coco_image_root(d.train_annotations, d.train_images, d.path)]
+        if d.val_annotations:
+            out.append(coco_image_root(d.val_annotations, d.val_images, d.train_images, d.path))
+        return out
+    if d.format == "yolo" and d.path:
+        try:
+            _, folders, _ = read_yolo_yaml(Path(d.path))
+        except DataError:  # training reports it
+            return []
+        return [p for f in folders.values() for p in (f, yolo_labels_dir(f)) if p is not None]
+    return []
+
+
 def load(cfg) -> DetectionData:
     """Read the dataset the config names (``data.format``: coco | voc | yolo | synthetic)."""
     d = cfg.data
@@ -484,10 +518,15 @@ def load(cfg) -> DetectionData:
         train, val = _ratio_split(full, d.val_split, d.seed)
     elif fmt == "coco":
         if not d.train_annotations:
-            raise DataError("data.format=coco needs data.train_annotations (and data.train_images or data.path)")
-        train, names = read_coco(Path(d.train_annotations), Path(d.train_images or d.path))
+            raise DataError(
+                "data.format=coco needs data.train_annotations (images: data.train_images, data.path, or beside it)"
+            )
+        train, names = read_coco(
+            Path(d.train_annotations), coco_image_root(d.train_annotations, d.train_images, d.path)
+        )
         if d.val_annotations:
-            val, _ = read_coco(Path(d.val_annotations), Path(d.val_images or d.train_images or d.path), names)
+            root = coco_image_root(d.val_annotations, d.val_images, d.train_images, d.path)
+            val, _ = read_coco(Path(d.val_annotations), root, names)
         else:
             train, val = _ratio_split(train, d.val_split, d.seed)
     elif fmt == "voc":

@@ -158,6 +158,9 @@ class Detection(Task):
     def load_data(self, cfg):
         return det_data.load(cfg)
 
+    def data_sources(self, cfg):
+        return det_data.data_sources(cfg.data)
+
     def box_batches(self, split, cfg, spec, training: bool, skipped: SkipCounter | None = None):
         return box_batches(split, cfg, spec, training, skipped if skipped is not None else SkipCounter())
 

@@ -578,15 +578,30 @@ def _coco_split(ann_path: Path, image_root: Path, ignore: int, cats=None) -> tup
     return pairs, cats
 
 
+def _coco_roots(d: DataConfig) -> list[Path]:
+    """The image folders of the train and (if given) val annotation files."""
+    from pipeline.tasks.detection.readers import coco_image_root
+
+    roots = [coco_image_root(d.train_annotations, d.train_images, d.path)]
+    if d.val_annotations:
+        roots.append(coco_image_root(d.val_annotations, d.val_images, d.path))
+    return roots
+
+
+def data_sources(d: DataConfig) -> list[Path]:
+    """The folders read that no ``data.*`` setting names (as the detection reader's)."""
+    return _coco_roots(d) if d.format == "coco" and d.train_annotations else []
+
+
 def read_coco(d: DataConfig, spec: InputSpec) -> SegmentationData:
     """COCO instances JSON per split; class 0 is background, then categories by id."""
     if not d.train_annotations:
         raise DataError("data.train_annotations: required for data.format 'coco' (a COCO instances JSON)")
-    root = Path(d.path) if d.path else Path(d.train_annotations).parent
-    train, cats = _coco_split(Path(d.train_annotations), Path(d.train_images or root), d.ignore_index)
+    roots = _coco_roots(d)
+    train, cats = _coco_split(Path(d.train_annotations), roots[0], d.ignore_index)
     val = None
     if d.val_annotations:
-        val, _ = _coco_split(Path(d.val_annotations), Path(d.val_images or root), d.ignore_index, cats)
+        val, _ = _coco_split(Path(d.val_annotations), roots[1], d.ignore_index, cats)
     names = tuple(d.class_names) or ("background", *(c["name"] for c in cats))
     return _finish(d, spec, train, val, names)
 

@@ -65,6 +65,11 @@ class Segmentation(Task):
     def load_data(self, cfg):
         return _read(cfg.data, cfg.input_spec())
 
+    def data_sources(self, cfg):
+        from pipeline.tasks.segmentation import readers
+
+        return readers.data_sources(cfg.data)
+
     def datasets(self, data, cfg, spec, cache_dir=None):
         from pipeline.data.augment import Affine, Mix
         from pipeline.data.stream import plan_split
