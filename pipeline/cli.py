@@ -85,7 +85,13 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
         help="frames: THREADS single-thread interpreters on successive frames (most FPS, the default); "
         "ops: one interpreter with THREADS threads (least latency per frame)",
     )
-    p.add_argument("--output", type=Path, default=None, help="write the annotated video (.mp4, .avi)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=None,
+        help="write the annotated video (.mp4, .avi); for an image source a folder (an annotated copy of each "
+        "photo, at its size and under its name) or, for one image, an image file",
+    )
     p.add_argument("--output-fps", type=float, default=None, help="frame rate of --output (default: the source's)")
     p.add_argument(
         "--output-segment",

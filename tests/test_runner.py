@@ -404,6 +404,47 @@ def test_image_folder_glob_and_single_image_with_odd_frames(model, tmp_path):
 
 
 @pytest.mark.slow
+def test_photos_to_a_folder_keep_their_names_and_sizes(model, tmp_path):
+    """A folder of photos of many sizes (a phone's, a camera's) to ``--output DIR``: an
+    annotated copy of each, at its own size, under its name; a video would squeeze them
+    all to the first one's size. One image to an image file; and the mistakes: a folder
+    for a video source, one image file for several photos, the photos' own folder."""
+    from pipeline.runtime.runner import RunError
+
+    d = tmp_path / "photos"
+    d.mkdir()
+    sizes = {"a.jpg": (48, 64), "b.png": (90, 30), "c.jpg": (20, 20)}
+    for name, (h, w) in sizes.items():
+        cv2.imwrite(str(d / name), np.full((h, w, 3), 90, np.uint8))
+    (d / "broken.jpg").write_bytes(b"not a jpeg")  # skipped, so no copy
+    s = _run(model, str(d), output=tmp_path / "annotated")
+    assert s["frames"] == 3 and s["skipped_images"] == 1
+    out = {p.name: cv2.imread(str(p)).shape[:2] for p in (tmp_path / "annotated").iterdir()}
+    assert out == sizes  # nothing else left there: no temporary files
+    assert not (cv2.imread(str(tmp_path / "annotated" / "b.png")) == 90).all()  # the HUD was drawn on it
+    # a glob over two folders with a photo of the same name each: the later one gets -1
+    (tmp_path / "more").mkdir()
+    cv2.imwrite(str(tmp_path / "more" / "a.jpg"), np.full((10, 12, 3), 90, np.uint8))
+    _run(model, str(tmp_path / "[mp]*" / "a.jpg"), output=tmp_path / "both")  # more/ and photos/
+    assert sorted(p.name for p in (tmp_path / "both").iterdir()) == ["a-1.jpg", "a.jpg"]
+    assert cv2.imread(str(tmp_path / "both" / "a-1.jpg")).shape[:2] == (48, 64)  # photos/ sorts after more/
+    _run(model, str(d / "b.png"), output=tmp_path / "one.jpg")
+    assert cv2.imread(str(tmp_path / "one.jpg")).shape[:2] == (90, 30)
+    video = str(write_video(tmp_path / "v.avi", 3))
+    for source, output, message in (
+        (video, tmp_path / "frames", "a folder takes the annotated photos of an image source"),
+        (str(d), tmp_path / "one.png", "one image file, but the source has 4 images: give a folder"),
+        (str(d), d, "holds the source's photos"),
+    ):
+        with pytest.raises(RunError, match=message):
+            _run(model, source, output=output)
+    assert sorted(p.name for p in d.iterdir()) == ["a.jpg", "b.png", "broken.jpg", "c.jpg"]
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="a_file is a file, not a folder"):
+        _run(model, str(d), output=tmp_path / "a_file" / "out")
+
+
+@pytest.mark.slow
 def test_bad_sources_are_errors_before_any_frame(model, tmp_path):
     (tmp_path / "notes.mp4").write_text("not a video")
     (tmp_path / "empty").mkdir()

@@ -41,16 +41,18 @@ from pipeline.core.sidecar import read_sidecar, sidecar_path
 from pipeline.runtime.sinks import (
     BatchLines,
     Display,
+    ImageFiles,
     LiveLines,
     StdoutLines,
     Throttle,
     VideoSegments,
     VideoSink,
+    check_output,
     check_output_file,
-    check_video_path,
     ends_as,
+    output_kind,
 )
-from pipeline.runtime.sources import Capture, Frame, FrameSource, open_source
+from pipeline.runtime.sources import Capture, Frame, FrameSource, ImageSource, open_source
 from pipeline.runtime.stats import StageStats
 from pipeline.runtime.tflite_model import TFLiteModel
 from pipeline.runtime.tracking import LineCounter, Tracking, TrackOptions, ZoneCounter, is_whole
@@ -436,7 +438,7 @@ class _Loop:
                 line["events"] = events
             self.jsonl.write(json.dumps(line) + "\n")
         if self.sink is not None:
-            self.sink.write(f.image)
+            self.sink.write(f.image, f.file)
         self.frames += 1
         return self.display.show(f.image) if self.display is not None else True
 
@@ -483,6 +485,8 @@ def run(opts: RunOptions) -> dict:
         raise RunError(str(e)) from None
     tracking = Tracking(opts.track, m.class_names) if opts.track is not None else None
     source = opts.source if isinstance(opts.source, FrameSource) else open_source(opts.source, loop=opts.loop)
+    if opts.output is not None:
+        _check_image_output(Path(opts.output), source)
     if opts.resume_counts:
         _resume_counts(tracking, opts, source.live)
     stop, reason = threading.Event(), []
@@ -551,6 +555,26 @@ def _final_summary_on_error(opts: RunOptions, source: FrameSource, started: list
         raise
 
 
+def _check_image_output(output: Path, source: FrameSource) -> None:
+    """A folder or an image file as ``--output`` takes an image source's photos, and
+    never in their place."""
+    kind = output_kind(output)
+    if kind == "video":
+        return
+    if not isinstance(source, ImageSource):
+        what = "a folder" if kind == "images" else "an image file"
+        raise RunError(
+            f"--output {output}: {what} takes the annotated photos of an image source (a folder, a glob or an "
+            "image); for a video, a camera or a stream give a video file (.mp4, .avi)"
+        )
+    if kind == "image" and len(source.paths) != 1:
+        raise RunError(
+            f"--output {output}: one image file, but the source has {len(source.paths)} images: give a folder"
+        )
+    if kind == "images" and os.path.realpath(output) in {os.path.realpath(p.parent) for p in source.paths}:
+        raise RunError(f"--output {output}: holds the source's photos, which their annotated copies would replace")
+
+
 def _checked_outputs(opts: RunOptions) -> RunOptions:
     """The outputs checked before any frame is read (a ValueError names the problem),
     and ``opts`` with them as they will be written: an output that is a symbolic link
@@ -558,8 +582,8 @@ def _checked_outputs(opts: RunOptions) -> RunOptions:
     ``--jsonl`` that names standard output (``/dev/stdout``) is ``-``, and ``display``
     is decided (:func:`_window_problem`)."""
     if opts.output_segment is not None:
-        if opts.output is None:
-            raise ValueError("--output-segment cuts the --output video into files: add --output")
+        if opts.output is None or output_kind(opts.output) != "video":
+            raise ValueError("--output-segment cuts the --output video into files: add --output with a video file")
         if not 1.0 <= opts.output_segment < float("inf"):  # NaN fails too
             raise ValueError(f"--output-segment must be at least 1 second, got {opts.output_segment}")
     for flag, path in (("--output", opts.output), ("--summary-json", opts.summary_json)):
@@ -590,7 +614,7 @@ def _checked_outputs(opts: RunOptions) -> RunOptions:
         if stream:
             raise ValueError(f"{flag} {given[flag]}: is {stream}; {flag} is written to a file")
         if flag == "--output":
-            check_video_path(path)
+            check_output(path)
         else:
             check_output_file(path, flag)
         key = os.path.realpath(path)
@@ -794,7 +818,10 @@ def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Captur
     """(video sink, JSONL file, display), each closed by ``stack`` in the right order:
     the writer is released before its temporary file is moved into place."""
     sink = jsonl = display = None
-    if opts.output is not None and opts.output_segment:
+    kind = output_kind(opts.output) if opts.output is not None else None
+    if kind in ("image", "images"):  # an image source's (checked by _check_image_output)
+        sink = ImageFiles(Path(opts.output), single=kind == "image")
+    elif opts.output is not None and opts.output_segment:
         fps, live = opts.output_fps or capture.fps or 30.0, capture.source.live
         sink = VideoSegments(Path(opts.output), fps, opts.output_segment, time.monotonic if live else None)
         stack.callback(sink.close)

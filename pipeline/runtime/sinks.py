@@ -1,4 +1,5 @@
-"""Where annotated frames go: a video file (encoded on its own thread) and a window."""
+"""Where annotated frames go: a video file (encoded on its own thread), annotated
+copies of an image source's photos, and a window."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import cv2
 import numpy as np
 
 from pipeline.core.errors import RunError
-from pipeline.core.rundir import atomic_path
+from pipeline.core.images import IMAGE_SUFFIXES
+from pipeline.core.rundir import atomic_path, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +28,32 @@ log = logging.getLogger(__name__)
 FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG"}
 
 
-def check_video_path(path: Path) -> None:
-    """Fail before any frame is read when the output cannot be written."""
-    if path.suffix.lower() not in FOURCC:
-        raise ValueError(f"{path}: unsupported video container {path.suffix!r}; use one of {sorted(FOURCC)}")
+def output_kind(path: Path) -> str:
+    """What ``--output`` names: ``"video"`` (a container's suffix, or an unknown one,
+    which :func:`check_output` refuses), ``"image"`` (an image's suffix: the one photo
+    of a one-image source, annotated) or ``"images"`` (a folder, or a path without a
+    suffix: an annotated copy of each photo of an image source, under its name)."""
+    suffix = Path(path).suffix.lower()
+    if Path(path).is_dir() or not suffix:
+        return "images"
+    return "image" if suffix in IMAGE_SUFFIXES else "video"
+
+
+def check_output(path: Path) -> None:
+    """Fail before any frame is read when ``--output`` cannot be written."""
+    kind = output_kind(path)
+    if kind == "images":
+        existing = next(p for p in (path, *path.absolute().parents) if p.exists())  # the root, at least
+        if not existing.is_dir():
+            raise ValueError(f"--output {path}: {existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"--output {path}: cannot write in {existing} (permission denied)")
+        return
+    if kind == "video" and path.suffix.lower() not in FOURCC:
+        raise ValueError(
+            f"{path}: unsupported video container {path.suffix!r}; use one of {sorted(FOURCC)} (or, for an "
+            f"image source, a folder or an image file: {', '.join(IMAGE_SUFFIXES)})"
+        )
     check_output_file(path, "--output")
 
 
@@ -417,7 +441,8 @@ class VideoSink:
         self._thread = threading.Thread(target=self._run, name="video-writer", daemon=True)
         self._error: Exception | None = None
 
-    def write(self, frame: np.ndarray) -> None:
+    def write(self, frame: np.ndarray, file: str | None = None) -> None:
+        """``file``: the photo the frame came from (unused: a video is one file)."""
         if self._writer is None:
             h, w = frame.shape[:2]
             fourcc = cv2.VideoWriter_fourcc(*FOURCC[self.path.suffix.lower()])
@@ -449,6 +474,38 @@ class VideoSink:
         self._thread.join()
         self._writer.release()
         self._writer = None
+
+
+class ImageFiles:
+    """``--output`` for an image source: each photo annotated at its own size, into a
+    folder under its own name (or, for a one-image source, at the path given), each file
+    written whole (atomically) as soon as it is done. A video would resize every photo
+    to the first one's size. Two photos of one name (a glob over folders) get ``-1``,
+    ``-2``... on the later ones."""
+
+    def __init__(self, target: Path, single: bool = False) -> None:
+        self.target, self.single = Path(target), single
+        self.frames = 0
+        self._names: set[str] = set()
+
+    def write(self, frame: np.ndarray, file: str | None = None) -> None:
+        path = self.target
+        if not self.single:
+            name = Path(file).name if file else f"frame_{self.frames:06d}.png"
+            stem, suffix, k = Path(name).stem, Path(name).suffix, 0
+            while name in self._names:
+                k += 1
+                name = f"{stem}-{k}{suffix}"
+            self._names.add(name)
+            path = self.target / name
+        ok, data = cv2.imencode(path.suffix, frame)
+        if not ok:
+            raise OSError(f"{path}: cannot encode the annotated image as {path.suffix}")
+        write_bytes(path, data.tobytes())
+        self.frames += 1
+
+    def close(self) -> None:
+        pass
 
 
 class VideoSegments:
@@ -500,7 +557,7 @@ class VideoSegments:
     def _now(self) -> float:
         return self._given if self.clock is None else self.clock()
 
-    def write(self, frame: np.ndarray) -> None:
+    def write(self, frame: np.ndarray, file: str | None = None) -> None:
         span = self.per if self.clock is None else self.seconds
         if (self._current is None and not self._gap) or self._now() - self._started >= span:
             self._next()
