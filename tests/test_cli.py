@@ -132,6 +132,31 @@ def test_an_export_never_replaces_another_runs_models_and_evaluate_measures_only
         check_export_folder(tmp_path / "afile" / "r1", second)
 
 
+def test_an_export_holds_its_folder_so_a_second_one_at_the_same_moment_is_refused(tmp_path):
+    """Two runs named alike exporting at the same moment both passed the folder check
+    made before any work, then wrote into one folder: the export holds the folder's
+    lock to its end and checks again under it. (A second export here is simulated by
+    holding that lock, as another process's export would.)"""
+    from pipeline.core import config
+    from pipeline.core.rundir import RunDir, StageInputError, folder_lock
+    from pipeline.stages.export import export
+    from pipeline.stages.weights import rebuild, save_weights
+
+    cfg = config.load(None, [*TINY, f"export.dir={tmp_path / 'exports'}", "export.representative_samples=8"])
+    run = RunDir(tmp_path / "exp2" / "r1")
+    run.save_config(cfg)
+    save_weights(rebuild(cfg, cfg.data.synthetic_classes), run.weights("float"))
+    out = tmp_path / "exports" / "r1"
+    out.mkdir(parents=True)
+    with folder_lock(out, "export", "export folder", "export elsewhere"):
+        with pytest.raises(
+            StageInputError, match=r"exports/r1: in use by edgepipe export \(pid \d+ .*export elsewhere"
+        ):
+            export(run, cfg, ["float32"])
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+    assert Path(export(run, cfg, ["float32"])["float32"]).is_file()  # free once the other ends
+
+
 def test_missing_stage_outputs_name_the_producing_stage(tmp_path):
     from pipeline.core import config
     from pipeline.core.rundir import RunDir, StageInputError

@@ -68,6 +68,38 @@ def through_link(path: Path) -> Path:
 
 
 @contextlib.contextmanager
+def folder_lock(folder: Path, command: str, what: str, remedy: str) -> Iterator[None]:
+    """Hold ``folder/.lock`` (``flock``, which goes with its process however that ends,
+    so a killed holder leaves no stale lock) while ``command`` works there; a second
+    process gets a StageInputError naming the holder and ``remedy``. Where the file
+    system has no ``flock``, a warning, and the work goes on unguarded."""
+    import fcntl
+
+    path = Path(folder) / ".lock"
+    f = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    try:
+        locked = True
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: EWOULDBLOCK / EAGAIN
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise StageInputError(f"{folder}: in use by {holder}; wait for it to end, or {remedy}") from None
+        except OSError as e:  # a file system without flock (Lustre without -o flock, some NFS)
+            log.warning("%s: cannot lock the %s (%s); going on unguarded", path, what, e.strerror or e)
+            locked = False
+        if locked:
+            f.seek(0)
+            f.truncate()
+            since = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            f.write(f"edgepipe {command} (pid {os.getpid()} on {socket.gethostname()}, since {since})\n")
+            f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it into place atomically.
 
@@ -274,37 +306,13 @@ class RunDir:
         when the holder's process ends, however it ends, so a killed run leaves no
         stale lock. (Workers of one multi-worker run share the folder: only its chief
         takes the lock.)"""
-        import fcntl
-
         if not self.path.is_dir():
             if command not in ("train", "all"):
                 yield  # no run yet: the stage says which one to run first
                 return
             self.path.mkdir(parents=True, exist_ok=True)  # exist_ok: a second train racing to make it
-        path = self.path / ".lock"
-        f = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
-        try:
-            locked = True
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # held: EWOULDBLOCK / EAGAIN
-                f.seek(0)
-                holder = f.read().strip() or "another process"
-                raise StageInputError(
-                    f"{self.path}: in use by {holder}; wait for it to end, or use another --run-dir"
-                ) from None
-            except OSError as e:  # a file system without flock (Lustre without -o flock, some NFS)
-                log.warning("%s: cannot lock the run folder (%s); going on unguarded", path, e.strerror or e)
-                locked = False
-            if locked:
-                f.seek(0)
-                f.truncate()
-                since = datetime.now(timezone.utc).isoformat(timespec="seconds")
-                f.write(f"edgepipe {command} (pid {os.getpid()} on {socket.gethostname()}, since {since})\n")
-                f.flush()
+        with folder_lock(self.path, command, "run folder", "use another --run-dir"):
             yield
-        finally:
-            f.close()  # releases the lock
 
     # --- manifest ---
     def manifest(self) -> dict:

@@ -19,7 +19,7 @@ from pipeline import __version__
 from pipeline.core.errors import EdgepipeError
 from pipeline.core.images import normalize, with_full_range
 from pipeline.core.metadata import add_metadata
-from pipeline.core.rundir import StageInputError, sha256, write_bytes, write_json, write_text
+from pipeline.core.rundir import StageInputError, folder_lock, sha256, write_bytes, write_json, write_text
 from pipeline.core.sidecar import Sidecar, read_sidecar, sidecar_path, write_sidecar
 from pipeline.core.tflite import describe_tensor, weight_sparsity
 from pipeline.core.variants import VARIANTS, check_variant_names
@@ -183,33 +183,38 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
     key = stage_key(cfg, "export", export_extra(names, out))
     with run.stage("export", inputs=[run.weights(s) for s in sources] + [run.config_path], key=key) as entry:
         check_export_folder(out, run)  # first: before the data is read or a model converted
-        data = task.load_data(cfg)
-        class_names = list(task.class_names(data))
-        calib = list(task.calibration_images(data, cfg, spec, cfg.export.representative_samples))
-        rep = representative_dataset(calib, spec)
-        write_text(out / "labels.txt", "\n".join(class_names) + "\n")
-        models, written = {}, {}
-        for name in names:
-            v = VARIANTS[name]
-            if v.source not in models:
-                w = run.weights(v.source)
-                models[v.source] = (
-                    build_qat(cfg, len(class_names), v.source, w)
-                    if v.source in ("qat", "pqat")
-                    else rebuild(cfg, len(class_names), w)
-                )
-            for form in task.export_forms(cfg):
-                file_name = f"{name}_{form}" if form else name
-                log.info("converting %s (%s model, %s preset)", file_name, v.source, v.preset)
-                blob = _convert_form(task, cfg, models[v.source], v.preset, form, class_names, rep)
-                path = _write_model(run, cfg, task, out / f"{file_name}.tflite", blob, v, form, class_names)
-                sidecar = _sidecar(run, cfg, task, path, blob, v, form, class_names, models[v.source])
-                entry["outputs"] += [path, write_sidecar(path, sidecar)]
-                written[file_name] = str(path.resolve())  # evaluate may run from another directory
-        entry["outputs"].append(out / "labels.txt")
-        write_json(run.path / "exports.json", {"dir": str(out.resolve()), "variants": written})
-        entry["outputs"].append(run.path / "exports.json")  # a rerun of train, prune or qat removes it: not done
-        _remove_stale(out, run, set(written))
+        # The folder's lock, held to the end, and the check again under it: two exports
+        # into one folder at the same moment (runs named alike) would both pass the check
+        # made before, then mix their files.
+        with folder_lock(out, "export", "export folder", "export elsewhere (--out DIR)"):
+            check_export_folder(out, run)
+            data = task.load_data(cfg)
+            class_names = list(task.class_names(data))
+            calib = list(task.calibration_images(data, cfg, spec, cfg.export.representative_samples))
+            rep = representative_dataset(calib, spec)
+            write_text(out / "labels.txt", "\n".join(class_names) + "\n")
+            models, written = {}, {}
+            for name in names:
+                v = VARIANTS[name]
+                if v.source not in models:
+                    w = run.weights(v.source)
+                    models[v.source] = (
+                        build_qat(cfg, len(class_names), v.source, w)
+                        if v.source in ("qat", "pqat")
+                        else rebuild(cfg, len(class_names), w)
+                    )
+                for form in task.export_forms(cfg):
+                    file_name = f"{name}_{form}" if form else name
+                    log.info("converting %s (%s model, %s preset)", file_name, v.source, v.preset)
+                    blob = _convert_form(task, cfg, models[v.source], v.preset, form, class_names, rep)
+                    path = _write_model(run, cfg, task, out / f"{file_name}.tflite", blob, v, form, class_names)
+                    sidecar = _sidecar(run, cfg, task, path, blob, v, form, class_names, models[v.source])
+                    entry["outputs"] += [path, write_sidecar(path, sidecar)]
+                    written[file_name] = str(path.resolve())  # evaluate may run from another directory
+            entry["outputs"].append(out / "labels.txt")
+            write_json(run.path / "exports.json", {"dir": str(out.resolve()), "variants": written})
+            entry["outputs"].append(run.path / "exports.json")  # a rerun of train, prune or qat removes it: not done
+            _remove_stale(out, run, set(written))
     return written
 
 
