@@ -310,6 +310,8 @@ def test_all_rerun_skips_the_stages_done_and_redoes_what_changed(chain, tmp_path
     assert hashlib.sha256(run.weights("float").read_bytes()).hexdigest() == float_sha
     stages = [s["stage"] for s in json.loads(run.manifest_path.read_text())["stages"]]
     assert stages.count("train") == 1 and "latency_runs: 3" in run.config_path.read_text()
+    # only that fine-tune: the QAT of the float model, still there and current, is not redone
+    assert stages.count("qat:qat") == 1 and stages.count("qat:pqat") == 2
 
 
 def test_a_replaced_model_takes_what_was_made_from_it_along(chain, tmp_path):

@@ -448,6 +448,10 @@ def test_a_stage_key_follows_the_config_it_reads_and_the_training_files(tmp_path
     assert stage_key(later, "train") == keys["train"] and stage_key(later, "prune") == keys["prune"]
     assert stage_key(later, "evaluate") != keys["evaluate"]
     assert stage_key(cfg, "qat:pqat") == stage_key(cfg, "qat")
+    # a prune setting: the prune-preserving fine-tune reads it, the one from the float model not
+    pruned = tiny_config("data.format=folder", f"data.path={photos}", "prune.epochs=9")
+    assert stage_key(pruned, "qat:pqat") != stage_key(cfg, "qat:pqat")
+    assert stage_key(pruned, "qat:qat") == stage_key(cfg, "qat:qat") != stage_key(cfg, "qat")
     (photos / "dog" / "2.jpg").write_bytes(b"y")  # a photo added
     added = stage_key(cfg, "train")
     assert added != keys["train"] and stage_key(cfg, "prune") == keys["prune"]  # later stages: by their inputs

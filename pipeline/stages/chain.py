@@ -19,8 +19,11 @@ CHAIN = ("train", "prune", "qat", "export", "evaluate")
 DEMO_RUN = "runs/demo"
 
 
-def run_stage(name: str, run: RunDir, cfg: config.Config, variants: list[str] | None = None, out_dir=None):
-    """Call one stage's library function (each imports TensorFlow only when called)."""
+def run_stage(
+    name: str, run: RunDir, cfg: config.Config, variants: list[str] | None = None, out_dir=None, resume: bool = False
+):
+    """Call one stage's library function (each imports TensorFlow only when called);
+    ``resume``: QAT skips a fine-tune already done (``edgepipe all``)."""
     if name == "train":
         from pipeline.stages.train import train
 
@@ -28,7 +31,7 @@ def run_stage(name: str, run: RunDir, cfg: config.Config, variants: list[str] | 
     if name in ("prune", "qat"):
         from pipeline.stages import optimize
 
-        return getattr(optimize, name)(run, cfg)
+        return optimize.prune(run, cfg) if name == "prune" else optimize.qat(run, cfg, skip_done=resume)
     if name == "export":
         from pipeline.stages.export import export
 
@@ -68,7 +71,7 @@ def run_chain(run: RunDir, cfg: config.Config, stages=CHAIN, resume: bool = Fals
                 run.save_config(cfg)  # what a later stage's --set changed: as train would have saved it
             continue
         log.info("=== %s ===", name)
-        results[name] = run_stage(name, run, cfg)
+        results[name] = run_stage(name, run, cfg, resume=resume)
     if "export" in reached and run.cache.is_dir():
         # The fine-tunes that read the disk cache are done; it can be as large as the dataset.
         size = sum(f.stat().st_size for f in run.cache.rglob("*") if f.is_file())

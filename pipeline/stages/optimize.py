@@ -21,7 +21,7 @@ from pipeline._keras import keras, layers, tf, tfmot
 from pipeline.core.config import Config
 from pipeline.core.rundir import RunDir, read_json, write_json
 from pipeline.stages.fit import best_so_far, fit, fit_batch, make_optimizer, seed_everything, steps_per_epoch
-from pipeline.stages.resume import stage_key
+from pipeline.stages.resume import completed, stage_key
 from pipeline.stages.weights import load_weights, rebuild, save_weights
 from pipeline.tasks import get_task
 
@@ -328,8 +328,12 @@ def build_qat(cfg: Config, num_classes: int, source: str, weights=None) -> keras
     return model
 
 
-def qat(run: RunDir, cfg: Config) -> dict:
-    """Quantization-aware fine-tuning of each configured source that exists."""
+def qat(run: RunDir, cfg: Config, skip_done: bool = False) -> dict:
+    """Quantization-aware fine-tuning of each configured source that exists.
+
+    ``skip_done`` (``edgepipe all``): a fine-tune already done with this config and
+    model (:func:`pipeline.stages.resume.completed`) is skipped; after a new prune,
+    only the prune-preserving one runs again."""
     task = get_task(cfg.task)
     jobs = []
     if "float" in cfg.qat.sources:
@@ -340,10 +344,15 @@ def qat(run: RunDir, cfg: Config) -> dict:
         log.info("no pruned model in %s: prune-preserving QAT skipped (run `edgepipe prune` to add it)", run.path)
     out = {}
     spec = cfg.input_spec()
-    key = stage_key(cfg, "qat")  # of the config as given: fit_batch below may shrink the batch
+    keys = {
+        name: stage_key(cfg, f"qat:{name}") for name, _ in jobs
+    }  # of the config as given: fit_batch may shrink the batch
     for name, src in jobs:
+        if skip_done and completed(run, f"qat:{name}", keys[name]):
+            log.info("qat:%s: done before with this config and model: skipped", name)
+            continue
         seed_everything(cfg.train.seed)
-        with run.stage(f"qat:{name}", inputs=[src, run.config_path], key=key) as entry:
+        with run.stage(f"qat:{name}", inputs=[src, run.config_path], key=keys[name]) as entry:
             data = task.load_data(cfg)
             cfg = fit_batch(cfg, len(data.train))
             n = len(task.class_names(data))

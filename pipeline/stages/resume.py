@@ -21,12 +21,15 @@ from pipeline.core.rundir import RunDir, sha256
 from pipeline.tasks import get_task
 
 # The config sections each stage reads (cumulative: a later stage's model comes from
-# the earlier ones'). A changed evaluate.* reruns evaluate only.
+# the earlier ones'). A changed evaluate.* reruns evaluate only. QAT's two fine-tunes
+# apart: the one from the float model (``qat:qat``) reads no prune settings, so a new
+# prune redoes only the prune-preserving one (``qat:pqat``, as ``qat``).
 _BASE = ("task", "data", "model", "train")
 SECTIONS = {
     "train": _BASE,
     "prune": (*_BASE, "prune"),
     "qat": (*_BASE, "prune", "qat"),
+    "qat:qat": (*_BASE, "qat"),
     "export": (*_BASE, "prune", "qat", "export"),
     "evaluate": (*_BASE, "prune", "qat", "export", "evaluate"),
 }
@@ -91,7 +94,7 @@ def _files_under(folder: str) -> list[str]:
 def stage_key(cfg, stage: str, extra=None) -> str:
     """The hash of what ``stage`` reads from the config (``qat:pqat`` is ``qat``), of
     the data files for training, and of ``extra`` (export's variants and folder)."""
-    base = stage.split(":")[0]
+    base = stage if stage in SECTIONS else stage.split(":")[0]
     d = cfg.to_dict()
     identity = {s: d.get(s) for s in SECTIONS[base]}
     for section, keys in _HOW.items():
