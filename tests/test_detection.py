@@ -71,6 +71,12 @@ def test_coco_reader_maps_categories_clips_drops_and_keeps_negatives(tmp_path, c
     assert len(split.classes[1]) == 0
     warnings = [r.getMessage() for r in caplog.records if "a.jpg" in r.getMessage()]
     assert len(warnings) == 1 and "1 box(es) clipped" in warnings[0] and "1 of zero" in warnings[0]
+    # a box wholly outside the image (annotated on a larger original) is told apart
+    boxes = [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [100, 70, 30, 15]}]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        D.read_coco(_coco(tmp_path, annotations=boxes), tmp_path / "img")
+    assert "dropped: 1 wholly outside it, 0 of zero or negative area" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -91,22 +91,26 @@ class DetectionData:
 
 
 def clean_boxes(boxes: np.ndarray, classes: np.ndarray, hw: tuple[int, int], where: str):
-    """Clip boxes to the image and drop those of zero or negative area; one warning per file."""
+    """Clip boxes to the image and drop those of zero or negative area, as given or
+    once clipped (wholly outside the image: annotations of another image size, or
+    coordinates swapped); one warning per file, telling the two apart."""
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     classes = np.asarray(classes, np.int32).reshape(-1)
     h, w = hw
     clipped = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
     keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    degenerate = ~((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
     n_clipped = int(((np.abs(clipped - boxes) > 1e-3).any(1) & keep).sum())
-    n_dropped = int((~keep).sum())
-    if n_clipped or n_dropped:
+    n_outside, n_degenerate = int((~keep & ~degenerate).sum()), int(degenerate.sum())
+    if n_clipped or n_outside or n_degenerate:
         log.warning(
-            "%s: %d box(es) clipped to the %dx%d image, %d of zero or negative area dropped",
+            "%s: %d box(es) clipped to the %dx%d image; dropped: %d wholly outside it, %d of zero or negative area",
             where,
             n_clipped,
             w,
             h,
-            n_dropped,
+            n_outside,
+            n_degenerate,
         )
     return clipped[keep], classes[keep]
 
