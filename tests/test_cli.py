@@ -148,13 +148,17 @@ def test_an_export_holds_its_folder_so_a_second_one_at_the_same_moment_is_refuse
     save_weights(rebuild(cfg, cfg.data.synthetic_classes), run.weights("float"))
     out = tmp_path / "exports" / "r1"
     out.mkdir(parents=True)
-    with folder_lock(out, "export", "export folder", "export elsewhere"):
+    with folder_lock(out, "export", "export folder", "export elsewhere", tmp_path / "exports" / ".r1.export.lock"):
         with pytest.raises(
             StageInputError, match=r"exports/r1: in use by edgepipe export \(pid \d+ .*export elsewhere"
         ):
             export(run, cfg, ["float32"])
-        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written
+        assert not any(out.iterdir())  # nothing written
     assert Path(export(run, cfg, ["float32"])["float32"]).is_file()  # free once the other ends
+    assert not (out / ".lock").exists()  # nothing but the models in what goes to a device
+    # into the run folder itself, under the command's own lock of it (export --out RUN)
+    with run.lock("export"):
+        assert Path(export(run, cfg, ["float32"], out_dir=run.path)["float32"]).parent == run.path
 
 
 def test_missing_stage_outputs_name_the_producing_stage(tmp_path):
@@ -507,6 +511,24 @@ def test_the_data_key_covers_the_folders_a_dataset_file_names_and_labels_by_cont
     before = key(*coco)
     (tmp_path / "coco" / "b.jpg").write_bytes((tmp_path / "coco" / "b.jpg").read_bytes() + b"more")  # replaced
     assert key(*coco) != before
+    # ... only the images it lists: that folder may be the working folder, with the run in it
+    before = key(*coco)
+    (tmp_path / "coco" / "runs" / "r1").mkdir(parents=True)
+    (tmp_path / "coco" / "runs" / "r1" / "manifest.json").write_text('{"stages": []}')
+    (tmp_path / "coco" / "notes.txt").write_text("not data")
+    assert key(*coco) == before
+    # YOLO: the splits trained on, not a test split the data.yaml names too
+    yaml_path = tmp_path / "yolo" / "data.yaml"
+    yaml_path.write_text(yaml_path.read_text() + "test: images/test\n")
+    (tmp_path / "yolo" / "images" / "test").mkdir()
+    (tmp_path / "yolo" / "labels" / "test").mkdir()
+    before = key(*yolo)
+    (tmp_path / "yolo" / "labels" / "test" / "t.txt").write_text("0 0.5 0.5 0.25 0.5")
+    assert key(*yolo) == before
+    # QAT calibrates its ranges on export.representative_samples images
+    qat = tiny_config("export.representative_samples=9")
+    assert stage_key(qat, "qat:qat") != stage_key(tiny_config(), "qat:qat")
+    assert stage_key(qat, "qat:pqat") != stage_key(tiny_config(), "qat:pqat")
 
 
 def test_a_run_folder_in_use_is_an_error_and_a_killed_holder_leaves_no_lock(tmp_path):

@@ -48,7 +48,13 @@ def _coco(tmp_path, annotations=None, images=None, categories=None):
     return p
 
 
-def test_coco_images_beside_the_annotation_file_need_no_folder_setting(tmp_path):
+def config_with(*settings):
+    from conftest import tiny_config
+
+    return tiny_config(*settings, task="detection").data
+
+
+def test_coco_images_beside_the_annotation_file_need_no_folder_setting(tmp_path, monkeypatch):
     """Exporters (Roboflow, CVAT) put the JSON beside the images: with neither
     data.train_images nor data.path, the file_names are read from the JSON's folder."""
     from conftest import tiny_config
@@ -57,8 +63,21 @@ def test_coco_images_beside_the_annotation_file_need_no_folder_setting(tmp_path)
     ann = ann.rename(tmp_path / "img" / "_annotations.coco.json")
     data = D.load(tiny_config("data.format=coco", f"data.train_annotations={ann}", task="detection"))
     assert len(data.train) + len(data.val) == 2
-    assert D.coco_image_root(str(ann), "", "") == tmp_path / "img"
-    assert D.coco_image_root(str(ann), "", "photos") == Path("photos")
+    # the order both tasks read them in: data.{train,val}_images, data.path, the JSON's folder
+    roots = D.coco_image_roots(
+        config_with("data.format=coco", f"data.train_annotations={ann}", "data.val_annotations=v.json")
+    )
+    assert roots == [(ann, tmp_path / "img", False), (Path("v.json"), Path("."), False)]
+    d = config_with("data.format=coco", f"data.train_annotations={ann}", "data.val_annotations=v.json",
+                    "data.train_images=photos", "data.path=root")  # fmt: skip
+    assert [r[1:] for r in D.coco_image_roots(d)] == [(Path("photos"), True), (Path("photos"), True)]
+    # names relative to the working folder (detection's default before): the error says so
+    (tmp_path / "img" / "a.jpg").rename(tmp_path / "a.jpg")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        DataError, match="a.jpg.*not found under .*img; it is in the working folder: set data.train_images=."
+    ):
+        D.read_coco(ann, tmp_path / "img")
 
 
 def test_coco_reader_maps_categories_clips_drops_and_keeps_negatives(tmp_path, caplog):

@@ -435,6 +435,7 @@ def test_photos_to_a_folder_keep_their_names_and_sizes(model, tmp_path):
         (video, tmp_path / "frames", "a folder takes the annotated photos of an image source"),
         (str(d), tmp_path / "one.png", "one image file, but the source has 4 images: give a folder"),
         (str(d), d, "holds the source's photos"),
+        (str(d / "*.png"), d / "b.png", "is the source's photo"),
     ):
         with pytest.raises(RunError, match=message):
             _run(model, source, output=output)
@@ -442,6 +443,8 @@ def test_photos_to_a_folder_keep_their_names_and_sizes(model, tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ValueError, match="a_file is a file, not a folder"):
         _run(model, str(d), output=tmp_path / "a_file" / "out")
+    with pytest.raises(ValueError, match="--output-fps is the frame rate of a video"):
+        _run(model, str(d), output=tmp_path / "annotated", output_fps=5.0)
 
 
 @pytest.mark.slow

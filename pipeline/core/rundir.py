@@ -68,15 +68,21 @@ def through_link(path: Path) -> Path:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, command: str, what: str, remedy: str) -> Iterator[None]:
-    """Hold ``folder/.lock`` (``flock``, which goes with its process however that ends,
-    so a killed holder leaves no stale lock) while ``command`` works there; a second
-    process gets a StageInputError naming the holder and ``remedy``. Where the file
-    system has no ``flock``, a warning, and the work goes on unguarded."""
+def folder_lock(folder: Path, command: str, what: str, remedy: str, lock: Path | None = None) -> Iterator[None]:
+    """Hold ``lock`` (default ``folder/.lock``) with ``flock``, which goes with its
+    process however that ends, so a killed holder leaves no stale lock, while
+    ``command`` works in ``folder``; a second process gets a StageInputError naming the
+    holder and ``remedy``. Where the file system has no ``flock``, or the lock file
+    cannot be made, a warning, and the work goes on unguarded."""
     import fcntl
 
-    path = Path(folder) / ".lock"
-    f = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    path = lock or Path(folder) / ".lock"
+    try:
+        f = open(path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    except OSError as e:
+        log.warning("%s: cannot lock the %s (%s); going on unguarded", path, what, e.strerror or e)
+        yield
+        return
     try:
         locked = True
         try:

@@ -573,6 +573,8 @@ def _check_image_output(output: Path, source: FrameSource) -> None:
         )
     if kind == "images" and os.path.realpath(output) in {os.path.realpath(p.parent) for p in source.paths}:
         raise RunError(f"--output {output}: holds the source's photos, which their annotated copies would replace")
+    if kind == "image" and os.path.realpath(output) in {os.path.realpath(p) for p in source.paths}:
+        raise RunError(f"--output {output}: is the source's photo, which its annotated copy would replace")
 
 
 def _checked_outputs(opts: RunOptions) -> RunOptions:
@@ -584,6 +586,8 @@ def _checked_outputs(opts: RunOptions) -> RunOptions:
     if opts.output_segment is not None:
         if opts.output is None or output_kind(opts.output) != "video":
             raise ValueError("--output-segment cuts the --output video into files: add --output with a video file")
+    if opts.output_fps is not None and opts.output is not None and output_kind(opts.output) != "video":
+        raise ValueError(f"--output-fps is the frame rate of a video; --output {opts.output} writes images")
         if not 1.0 <= opts.output_segment < float("inf"):  # NaN fails too
             raise ValueError(f"--output-segment must be at least 1 second, got {opts.output_segment}")
     for flag, path in (("--output", opts.output), ("--summary-json", opts.summary_json)):

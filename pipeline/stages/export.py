@@ -185,8 +185,10 @@ def export(run, cfg, variants=None, out_dir: str | Path | None = None) -> dict:
         check_export_folder(out, run)  # first: before the data is read or a model converted
         # The folder's lock, held to the end, and the check again under it: two exports
         # into one folder at the same moment (runs named alike) would both pass the check
-        # made before, then mix their files.
-        with folder_lock(out, "export", "export folder", "export elsewhere (--out DIR)"):
+        # made before, then mix their files. The lock file lies beside the folder, not in
+        # what is copied to a device, nor on the run folder's own lock (an export to it).
+        lock = out.parent / f".{out.name}.export.lock"
+        with folder_lock(out, "export", "export folder", "export elsewhere (--out DIR)", lock):
             check_export_folder(out, run)
             data = task.load_data(cfg)
             class_names = list(task.class_names(data))

@@ -38,6 +38,9 @@ SECTIONS = {
 # Settings that change how a stage runs, not what it makes: a resume after an
 # out-of-memory kill with data.cache=disk, or with XLA off, is the same training.
 _HOW = {"data": ("cache", "cache_budget_mb"), "train": ("xla", "worker_timeout_s")}
+# Single settings a stage reads from a section it does not hold: QAT calibrates its
+# quantization ranges on export.representative_samples images.
+_ALSO = {"qat": (("export", "representative_samples"),)}
 
 
 # Annotation files, read by content wherever they lie: a label fixed in place (a class
@@ -46,35 +49,47 @@ _ANNOTATIONS = (".txt", ".xml", ".json", ".yaml", ".yml", ".csv")
 
 
 def data_stamp(data_cfg, sources=()) -> list:
-    """What the data config names, and the folders ``sources`` the task's reader reads
-    besides (images beside a COCO file, the folders a YOLO data.yaml lists): a file by
-    its content's sha256; under a folder, annotation files by content too, and every
-    other file (an image, a mask) by its name there and its size (a stat, not a read of
-    gigabytes): photos added, removed or replaced. Not modification times nor absolute
-    paths, which differ between the copies of the data that the workers of a
-    multi-worker run on several hosts read."""
-    named = sorted((k, v) for k, v in dataclasses.asdict(data_cfg).items() if isinstance(v, str) and v)
-    out = []
-    for key, value in [*named, *(("source", str(s)) for s in sources)]:
-        if not os.path.exists(value):
+    """What the data config names, and what the task's reader reads besides
+    (``sources``: ``(name, path)`` of the images a COCO file lists beside it, the
+    folders a YOLO data.yaml names): a file a ``data.*`` setting names by its
+    content's sha256; under a folder, and among ``sources``, annotation files by content
+    too and every other file (an image, a mask) by its name and its size (a stat, not a
+    read of gigabytes): photos added, removed or replaced. A folder reached twice is
+    read once, and a named file found again under a folder is not read again. Not
+    modification times nor absolute paths, which differ between the copies of the data
+    that the workers of a multi-worker run on several hosts read."""
+    named = sorted((k, v, True) for k, v in dataclasses.asdict(data_cfg).items() if isinstance(v, str) and v)
+    given = [e for e in [*named, *((name, str(p), False) for name, p in sources)] if os.path.exists(e[1])]
+    out, seen, walked = [], set(), []
+    # files first, so that one found again under a folder (the JSON inside data.path) is not read twice
+    for key, value, is_named in sorted(given, key=lambda e: not os.path.isfile(e[1])):
+        real = os.path.realpath(value)
+        if real in seen or any(real.startswith(w) for w in walked):  # a folder under one walked already
             continue
+        seen.add(real)
         if os.path.isfile(value):
-            out.append([key, "", sha256(value)])
+            out.append([key, "", sha256(value) if is_named else _stamp(value)])
             continue
+        walked.append(os.path.join(real, ""))
         root = len(os.path.join(value, ""))  # os.walk's paths start with it: the name under the folder
         for p in _files_under(value):
             try:
-                out.append([key, p[root:], _digest(p) if p.lower().endswith(_ANNOTATIONS) else os.stat(p).st_size])
+                if p.lower().endswith(_ANNOTATIONS) and os.path.realpath(p) in seen:
+                    continue
+                out.append([key, p[root:], _stamp(p)])
             except OSError:  # a broken link: the readers report it, if they read it
                 continue
     return out
 
 
-def _digest(path: str) -> str:
-    """A small file's sha256, read whole: for tens of thousands of label files, without
-    :func:`sha256`'s per-process cache (a realpath and a stat more each, 4 times slower)."""
+def _stamp(path: str):
+    """A data file's part of the key: an annotation file's sha256, another's size."""
+    if not path.lower().endswith(_ANNOTATIONS):
+        return os.stat(path).st_size
+    # Read whole, without sha256()'s per-process cache (a realpath and a stat more each,
+    # 4 times slower over tens of thousands of label files); streamed, for a large JSON.
     with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _files_under(folder: str) -> list[str]:
@@ -100,6 +115,8 @@ def stage_key(cfg, stage: str, extra=None) -> str:
     for section, keys in _HOW.items():
         if isinstance(identity.get(section), dict):
             identity[section] = {k: v for k, v in identity[section].items() if k not in keys}
+    for section, key in _ALSO.get(base.split(":")[0], ()):
+        identity[f"{section}.{key}"] = d.get(section, {}).get(key)
     if base == "train":
         identity["files"] = data_stamp(cfg.data, get_task(cfg.task).data_sources(cfg))
     identity["extra"] = extra

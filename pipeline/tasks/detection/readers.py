@@ -139,11 +139,41 @@ def _image_size(path: Path) -> tuple[int, int]:
 # === COCO ===
 
 
-def coco_image_root(annotations: str, *folders: str) -> Path:
-    """The folder a COCO file's ``file_name``s are relative to: the first of ``folders``
-    given (``data.train_images``, ``data.path``...), else the annotation file's own
-    folder, where exporters (Roboflow, CVAT) put it beside the images."""
-    return Path(next((f for f in folders if f), "") or Path(annotations).parent)
+def coco_image_roots(d) -> list[tuple[Path, Path, bool]]:
+    """``(annotation file, image folder, whether a data.* setting names it)`` of the
+    train and (if given) val COCO files, for every task that reads COCO: the folder
+    their ``file_name``s are relative to is ``data.train_images`` (val:
+    ``data.val_images``, then ``data.train_images``), else ``data.path``, else the
+    annotation file's own folder, where exporters (Roboflow, CVAT) put it beside the
+    images."""
+    out = []
+    for ann, folders in ((d.train_annotations, (d.train_images, d.path)),
+                         (d.val_annotations, (d.val_images, d.train_images, d.path))):  # fmt: skip
+        if ann:
+            given = next((f for f in folders if f), "")
+            out.append((Path(ann), Path(given or Path(ann).parent), bool(given)))
+    return out
+
+
+def working_folder_hint(file_name: str) -> str:
+    """For an image not found where a COCO file's names point: a hint when it lies in
+    the working folder, where detection looked by default before 2026-12-06."""
+    if Path(file_name).is_file():
+        return "; it is in the working folder: set data.train_images=. (or data.val_images=.)"
+    return ""
+
+
+def coco_listed_images(annotations: Path, root: Path) -> list[tuple[str, Path]]:
+    """``(file_name, path)`` of the images a COCO file lists, unchecked (a malformed
+    file is the reader's error): what resume's data key stamps where the images lie
+    beside the file, in a folder that may hold anything else (the working folder)."""
+    try:
+        with open(annotations, "rb") as f:
+            images = json.load(f).get("images")
+    except (OSError, ValueError, AttributeError):
+        return []
+    names = [im.get("file_name") for im in images if isinstance(im, dict)] if isinstance(images, list) else []
+    return [(n, root / n) for n in names if isinstance(n, str)]
 
 
 def read_coco_json(path: Path, image_fields: tuple[str, ...] = ("id", "file_name")) -> dict:
@@ -215,7 +245,10 @@ def read_coco(annotations: Path, image_root: Path, names: tuple[str, ...] | None
     for img_id, im in images.items():
         path = Path(image_root) / im["file_name"]
         if not path.is_file():
-            raise DataError(f"{annotations}: image {im['file_name']!r} (id {img_id}) not found under {image_root}")
+            raise DataError(
+                f"{annotations}: image {im['file_name']!r} (id {img_id}) not found under {image_root}"
+                + working_folder_hint(im["file_name"])
+            )
         objs = per_image.get(img_id, [])
         try:
             declared = _declared(im.get("height"), im.get("width"))
@@ -494,23 +527,32 @@ def _ratio_split(split: DetSplit, val_split: float, seed: int) -> tuple[DetSplit
     return split.take(train), split.take(val)
 
 
-def data_sources(d) -> list[Path]:
-    """The folders the configured data is read from that no ``data.*`` setting names:
-    COCO's image folders where they default to the annotation file's, YOLO's image and
-    label folders, which its data.yaml names. Resume's data key covers them, so a label
-    fixed there trains again."""
-    if d.format == "coco" and d.train_annotations:
-        out = [coco_image_root(d.train_annotations, d.train_images, d.path)]
-        if d.val_annotations:
-            out.append(coco_image_root(d.val_annotations, d.val_images, d.train_images, d.path))
-        return out
+def data_sources(d) -> list[tuple[str, Path]]:
+    """``(name, path)`` of what the configured data is read from that no ``data.*``
+    setting names, for resume's data key (so a label fixed there trains again): the
+    images a COCO file lists where they default to its folder (that folder may be the
+    working folder, runs and all: only the listed files), and the image and label
+    folders of the splits trained on that a YOLO data.yaml names."""
+    if d.format == "coco":
+        return coco_sources(d)
     if d.format == "yolo" and d.path:
         try:
             _, folders, _ = read_yolo_yaml(Path(d.path))
         except DataError:  # training reports it
             return []
-        return [p for f in folders.values() for p in (f, yolo_labels_dir(f)) if p is not None]
+        used = [folders[s] for s in d.splits if s in folders]
+        return [(f"yolo {p.name}", p) for f in used for p in (f, yolo_labels_dir(f)) if p is not None]
     return []
+
+
+def coco_sources(d) -> list[tuple[str, Path]]:
+    """:func:`data_sources` of COCO files, for both tasks that read them."""
+    return [
+        (f"{ann.name}: {name}", path)
+        for ann, root, given in coco_image_roots(d)
+        if not given
+        for name, path in coco_listed_images(ann, root)
+    ]
 
 
 def load(cfg) -> DetectionData:
@@ -525,12 +567,10 @@ def load(cfg) -> DetectionData:
             raise DataError(
                 "data.format=coco needs data.train_annotations (images: data.train_images, data.path, or beside it)"
             )
-        train, names = read_coco(
-            Path(d.train_annotations), coco_image_root(d.train_annotations, d.train_images, d.path)
-        )
-        if d.val_annotations:
-            root = coco_image_root(d.val_annotations, d.val_images, d.train_images, d.path)
-            val, _ = read_coco(Path(d.val_annotations), root, names)
+        (ann, root, _), *val_file = coco_image_roots(d)
+        train, names = read_coco(ann, root)
+        if val_file:
+            val, _ = read_coco(val_file[0][0], val_file[0][1], names)
         else:
             train, val = _ratio_split(train, d.val_split, d.seed)
     elif fmt == "voc":

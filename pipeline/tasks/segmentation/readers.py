@@ -552,7 +552,7 @@ def _coco_split(ann_path: Path, image_root: Path, ignore: int, cats=None) -> tup
     """``(image path, (rasterizer, height, width))`` pairs of one COCO file, and its categories."""
     from pycocotools.coco import COCO
 
-    from pipeline.tasks.detection.readers import read_coco_json
+    from pipeline.tasks.detection.readers import read_coco_json, working_folder_hint
 
     coco = COCO()  # pycocotools' index over the document we checked (not a second read of the file)
     coco.dataset = read_coco_json(ann_path, ("id", "file_name", "height", "width"))
@@ -564,7 +564,9 @@ def _coco_split(ann_path: Path, image_root: Path, ignore: int, cats=None) -> tup
         info = coco.imgs[image_id]
         path = image_root / info["file_name"]
         if not path.is_file():
-            raise DataError(f"{ann_path}: image {path} (id {image_id}) does not exist")
+            raise DataError(
+                f"{ann_path}: image {path} (id {image_id}) does not exist" + working_folder_hint(info["file_name"])
+            )
         try:
             anns = coco_image_annotations(coco, image_id, cat_to_class, dropped)
         except DataError as e:
@@ -578,30 +580,24 @@ def _coco_split(ann_path: Path, image_root: Path, ignore: int, cats=None) -> tup
     return pairs, cats
 
 
-def _coco_roots(d: DataConfig) -> list[Path]:
-    """The image folders of the train and (if given) val annotation files."""
-    from pipeline.tasks.detection.readers import coco_image_root
+def data_sources(d: DataConfig) -> list:
+    """What is read that no ``data.*`` setting names (the detection reader's rule)."""
+    from pipeline.tasks.detection.readers import coco_sources
 
-    roots = [coco_image_root(d.train_annotations, d.train_images, d.path)]
-    if d.val_annotations:
-        roots.append(coco_image_root(d.val_annotations, d.val_images, d.path))
-    return roots
-
-
-def data_sources(d: DataConfig) -> list[Path]:
-    """The folders read that no ``data.*`` setting names (as the detection reader's)."""
-    return _coco_roots(d) if d.format == "coco" and d.train_annotations else []
+    return coco_sources(d) if d.format == "coco" else []
 
 
 def read_coco(d: DataConfig, spec: InputSpec) -> SegmentationData:
     """COCO instances JSON per split; class 0 is background, then categories by id."""
     if not d.train_annotations:
         raise DataError("data.train_annotations: required for data.format 'coco' (a COCO instances JSON)")
-    roots = _coco_roots(d)
-    train, cats = _coco_split(Path(d.train_annotations), roots[0], d.ignore_index)
+    from pipeline.tasks.detection.readers import coco_image_roots
+
+    (ann, root, _), *val_file = coco_image_roots(d)
+    train, cats = _coco_split(ann, root, d.ignore_index)
     val = None
-    if d.val_annotations:
-        val, _ = _coco_split(Path(d.val_annotations), roots[1], d.ignore_index, cats)
+    if val_file:
+        val, _ = _coco_split(val_file[0][0], val_file[0][1], d.ignore_index, cats)
     names = tuple(d.class_names) or ("background", *(c["name"] for c in cats))
     return _finish(d, spec, train, val, names)
 
