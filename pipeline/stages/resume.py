@@ -71,10 +71,13 @@ def data_stamp(data_cfg, sources=()) -> list:
             out.append([key, "", sha256(value) if is_named else _stamp(value)])
             continue
         walked.append(os.path.join(real, ""))
+        # named files in this folder (the JSON inside data.path): skipped below, found by name
+        # first (a realpath for every label file would double the key's time)
+        inside = {os.path.basename(s) for s in seen if s.startswith(walked[-1])}
         root = len(os.path.join(value, ""))  # os.walk's paths start with it: the name under the folder
         for p in _files_under(value):
             try:
-                if p.lower().endswith(_ANNOTATIONS) and os.path.realpath(p) in seen:
+                if inside and os.path.basename(p) in inside and os.path.realpath(p) in seen:
                     continue
                 out.append([key, p[root:], _stamp(p)])
             except OSError:  # a broken link: the readers report it, if they read it
@@ -86,10 +89,13 @@ def _stamp(path: str):
     """A data file's part of the key: an annotation file's sha256, another's size."""
     if not path.lower().endswith(_ANNOTATIONS):
         return os.stat(path).st_size
-    # Read whole, without sha256()'s per-process cache (a realpath and a stat more each,
-    # 4 times slower over tens of thousands of label files); streamed, for a large JSON.
+    # Without sha256()'s per-process cache (a realpath and a stat more each, 4 times
+    # slower over tens of thousands of label files); a large JSON in 1 MB pieces.
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _files_under(folder: str) -> list[str]:
