@@ -320,6 +320,15 @@ def test_voc_split_list_typo_is_an_error_and_a_missing_val_list_a_ratio_split(tm
     assert len(data.train) + len(data.val) == 3 and "no val.txt; splitting default.txt" in caplog.text
 
 
+def test_a_jpeg_mask_is_an_error_not_labels_changed_along_every_edge(tmp_path):
+    root = _mask_root(tmp_path, n=2)
+    mask = root / "masks" / "train" / "train0.png"
+    cv2.imwrite(str(mask.with_suffix(".jpg")), cv2.imread(str(mask), cv2.IMREAD_UNCHANGED))
+    mask.unlink()
+    with pytest.raises(DataError, match=r"train0\.jpg: a JPEG mask; .*Save masks as PNG"):
+        load(seg_config("data.format=masks", f"data.path={root}"), InputSpec(32))
+
+
 def test_image_without_a_mask_names_the_image(tmp_path):
     root = _mask_root(tmp_path, n=2)
     (root / "masks" / "train" / "train0.png").unlink()
