@@ -541,7 +541,7 @@ def data_sources(d) -> list[tuple[str, Path]]:
         except DataError:  # training reports it
             return []
         used = [folders[s] for s in d.splits if s in folders]
-        return [(f"yolo {p.name}", p) for f in used for p in (f, yolo_labels_dir(f)) if p is not None]
+        return [(f"yolo {p.parent.name}/{p.name}", p) for f in used for p in (f, yolo_labels_dir(f)) if p is not None]
     return []
 
 
