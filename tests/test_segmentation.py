@@ -237,14 +237,15 @@ def test_num_classes_and_class_names_must_agree():
         seg_config("data.num_classes=3", "data.class_names=[a,b]")
 
 
-def test_binary_0_255_masks_warn_that_foreground_is_ignored(tmp_path, caplog):
+def test_binary_0_255_masks_are_an_error_not_a_background_only_model(tmp_path):
+    """Every foreground pixel ignored: trained, the model learned background only and
+    reported val_miou 1.0 (the one class its validation held)."""
     for split in ("train", "val"):
         for i in range(2):
             m = np.where(_blocks(40, 48, 2, i) > 0, 255, 0).astype(np.uint8)
             _write_pair(tmp_path / "images" / split, tmp_path / "masks" / split, f"{split}{i}", m)
-    with caplog.at_level("WARNING"):
+    with pytest.raises(DataError, match=r"no training pixels of class\(es\) \['fg'\]; .*need 255 written as 1"):
         load(seg_config("data.format=masks", f"data.path={tmp_path}", "data.class_names=[bg,fg]"), InputSpec(32))
-    assert "no training pixels of class(es) ['fg']" in caplog.text and "need 255 written as 1" in caplog.text
 
 
 def _coco_doc(tmp_path, **changes):

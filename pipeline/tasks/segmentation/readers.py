@@ -405,10 +405,11 @@ def _warn_about_labels(train: SegSplit, names: tuple[str, ...], ignore: int) -> 
     """Warn about classes without a training pixel (among up to ``LABEL_SAMPLE`` masks
     spread over the split, read here and again when training: a bounded cost).
 
-    When no class but 0 has any, the usual cause is binary masks saved as 0/255 with
-    255 the ignore index: every foreground pixel is ignored, and the model would
-    learn background only. (Letterbox padding and VOC's void border are ignored
-    pixels too, so their share alone proves nothing.)
+    When no class but 0 has any, it is an error: the model would learn background
+    only, and score a perfect mIoU on the one class its validation holds. The usual
+    cause is binary masks saved as 0/255 with 255 the ignore index: every foreground
+    pixel is ignored. (Letterbox padding and VOC's void border are ignored pixels too,
+    so their share alone proves nothing.)
     """
     idx = np.unique(np.linspace(0, len(train) - 1, min(len(train), LABEL_SAMPLE)).astype(int))
     masks = train.take(idx).arrays()[1]
@@ -418,13 +419,18 @@ def _warn_about_labels(train: SegSplit, names: tuple[str, ...], ignore: int) -> 
     if not empty:
         return
     sampled = f" (in {len(idx)} of {len(train)} masks)" if len(idx) < len(train) else ""
-    hint = ""
-    if counts[1:].sum() == 0 and (masks == IGNORE).any():
-        hint = (
-            f"; only class 0 and data.ignore_index={ignore} occur: binary masks saved as 0/{ignore} "
-            f"need {ignore} written as 1, or they train background only"
+    if counts[1:].sum() == 0:
+        hint = "the masks hold class 0 (background) only"
+        if (masks == IGNORE).any():
+            hint = (
+                f"only class 0 and data.ignore_index={ignore} occur: binary masks saved as 0/{ignore} "
+                f"need {ignore} written as 1"
+            )
+        raise DataError(
+            f"segmentation: no training pixels of class(es) {empty}{sampled}; {hint}. Trained so, a model learns "
+            "background only (and scores a perfect mIoU on it)"
         )
-    log.warning("segmentation: no training pixels of class(es) %s%s%s", empty, sampled, hint)
+    log.warning("segmentation: no training pixels of class(es) %s%s", empty, sampled)
 
 
 def read_masks(d: DataConfig, spec: InputSpec) -> SegmentationData:
