@@ -525,6 +525,27 @@ def test_the_data_key_covers_the_folders_a_dataset_file_names_and_labels_by_cont
     before = key(*yolo)
     (tmp_path / "yolo" / "labels" / "test" / "t.txt").write_text("0 0.5 0.5 0.25 0.5")
     assert key(*yolo) == before
+    # a segmentation mask relabelled in place, the same size (an uncompressed PNG): by content
+    seg = tmp_path / "seg"
+    for sub in ("images/train", "masks/train"):
+        (seg / sub).mkdir(parents=True)
+    (seg / "images" / "train" / "a.jpg").write_bytes(b"jpeg")
+    (seg / "masks" / "train" / "a.png").write_bytes(bytes([1, 1, 0]))
+    masks = ("data.format=masks", f"data.path={seg}")
+    before = stage_key(tiny_config(*masks, task="segmentation"), "train")
+    (seg / "masks" / "train" / "a.png").write_bytes(bytes([2, 1, 0]))
+    assert stage_key(tiny_config(*masks, task="segmentation"), "train") != before
+    # what no reader reads, and the desktop rewrites on a glance at the folder, is not in it
+    photos = tmp_path / "photos"
+    (photos / "cat").mkdir(parents=True)
+    (photos / "cat" / "1.jpg").write_bytes(b"x")
+    folder = ("data.format=folder", f"data.path={photos}")
+    before = stage_key(tiny_config(*folder), "train")
+    (photos / ".DS_Store").write_bytes(b"finder")
+    (photos / "cat" / "Thumbs.db").write_bytes(b"windows")
+    (photos / ".ipynb_checkpoints").mkdir()
+    (photos / ".ipynb_checkpoints" / "x.jpg").write_bytes(b"x")
+    assert stage_key(tiny_config(*folder), "train") == before
     # QAT calibrates its ranges on export.representative_samples images
     qat = tiny_config("export.representative_samples=9")
     assert stage_key(qat, "qat:qat") != stage_key(tiny_config(), "qat:qat")

@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+from pipeline.core.images import IMAGE_SUFFIXES
 from pipeline.core.rundir import RunDir, sha256
 from pipeline.tasks import get_task
 
@@ -44,17 +45,30 @@ _ALSO = {"qat": (("export", "representative_samples"),)}
 
 
 # Annotation files, read by content wherever they lie: a label fixed in place (a class
-# id, a coordinate) often leaves the file's size as it was.
+# id, a coordinate) often leaves the file's size as it was. So are segmentation masks
+# (the images under these folders, or under data.train_masks / data.val_masks: an
+# uncompressed PNG relabelled in place keeps its size) and MNIST's idx files.
 _ANNOTATIONS = (".txt", ".xml", ".json", ".yaml", ".yml", ".csv")
+_MASK_FOLDERS = {"masks", "SegmentationClass", "SegmentationObject"}
+_MASK_KEYS = ("train_masks", "val_masks")
+
+
+def _read_by_readers(name: str) -> bool:
+    """Whether a file under a data folder is of a kind some reader reads: an image, an
+    annotation or an idx file. Not a Finder's .DS_Store or Windows' Thumbs.db, which the
+    desktop rewrites on a glance at the folder: in the key, they retrained for nothing."""
+    lower = name.lower()
+    return lower.endswith((*IMAGE_SUFFIXES, *_ANNOTATIONS)) or "ubyte" in lower
 
 
 def data_stamp(data_cfg, sources=()) -> list:
     """What the data config names, and what the task's reader reads besides
     (``sources``: ``(name, path)`` of the images a COCO file lists beside it, the
     folders a YOLO data.yaml names): a file a ``data.*`` setting names by its
-    content's sha256; under a folder, and among ``sources``, annotation files by content
-    too and every other file (an image, a mask) by its name and its size (a stat, not a
-    read of gigabytes): photos added, removed or replaced. A folder reached twice is
+    content's sha256; under a folder (the files of kinds a reader reads, outside hidden
+    folders), and among ``sources``, annotation files and masks by content too, and
+    every other file (an image) by its name and its size (a stat, not a read of
+    gigabytes): photos added, removed or replaced. A folder reached twice is
     read once, and a named file found again under a folder is not read again. Not
     modification times nor absolute paths, which differ between the copies of the data
     that the workers of a multi-worker run on several hosts read."""
@@ -75,19 +89,25 @@ def data_stamp(data_cfg, sources=()) -> list:
         # first (a realpath for every label file would double the key's time)
         inside = {os.path.basename(s) for s in seen if s.startswith(walked[-1])}
         root = len(os.path.join(value, ""))  # os.walk's paths start with it: the name under the folder
+        masks = key in _MASK_KEYS
         for p in _files_under(value):
+            name = p[root:]
+            if not _read_by_readers(name):
+                continue
             try:
                 if inside and os.path.basename(p) in inside and os.path.realpath(p) in seen:
                     continue
-                out.append([key, p[root:], _stamp(p)])
+                whole = masks or not _MASK_FOLDERS.isdisjoint(name.split(os.sep)[:-1])
+                out.append([key, name, _stamp(p, whole)])
             except OSError:  # a broken link: the readers report it, if they read it
                 continue
     return out
 
 
-def _stamp(path: str):
-    """A data file's part of the key: an annotation file's sha256, another's size."""
-    if not path.lower().endswith(_ANNOTATIONS):
+def _stamp(path: str, whole: bool = False):
+    """A data file's part of the key: an annotation file's (or with ``whole``, a mask's)
+    sha256, another's size."""
+    if not (whole or path.lower().endswith(_ANNOTATIONS) or "ubyte" in path.lower()):
         return os.stat(path).st_size
     # Without sha256()'s per-process cache (a realpath and a stat more each, 4 times
     # slower over tens of thousands of label files); a large JSON in 1 MB pieces.
@@ -99,8 +119,9 @@ def _stamp(path: str):
 
 
 def _files_under(folder: str) -> list[str]:
-    """Every file under ``folder``, through links to folders (a class folder may be
-    one), each real folder once (a link to a parent does not loop)."""
+    """Every file under ``folder`` outside hidden folders (no reader reads
+    ``.ipynb_checkpoints`` or ``.cache``), through links to folders (a class folder may
+    be one), each real folder once (a link to a parent does not loop)."""
     seen, files = set(), []
     for d, dirs, names in os.walk(folder, followlinks=True):
         st = os.stat(d)
@@ -108,6 +129,7 @@ def _files_under(folder: str) -> list[str]:
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
+        dirs[:] = [x for x in dirs if not x.startswith(".")]
         files += [os.path.join(d, n) for n in names]
     return sorted(files)
 
