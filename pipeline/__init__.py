@@ -27,6 +27,7 @@ _EXPORTS = {
     "run_chain": "pipeline.stages.chain",
     "TFLiteModel": "pipeline.runtime.tflite_model",
     "RunOptions": "pipeline.runtime.runner",
+    "load_model": "pipeline.runtime.runner",
     "run_video": ("pipeline.runtime.runner", "run"),
 }
 

@@ -99,6 +99,9 @@ def test_inspect_and_benchmark_reject_bad_files_and_arguments(tmp_path):
     assert r.returncode == 2 and "junk.tflite: not a TFLite model" in r.stderr
     r = _cli("benchmark", str(tmp_path / "none.tflite"))
     assert r.returncode == 2 and "none.tflite: no such model file" in r.stderr
+    # a run or export folder given for its model: said so, with the models in it
+    r = _cli("inspect", str(tmp_path))
+    assert r.returncode == 2 and "a folder, not a model file: give a .tflite; it holds junk.tflite" in r.stderr
     r = _cli("benchmark", str(junk), "--threads", "one")
     assert r.returncode == 2 and "--threads 'one'" in r.stderr
 

@@ -404,6 +404,21 @@ def test_image_folder_glob_and_single_image_with_odd_frames(model, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_model_predicts_from_python_as_the_runner_does(model, tmp_path):
+    """The Python API for one image: the runner's preprocessing and post-processing."""
+    import pipeline
+
+    photo = np.random.default_rng(0).integers(0, 256, (50, 70, 3), np.uint8)
+    cv2.imwrite(str(tmp_path / "p.png"), photo)
+    _run(model, str(tmp_path / "p.png"), jsonl=tmp_path / "p.jsonl", task_options={"top_k": 3})
+    m = pipeline.load_model(model)
+    preds = m.task.to_json(m.predict(photo, bgr=True, top_k=3))
+    assert preds == json.loads((tmp_path / "p.jsonl").read_text())["predictions"]
+    rgb = m.predict(photo[..., ::-1].copy(), top_k=3)  # RGB is the default
+    assert m.task.to_json(rgb) == preds
+
+
+@pytest.mark.slow
 def test_photos_to_a_folder_keep_their_names_and_sizes(model, tmp_path):
     """A folder of photos of many sizes (a phone's, a camera's) to ``--output DIR``: an
     annotated copy of each, at its own size, under its name; a video would squeeze them
@@ -421,7 +436,10 @@ def test_photos_to_a_folder_keep_their_names_and_sizes(model, tmp_path):
     assert s["frames"] == 3 and s["skipped_images"] == 1
     out = {p.name: cv2.imread(str(p)).shape[:2] for p in (tmp_path / "annotated").iterdir()}
     assert out == sizes  # nothing else left there: no temporary files
-    assert not (cv2.imread(str(tmp_path / "annotated" / "b.png")) == 90).all()  # the HUD was drawn on it
+    assert not (cv2.imread(str(tmp_path / "annotated" / "b.png")) == 90).all()  # the predictions drawn on it
+    _run(model, str(d), output=tmp_path / "no_hud", hud=False)  # no live FPS panel on photos: as with --no-hud
+    for name in sizes:
+        assert (tmp_path / "annotated" / name).read_bytes() == (tmp_path / "no_hud" / name).read_bytes()
     # a glob over two folders with a photo of the same name each: the later one gets -1
     (tmp_path / "more").mkdir()
     cv2.imwrite(str(tmp_path / "more" / "a.jpg"), np.full((10, 12, 3), 90, np.uint8))

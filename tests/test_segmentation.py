@@ -145,6 +145,12 @@ def test_voc_palette_masks_give_class_indices_not_colours(tmp_path):
     assert len(data.train) == 2 and len(data.val) == 1 and data.class_names[15] == "person"
     masks = data.train.arrays()[1]
     assert 15 in masks and (masks[:, 0] == IGNORE).all()
+    # data.path at the folder holding VOCdevkit/VOC2012: the VOC folder is named
+    voc = tmp_path / "VOCdevkit" / "VOC2012"
+    voc.mkdir(parents=True)
+    (tmp_path / "SegmentationClass").rename(voc / "SegmentationClass")
+    with pytest.raises(DataError, match=r"no SegmentationClass folder; did you mean data.path=.*VOCdevkit/VOC2012\?"):
+        load(seg_config("data.format=voc", f"data.path={tmp_path}"), InputSpec(30))
 
 
 def test_coco_polygons_and_rle_become_a_semantic_mask(tmp_path):
@@ -328,6 +334,14 @@ def test_a_jpeg_mask_is_an_error_not_labels_changed_along_every_edge(tmp_path):
     mask.unlink()
     with pytest.raises(DataError, match=r"train0\.jpg: a JPEG mask; .*Save masks as PNG"):
         load(seg_config("data.format=masks", f"data.path={root}"), InputSpec(32))
+
+
+def test_a_mask_without_an_image_is_a_counted_warning(tmp_path, caplog):
+    root = _mask_root(tmp_path, n=2)
+    (root / "masks" / "train" / "orphan.png").write_bytes((root / "masks" / "train" / "train0.png").read_bytes())
+    with caplog.at_level("WARNING"):
+        load(seg_config("data.format=masks", f"data.path={root}"), InputSpec(32))
+    assert "1 mask(s) without an image in" in caplog.text and "not used: orphan.png" in caplog.text
 
 
 def test_image_without_a_mask_names_the_image(tmp_path):

@@ -29,11 +29,21 @@ def check_header(data: bytes, where: str | Path, error: type[ModelFileError] = M
         raise error(f"{where}: not a TFLite model (no TFL3 flatbuffer identifier)")
 
 
+def not_a_model_file(p: Path) -> str:
+    """Why ``p`` is no model file to read: missing, or a folder (a run or export folder
+    given for the model in it: its .tflite files are named)."""
+    if p.is_dir():
+        models = sorted(m.name for m in p.glob("*.tflite"))
+        inside = f"; it holds {', '.join(models[:4])}" if models else "; the models are in the export folder"
+        return f"{p}: a folder, not a model file: give a .tflite{inside}"
+    return f"{p}: no such model file"
+
+
 def read_model_file(path: str | Path) -> bytes:
     """A ``.tflite`` file's bytes, with a clear error for a missing or foreign file."""
     p = Path(path)
     if not p.is_file():
-        raise ModelNotFoundError(f"{p}: no such model file")
+        raise ModelNotFoundError(not_a_model_file(p))
     data = p.read_bytes()
     check_header(data, p)
     return data

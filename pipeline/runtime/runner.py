@@ -153,16 +153,28 @@ class LoadedModel:
     def task(self):
         return get_runtime(self.task_name)
 
+    def predict(self, image: np.ndarray, bgr: bool = False, **options):
+        """One image (RGB, or BGR as OpenCV reads it with ``bgr``; any size) → the
+        task's predictions in its pixels, by the runner's own preprocessing and
+        post-processing; ``options`` as the runner's task options (``top_k``,
+        ``score_threshold``...)."""
+        outputs = self.model.invoke(prepare(image, self.spec, bgr=bgr)[None])
+        return self.task.postprocess(outputs, self.class_names, spec=self.spec, frame_shape=image.shape[:2], **options)
+
 
 # === Model, sidecar, metadata and overrides ===
 
 
-def load_model(opts: RunOptions) -> LoadedModel:
-    """The interpreter, input spec, task and labels for ``opts.model``, or a clear error.
+def load_model(opts: RunOptions | str | Path) -> LoadedModel:
+    """The interpreter, input spec, task and labels for ``opts.model`` (or a model
+    path, with the runner's defaults), or a clear error.
 
     They come from the sidecar beside the model, else from its TFLite metadata (a model
     copied without its sidecar, or one exported elsewhere); options override both.
+    From Python: ``load_model("exports/r1/int8.tflite").predict(rgb_image)``.
     """
+    if not isinstance(opts, RunOptions):
+        opts = RunOptions(model=Path(opts), source="")
     path = Path(opts.model)
     for name in ("threads", "max_frames", "reconnect_attempts"):
         low = 1 if name == "threads" else 0
@@ -452,7 +464,9 @@ class _Loop:
         np.maximum(boxes, 0, out=boxes)
 
     def _draw(self, f: Frame, preds, now: float) -> None:
-        if self.opts.hud:  # first, so that on a small frame predictions stay on top
+        # Not on annotated photos, which are deliverables: a live panel there read "0.0
+        # FPS", gave the previous photo's timings, and covered a small photo whole.
+        if self.opts.hud and not isinstance(self.sink, ImageFiles):  # first: predictions stay on top
             # Numbers that change 60 times a second are unreadable: re-render the
             # panel 4 times a second and paste it (a copy) on every frame.
             if self._hud is None or now - self._hud_t > 0.25 or self._hud_shape != f.image.shape:

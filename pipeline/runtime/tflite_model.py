@@ -19,7 +19,7 @@ import numpy as np
 from pipeline.core.errors import ModelFileError
 from pipeline.core.images import InputSpec, normalize
 from pipeline.core.metadata import ssd_output_order
-from pipeline.core.tflite import check_header, output_order, ssd_op_options
+from pipeline.core.tflite import check_header, not_a_model_file, output_order, ssd_op_options
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def open_interpreter(model_path: str | Path | None = None, model_content: bytes 
     if model_path is not None:
         p = Path(model_path)
         if not p.is_file():
-            raise ModelFileError(f"{p}: no such model file")
+            raise ModelFileError(not_a_model_file(p))
         with p.open("rb") as f:
             check_header(f.read(8), p)
     try:

@@ -284,12 +284,20 @@ def _coco_entries(path: Path, entries, key: str, required: tuple[str, ...]) -> l
 # === Pascal VOC ===
 
 
+def voc_root_hint(root: Path, marker: str) -> str:
+    """A hint for a ``data.path`` one or two levels above a VOC folder (the folder
+    holding ``VOCdevkit/VOC2012``): the VOC folder found under it, by its ``marker``."""
+    found = sorted(p.parent for pattern in (f"*/{marker}", f"*/*/{marker}") for p in Path(root).glob(pattern))
+    return f"; did you mean data.path={found[0]}?" if found else ""
+
+
 def read_voc(root: Path, split_name: str, names: tuple[str, ...] | None = None):
     """``root/ImageSets/Main/<split>.txt`` + ``Annotations/*.xml`` + ``JPEGImages``."""
     root = Path(root)
     listing = root / "ImageSets" / "Main" / f"{split_name}.txt"
     if not listing.is_file():
-        raise DataError(f"{listing}: VOC split list not found")
+        hint = "" if (root / "Annotations").is_dir() else voc_root_hint(root, "Annotations")
+        raise DataError(f"{listing}: VOC split list not found{hint}")
     ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
     if not ids:
         raise DataError(f"{listing}: lists no images")

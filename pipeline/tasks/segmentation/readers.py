@@ -355,6 +355,15 @@ def _mask_pairs(images_dir: Path, masks_dir: Path) -> list[tuple[Path, Path]]:
                 "Save masks as PNG (lossless)"
             )
         pairs.append((f, masks[f.stem]))
+    orphans = sorted(set(masks) - {f.stem for f in files})
+    if orphans:  # an image deleted, or renamed with a typo: its labelled mask would go unused unsaid
+        log.warning(
+            "%s: %d mask(s) without an image in %s, not used: %s",
+            masks_dir,
+            len(orphans),
+            images_dir,
+            ", ".join(masks[s].name for s in orphans[:5]),
+        )
     return pairs
 
 
@@ -453,7 +462,10 @@ def read_voc(d: DataConfig, spec: InputSpec) -> SegmentationData:
     root = Path(d.path)
     seg = root / "SegmentationClass"
     if not seg.is_dir():
-        raise DataError(f"{root}: no SegmentationClass folder; is this a VOC2007/VOC2012 folder?")
+        from pipeline.tasks.detection.readers import voc_root_hint
+
+        hint = voc_root_hint(root, "SegmentationClass") or "; is this a VOC2007/VOC2012 folder?"
+        raise DataError(f"{root}: no SegmentationClass folder{hint}")
 
     def pairs(stems) -> list:
         out = []
