@@ -600,10 +600,10 @@ def _checked_outputs(opts: RunOptions) -> RunOptions:
     if opts.output_segment is not None:
         if opts.output is None or output_kind(opts.output) != "video":
             raise ValueError("--output-segment cuts the --output video into files: add --output with a video file")
-    if opts.output_fps is not None and opts.output is not None and output_kind(opts.output) != "video":
-        raise ValueError(f"--output-fps is the frame rate of a video; --output {opts.output} writes images")
         if not 1.0 <= opts.output_segment < float("inf"):  # NaN fails too
             raise ValueError(f"--output-segment must be at least 1 second, got {opts.output_segment}")
+    if opts.output_fps is not None and opts.output is not None and output_kind(opts.output) != "video":
+        raise ValueError(f"--output-fps is the frame rate of a video; --output {opts.output} writes images")
     for flag, path in (("--output", opts.output), ("--summary-json", opts.summary_json)):
         if path is not None and str(path) == "-":
             raise ValueError(f"{flag} -: only --jsonl takes - (standard output); {flag} is written to a file")

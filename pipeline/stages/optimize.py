@@ -344,9 +344,8 @@ def qat(run: RunDir, cfg: Config, skip_done: bool = False) -> dict:
         log.info("no pruned model in %s: prune-preserving QAT skipped (run `edgepipe prune` to add it)", run.path)
     out = {}
     spec = cfg.input_spec()
-    keys = {
-        name: stage_key(cfg, f"qat:{name}") for name, _ in jobs
-    }  # of the config as given: fit_batch may shrink the batch
+    # each fine-tune's key, of the config as given: fit_batch below may shrink the batch
+    keys = {name: stage_key(cfg, f"qat:{name}") for name, _ in jobs}
     for name, src in jobs:
         if skip_done and completed(run, f"qat:{name}", keys[name]):
             log.info("qat:%s: done before with this config and model: skipped", name)

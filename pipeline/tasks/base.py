@@ -99,9 +99,9 @@ class Task:
         return data.class_names
 
     def data_sources(self, cfg) -> list:
-        """Folders :meth:`load_data` reads that no ``data.*`` setting names (images beside
-        an annotation file, the folders a dataset file lists): resume's data key covers
-        them too."""
+        """``(name, path)`` of the files and folders :meth:`load_data` reads that no
+        ``data.*`` setting names (the images a COCO file lists beside it, the folders a
+        YOLO data.yaml names): resume's data key covers them too."""
         return []
 
     def unseen_classes(self, data) -> list[str]:
