@@ -24,8 +24,9 @@ import numpy as np
 
 from pipeline._vendor import image_segmenter_metadata_schema_py_generated as seg_fb
 from pipeline._vendor import metadata_schema_py_generated as md_fb
-from pipeline.core.errors import MetadataError, ModelNotFoundError
-from pipeline.core.tflite import TFLITE_ID, check_header, not_a_model_file, output_order, schema
+from pipeline.core import tflite
+from pipeline.core.errors import MetadataError
+from pipeline.core.tflite import TFLITE_ID, output_order, schema
 
 METADATA_NAME = "TFLITE_METADATA"  # the Model.metadata entry every reader looks for
 SEGMENTER_METADATA = "SEGMENTER_METADATA"  # MediaPipe ImageSegmenter's custom metadata
@@ -427,13 +428,8 @@ def add_metadata(
 
 def read_model_file(path: str | Path) -> bytes:
     """A ``.tflite`` file's bytes for reading its metadata, with a clear error for a
-    missing or foreign file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ModelNotFoundError(not_a_model_file(p))
-    data = p.read_bytes()
-    check_header(data, p, MetadataError)
-    return data
+    missing or foreign file (:func:`pipeline.core.tflite.read_model_file`)."""
+    return tflite.read_model_file(path, MetadataError)
 
 
 def ssd_output_order(model: bytes) -> list[int] | None:

@@ -39,13 +39,14 @@ def not_a_model_file(p: Path) -> str:
     return f"{p}: no such model file"
 
 
-def read_model_file(path: str | Path) -> bytes:
-    """A ``.tflite`` file's bytes, with a clear error for a missing or foreign file."""
+def read_model_file(path: str | Path, error: type[ModelFileError] = ModelFileError) -> bytes:
+    """A ``.tflite`` file's bytes, with a clear error for a missing file (a folder said
+    as one) or a foreign one (``error``)."""
     p = Path(path)
     if not p.is_file():
         raise ModelNotFoundError(not_a_model_file(p))
     data = p.read_bytes()
-    check_header(data, p)
+    check_header(data, p, error)
     return data
 
 

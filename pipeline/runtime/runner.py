@@ -406,6 +406,9 @@ class _Loop:
         self._hud, self._hud_t, self._hud_shape = None, 0.0, None
         self._edge_shape: tuple = (0, 0)
         self.held: dict | None = None  # the tracking counts a summary shows until the run commits its own
+        # No live panel on annotated photos, which are deliverables: there it read "0.0
+        # FPS", gave the previous photo's timings, and covered a small photo whole.
+        self.hud = opts.hud and not isinstance(sink, ImageFiles)
 
     def step(self, f: Frame, outputs: list, inference_ms: float) -> bool:
         """Post-process, draw and emit one inferred frame; False when the user quit."""
@@ -464,9 +467,7 @@ class _Loop:
         np.maximum(boxes, 0, out=boxes)
 
     def _draw(self, f: Frame, preds, now: float) -> None:
-        # Not on annotated photos, which are deliverables: a live panel there read "0.0
-        # FPS", gave the previous photo's timings, and covered a small photo whole.
-        if self.opts.hud and not isinstance(self.sink, ImageFiles):  # first: predictions stay on top
+        if self.hud:  # first, so that on a small frame predictions stay on top
             # Numbers that change 60 times a second are unreadable: re-render the
             # panel 4 times a second and paste it (a copy) on every frame.
             if self._hud is None or now - self._hud_t > 0.25 or self._hud_shape != f.image.shape:
