@@ -16,7 +16,11 @@ interpreter thread count, in interleaved rounds (medians shown):
   ``--track`` and a counting line, and once more with the
   detector's predictions replaced by 50 moving boxes a frame (its inference and
   post-processing still run), without and with ``--track``, a line and a zone: the
-  frame time and CPU that tracking adds inside the runner, from pairs of the same round;
+  frame time and CPU that tracking adds inside the runner, from pairs of the same round,
+  and the CPU time of the tracking step itself on the runner's thread (``thread_time``
+  around ``Tracking.step``: unlike the pairs' difference, it does not move with other
+  load on the machine), with the compiled tracker step (``_bytetrack.c``) and with the
+  NumPy one it falls back to where no C compiler built it;
 * **tracking cost**: ``ByteTracker`` plus a line and a zone counter alone, on 50 moving
   boxes per frame, against the runner's frame time (target: < 5 %), in a hot loop and
   with a frame's image work between steps (cold caches, as in the runner);
@@ -49,6 +53,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.runtime.bytetrack import native  # noqa: E402
 from pipeline.runtime.runner import STAGES, RunOptions, load_model, run  # noqa: E402
 
 
@@ -213,6 +218,34 @@ def tracking_cost(frames: int = 600, objects: int = 50, scenario: str = "stress"
 
 
 @contextmanager
+def tracking_cpu(numpy_step: bool = False):
+    """Yields a list that gets, at the end, the tracking step's CPU time per frame (ms)
+    on the thread that runs it, as ``Tracking.step`` runs inside the runner. With
+    ``numpy_step``, the trackers made meanwhile run the NumPy step."""
+    from pipeline.runtime import bytetrack
+    from pipeline.runtime.tracking import Tracking
+
+    original, native = Tracking.step, bytetrack._NATIVE
+    spent: list[float] = []
+
+    def step(self, *args, **kwargs):
+        t0 = time.thread_time()
+        out = original(self, *args, **kwargs)
+        spent.append(time.thread_time() - t0)
+        return out
+
+    Tracking.step = step
+    if numpy_step:
+        bytetrack._NATIVE = None
+    got: list[float] = []
+    try:
+        yield got
+    finally:
+        Tracking.step, bytetrack._NATIVE = original, native
+        got.append(float(np.mean(spent[20:] or spent)) * 1e3 if spent else float("nan"))
+
+
+@contextmanager
 def detections_replaced(objects: int, scenario: str = "scene"):
     """The detector's post-processing runs as usual, then its predictions are replaced
     by the next frame of :func:`moving_boxes`: the runner and its tracking see
@@ -293,6 +326,7 @@ def main() -> int:
             "runner + --track + line",
             f"runner, {BOXES} boxes a frame",
             f"runner + --track + line + zone, {BOXES} boxes a frame",
+            f"runner + --track + line + zone, {BOXES} boxes a frame, NumPy tracker step",
         ]
     track = TrackOptions(lines=COUNTING["lines"])  # the same line as the 50-box rows
     results: dict = {}
@@ -312,8 +346,10 @@ def main() -> int:
                 # tracking's cost inside the runner: the same frames with and without it
                 with detections_replaced(BOXES):
                     got.append(run(replace(o, **looped)))
-                with detections_replaced(BOXES):
-                    got.append(run(replace(o, **looped, track=TrackOptions(**COUNTING))))
+                for numpy_step in (False, True):
+                    with detections_replaced(BOXES), tracking_cpu(numpy_step) as spent:
+                        got.append(run(replace(o, **looped, track=TrackOptions(**COUNTING))))
+                    got[-1]["tracking_cpu_ms"] = spent[0]
             for mode, r in zip(modes, got):
                 results.setdefault((mode, threads), []).append(r)
     cores = len(os.sched_getaffinity(0))
@@ -346,16 +382,23 @@ def main() -> int:
         print(
             f"\ntracking inside the runner ({BOXES} boxes a frame, the same frames with and without --track; per-round pairs, medians):"
         )
+        print(f"  (the tracker's frame step: {'compiled' if native() else 'NumPy: _bytetrack.c was not built'})")
         for threads in results_threads(results):
             plain = results[(f"runner, {BOXES} boxes a frame", threads)]
-            tracked = results[(f"runner + --track + line + zone, {BOXES} boxes a frame", threads)]
-            longer = [p["fps"] / t["fps"] - 1 for p, t in zip(plain, tracked)]  # frame time added, as a share
-            cpu = [(t["cpu_s"] / t["frames"] - p["cpu_s"] / p["frames"]) * 1e3 for p, t in zip(plain, tracked)]
-            print(
-                f"  {threads} thread(s): frame time {np.median(longer) * 100:+.1f} % "
-                f"(rounds: {', '.join(f'{x * 100:+.1f}' for x in longer)}), CPU {np.median(cpu):+.3f} ms a frame"
-            )
-            ok &= float(np.median(longer)) < 0.05
+            for step in ("", ", NumPy tracker step"):
+                tracked = results[(f"runner + --track + line + zone, {BOXES} boxes a frame{step}", threads)]
+                longer = [p["fps"] / t["fps"] - 1 for p, t in zip(plain, tracked)]  # frame time added, as a share
+                cpu = [(t["cpu_s"] / t["frames"] - p["cpu_s"] / p["frames"]) * 1e3 for p, t in zip(plain, tracked)]
+                # the step's own CPU against the frame time of the same run
+                own = [t["tracking_cpu_ms"] * t["fps"] / 1e3 for t in tracked]
+                print(
+                    f"  {threads} thread(s){step or ''}: frame time {np.median(longer) * 100:+.1f} % "
+                    f"(rounds: {', '.join(f'{x * 100:+.1f}' for x in longer)}), CPU {np.median(cpu):+.3f} ms a frame; "
+                    f"the tracking step's own CPU {np.median([t['tracking_cpu_ms'] for t in tracked]):.3f} ms a frame, "
+                    f"{np.median(own) * 100:.1f} % of the frame time"
+                )
+                if not step:
+                    ok &= float(np.median(longer)) < 0.05 and float(np.median(own)) < 0.05
     frame_ms = 1e3 / float(np.median([r["fps"] for r in results[("runner", max(results_threads(results)))]]))
     print("\ntracking alone (ByteTrack + a line + a zone, 50 objects per frame; target < 5 % of the frame):")
     for scenario in ("stress", "scene"):

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import sysconfig
 
 import cv2
 import numpy as np
@@ -48,8 +49,9 @@ def runtime_venv(tmp_path_factory):
     base = tmp_path_factory.mktemp("venv")
     # A copy of the sources: building the wheel in place would leave build/ in the checkout.
     src = base / "src"
-    shutil.copytree(ROOT / "pipeline", src / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for f in ("pyproject.toml", "README.md"):
+    # (without the checkout's own build of the tracker's C step: the install builds it)
+    shutil.copytree(ROOT / "pipeline", src / "pipeline", ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyd"))
+    for f in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(ROOT / f, src / f)
     venv = base / "rt"
     for cmd in (
@@ -67,6 +69,11 @@ def test_the_base_install_runs_every_task_without_tensorflow(exported, runtime_v
     probe = "import importlib.util as u; print([m for m in ('tensorflow', 'tf_keras', 'keras_cv') if u.find_spec(m)])"
     r = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
+    # the tracker's compiled step, built by the install where there is a C compiler
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    probe = "from pipeline.runtime.bytetrack import native; print(native())"
+    r = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == str(shutil.which(cc) is not None), (cc, r.stdout, r.stderr)
     frames = tmp_path / "frames"
     frames.mkdir()
     for i in range(3):

@@ -762,3 +762,99 @@ def test_resume_and_replay_of_the_jsonl_after_the_summary_give_the_uncrashed_tot
     assert got["tracks"] == counted["tracks"] and got["next_track_id"] > max(
         p["track_id"] for x in lines for p in json.loads(x)["predictions"]
     )
+
+
+# === The compiled frame step (_bytetrack.c) against the NumPy one ===
+
+
+def _hard_sequence(seed: int, frames: int = 300):
+    """Detections that take every path of the step: objects that cross, leave and come
+    back, scores that dip below the high threshold, a duplicate detection on one object,
+    boxes of no area or NaN, empty frames, dropped frames (index gaps), a class id first
+    seen mid-run, and a source that starts over."""
+    rng = np.random.default_rng(seed)
+    n = 40
+    pos, vel = rng.uniform(0, 600, (n, 2)), rng.uniform(-6, 6, (n, 2))
+    size = rng.uniform(15, 60, (n, 2))
+    classes = np.arange(n) % 2
+    index, session = 0, 0
+    for k in range(frames):
+        index += 1 + (rng.random() < 0.05) * int(rng.integers(1, 5))
+        if k == frames // 2:
+            session, index = 1, 0  # looped: the tracks reset
+        if k == frames // 3:
+            classes = classes.copy()
+            classes[:5] = 7  # a class id not seen before
+        pos = (pos + vel) % 640
+        seen = rng.random(n) > 0.15
+        if k % 40 == 39:
+            seen[:] = False  # an empty frame
+        p, s = pos[seen], size[seen]
+        b = np.concatenate([p, p + s], 1)
+        scores = rng.uniform(0.05, 0.95, len(p))
+        cls = classes[seen]
+        if len(b) > 3:
+            b = np.concatenate([b, b[:1] + 1.0, [[5, 5, 5, 9]], [[np.nan, 1, 2, 3]]])  # a duplicate, no area, NaN
+            scores, cls = np.concatenate([scores, [0.9, 0.9, 0.9]]), np.concatenate([cls, [cls[0], 0, 0]])
+        yield {"boxes": b.astype(np.float32), "scores": scores, "classes": cls}, index, session
+
+
+@pytest.mark.skipif(not __import__("pipeline.runtime.bytetrack").runtime.bytetrack.native(), reason="not built here")
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("refind", [0.0, 0.3])
+def test_the_compiled_step_gives_the_numpy_steps_tracks_and_counts(seed, refind):
+    opts = TrackOptions(lines=("320,0,320,480",), zones=("100,100,500,100,500,400,100,400",), refind=refind)
+    compiled, numpy_ = Tracking(opts, ["a", "b"]), Tracking(opts, ["a", "b"])
+    numpy_.tracker = ByteTracker(
+        opts.threshold, opts.buffer, opts.match_iou, refind=refind, memory_rows=2, native=False
+    )
+    assert compiled.tracker._step is not None and numpy_.tracker._step is None
+    shown = 0
+    for preds, index, session in _hard_sequence(seed):
+        a, events_a = compiled.step(dict(preds), index, session)
+        b, events_b = numpy_.step(dict(preds), index, session)
+        assert a["track_ids"].tolist() == b["track_ids"].tolist()
+        assert a["classes"].tolist() == b["classes"].tolist() and a["labels"] == b["labels"]
+        np.testing.assert_allclose(a["boxes"], b["boxes"], rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(a["scores"], b["scores"])
+        assert events_a == events_b
+        shown += a["count"]
+    assert shown > 2000 and compiled.summary() == numpy_.summary()
+    assert compiled.summary()["lines"][0]["in"] and compiled.summary()["resets"] == 1
+    np.testing.assert_allclose(compiled.tracker.t, numpy_.tracker.t, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(compiled.tracker.votes, numpy_.tracker.votes)
+
+
+def test_the_compiled_step_is_built_where_there_is_a_c_compiler(monkeypatch):
+    """``pip install`` builds it (setup.py) but goes on without it where the build
+    fails: here, with a compiler, a failed build would pass unseen but for this test."""
+    import shutil
+    import sysconfig
+
+    from pipeline.runtime.bytetrack import _load_native
+
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        pytest.skip(f"no C compiler ({cc}) on this machine: the tracker runs its NumPy step")
+    monkeypatch.delenv("EDGEPIPE_TRACKER", raising=False)
+    assert _load_native() is not None
+
+
+def test_a_compiled_step_that_does_not_load_leaves_the_numpy_one(tmp_path, caplog):
+    import importlib.machinery
+
+    from pipeline.runtime.bytetrack import _load_native
+
+    bad = tmp_path / f"_bytetrack{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    bad.write_bytes(b"\x7fELF truncated")
+    assert _load_native(tmp_path) is None
+    assert "not loadable" in caplog.text and str(bad) in caplog.text
+    assert _load_native(tmp_path / "nothing") is None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_negative_class_id_is_an_error_in_either_step(native):
+    t = ByteTracker(native=native)
+    with pytest.raises(ValueError, match="class ids must be at least 0"):
+        t.update(np.array([box(50, 50)]), np.array([0.9]), np.array([-1]), frame=0)
+    assert len(t.update(np.array([box(50, 50)]), np.array([0.9]), np.array([0]), frame=1)) == 1
