@@ -15,9 +15,9 @@ interpreter thread count, in interleaved rounds (medians shown):
   many threads), once more writing an mp4 and a JSONL, and, for a detector, with
   ``--track`` and a counting line, and once more with the
   detector's predictions replaced by 50 moving boxes a frame (its inference and
-  post-processing still run), without and with ``--track``, a line and a zone: the
-  frame time and CPU that tracking adds inside the runner, from pairs of the same round,
-  and the CPU time of the tracking step itself on the runner's thread (``thread_time``
+  post-processing still run), without and with ``--track``, a line and a zone
+  (``--track-pairs`` short runs of each per round, side by side): the frame time and
+  CPU that tracking adds inside the runner, from pairs run side by side, and the CPU time of the tracking step itself on the runner's thread (``thread_time``
   around ``Tracking.step``: unlike the pairs' difference, it does not move with other
   load on the machine), with the compiled tracker step (``_bytetrack.c``) and with the
   NumPy one it falls back to where no C compiler built it;
@@ -30,7 +30,9 @@ warm-up (the first 10 % of the run). CPU ms/frame is the process's CPU time (all
 threads) per frame: unlike FPS it barely moves when other jobs share the cores. *CPU
 ceiling* is the FPS that CPU time allows with every core busy (and inference never
 waiting), over bare FPS: a mode whose ceiling is under 0.9x cannot reach the target
-on this machine however its threads are arranged. Targets: runner FPS >= 0.9x bare; RSS growth < 5 %.
+on this machine however its threads are arranged. Targets: runner FPS >= 0.9x bare, or
+within 0.05 of the CPU ceiling where that is below 0.9x; tracking 50 boxes < 5 % of the
+frame (the pairs' median and the step's own CPU); RSS growth < 5 %.
 Exit status 1 when a target is missed.
 """
 
@@ -309,6 +311,13 @@ def main() -> int:
     ap.add_argument("--rss-frames", type=int, default=10000, help="frames of the RSS soak run (0 skips it)")
     ap.add_argument("--threads", default="1,2", help="interpreter thread counts, comma-separated")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved repeats; the table shows medians")
+    ap.add_argument(
+        "--track-pairs",
+        type=int,
+        default=3,
+        help="runs of half --frames each, per round, of the 50-box rows without and with tracking: "
+        "more pairs, for a median that the machine's other load moves less",
+    )
     ap.add_argument("--resize", choices=["stretch", "letterbox"], default=None, help="override the sidecar's resize")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -343,15 +352,20 @@ def main() -> int:
             ]
             if detector:
                 got.append(run(replace(o, **looped, track=track)))
-                # tracking's cost inside the runner: the same frames with and without it
-                with detections_replaced(BOXES):
-                    got.append(run(replace(o, **looped)))
-                for numpy_step in (False, True):
-                    with detections_replaced(BOXES), tracking_cpu(numpy_step) as spent:
-                        got.append(run(replace(o, **looped, track=TrackOptions(**COUNTING))))
-                    got[-1]["tracking_cpu_ms"] = spent[0]
             for mode, r in zip(modes, got):
                 results.setdefault((mode, threads), []).append(r)
+            # tracking's cost inside the runner: the same frames without it, with it, and
+            # with its NumPy step, in short runs side by side
+            half = dict(loop=True, max_frames=max(100, args.frames // 2))
+            for _ in range(args.track_pairs if detector else 0):
+                with detections_replaced(BOXES):
+                    trio = [run(replace(o, **half))]
+                for numpy_step in (False, True):
+                    with detections_replaced(BOXES), tracking_cpu(numpy_step) as spent:
+                        trio.append(run(replace(o, **half, track=TrackOptions(**COUNTING))))
+                    trio[-1]["tracking_cpu_ms"] = spent[0]
+                for mode, r in zip(modes[-3:], trio):
+                    results.setdefault((mode, threads), []).append(r)
     cores = len(os.sched_getaffinity(0))
     print(
         "| mode | threads | FPS | vs bare | CPU ms/frame | CPU ceiling | "
@@ -376,11 +390,12 @@ def main() -> int:
             + " | ".join(cells)
             + " |"
         )
-        if mode == "runner":
-            ok &= fps >= 0.9 * bare
+        if mode == "runner":  # 0.9x bare, or within 0.05 of a ceiling below it (issue 16)
+            ok &= fps >= 0.9 * bare or (ceiling < 0.9 * bare and fps >= ceiling - 0.05 * bare)
     if detector:
         print(
-            f"\ntracking inside the runner ({BOXES} boxes a frame, the same frames with and without --track; per-round pairs, medians):"
+            f"\ntracking inside the runner ({BOXES} boxes a frame, the same frames with and without --track; "
+            f"{args.track_pairs} pairs a round of {max(100, args.frames // 2)} frames, medians):"
         )
         print(f"  (the tracker's frame step: {'compiled' if native() else 'NumPy: _bytetrack.c was not built'})")
         for threads in results_threads(results):
@@ -420,7 +435,8 @@ def main() -> int:
         "\ntargets:",
         "PASS"
         if ok
-        else "FAIL (runner FPS >= 0.9x bare; tracking 50 boxes < 5 % of the frame, alone and in the runner; RSS growth < 5 %)",
+        else "FAIL (runner FPS >= 0.9x bare, or within 0.05 of a CPU ceiling below 0.9x; tracking 50 boxes < 5 % "
+        "of the frame, alone and in the runner; RSS growth < 5 %)",
     )
     return 0 if ok else 1
 

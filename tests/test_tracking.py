@@ -770,8 +770,9 @@ def test_resume_and_replay_of_the_jsonl_after_the_summary_give_the_uncrashed_tot
 def _hard_sequence(seed: int, frames: int = 300):
     """Detections that take every path of the step: objects that cross, leave and come
     back, scores that dip below the high threshold, a duplicate detection on one object,
-    boxes of no area or NaN, empty frames, dropped frames (index gaps), a class id first
-    seen mid-run, and a source that starts over."""
+    boxes of no area, NaN or infinite (or whose float32 width is), empty frames,
+    dropped frames (index gaps), a class id first seen mid-run, and a source that
+    starts over."""
     rng = np.random.default_rng(seed)
     n = 40
     pos, vel = rng.uniform(0, 600, (n, 2)), rng.uniform(-6, 6, (n, 2))
@@ -794,8 +795,9 @@ def _hard_sequence(seed: int, frames: int = 300):
         scores = rng.uniform(0.05, 0.95, len(p))
         cls = classes[seen]
         if len(b) > 3:
-            b = np.concatenate([b, b[:1] + 1.0, [[5, 5, 5, 9]], [[np.nan, 1, 2, 3]]])  # a duplicate, no area, NaN
-            scores, cls = np.concatenate([scores, [0.9, 0.9, 0.9]]), np.concatenate([cls, [cls[0], 0, 0]])
+            odd = [[5, 5, 5, 9], [np.nan, 1, 2, 3], [0, 0, np.inf, 10], [-3e38, 0, 3e38, 10]]  # no area, NaN, inf
+            b = np.concatenate([b, b[:1] + 1.0, odd])  # and a duplicate
+            scores, cls = np.concatenate([scores, np.full(5, 0.9)]), np.concatenate([cls, [cls[0], 0, 0, 0, 0]])
         yield {"boxes": b.astype(np.float32), "scores": scores, "classes": cls}, index, session
 
 
@@ -853,8 +855,30 @@ def test_a_compiled_step_that_does_not_load_leaves_the_numpy_one(tmp_path, caplo
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_a_negative_class_id_is_an_error_in_either_step(native):
+@pytest.mark.parametrize("bad", [-1, 1 << 24, 2**63 - 1])
+def test_a_class_id_out_of_range_is_an_error_in_either_step(native, bad):
+    """No vote column for it (a negative one wrapped round in NumPy; one near 2**63
+    overflowed the C step's count); the frame is rejected as if it had not come."""
     t = ByteTracker(native=native)
-    with pytest.raises(ValueError, match="class ids must be at least 0"):
-        t.update(np.array([box(50, 50)]), np.array([0.9]), np.array([-1]), frame=0)
-    assert len(t.update(np.array([box(50, 50)]), np.array([0.9]), np.array([0]), frame=1)) == 1
+    with pytest.raises(ValueError, match="class ids must be whole numbers from 0 to 16777215"):
+        t.update(np.array([box(50, 50)]), np.array([0.9]), np.array([bad]), frame=0)
+    assert len(t.update(np.array([box(50, 50)]), np.array([0.9]), np.array([(1 << 24) - 1]), frame=1)) == 1
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_an_infinite_box_starts_no_track_and_takes_no_detection(native):
+    """A box with an infinite side made a NaN track; in the first C step its IoU was a
+    perfect match for every detection, so it took real objects' detections."""
+    t = ByteTracker(native=native)
+    a = np.array(box(50, 50))
+    for k in range(4):
+        odd = [[0, 0, np.inf, 100], [-3e38, 0, 3e38, 100]] if k == 1 else []
+        out = t.update(np.array([a + 4 * k, *odd]), np.full(1 + len(odd), 0.9), np.zeros(1 + len(odd), int), frame=k)
+        assert out.ids.tolist() == [1] and np.isfinite(out.boxes).all()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_scores_and_classes_may_come_as_columns_or_one_box_as_scalars(native):
+    t = ByteTracker(native=native)
+    assert len(t.update(np.array([box(50, 50)]), np.array([[0.9]]), np.array([[0]]), frame=0)) == 1
+    assert len(t.update(box(52, 50), 0.9, 0, frame=1)) == 1

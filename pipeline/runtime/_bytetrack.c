@@ -6,10 +6,13 @@
  * two each, and in the runner, with the interpreters evicting its caches, it cost 7-9 %
  * of the 2-thread frame (issue 16 asks < 5 %). The same arithmetic here is one call.
  *
- * Plain C with no Python headers, loaded with ctypes (bytetrack.py's _native): a
+ * Plain C with no Python headers, loaded with ctypes (bytetrack.py's _load_native): a
  * C compiler is all the build needs. Every step mirrors a NumPy line of bytetrack.py,
- * in the same precision (float32 where the NumPy code is float32), so the two give the
- * same tracks; comments name the Python function each part follows.
+ * in the same precision (float32 where the NumPy code is float32) and order, with
+ * NumPy's NaN rules for min and max, so the two give the same tracks; comments name the
+ * Python function each part follows. One place may differ in the last bits: after a
+ * frame gap NumPy's prediction is a matrix product, which BLAS may do with fused
+ * multiply-adds; no test sequence turned that into a different track.
  *
  * Layout (bytetrack.py's): the state t is field-major, t[f * cap + k] is field f of
  * track k; votes[k * nc + c] counts track k's detections of class c. */
@@ -23,7 +26,7 @@
 #define EXPORT __declspec(dllexport)
 EXPORT void *PyInit__bytetrack(void) { return 0; }
 #else
-#define EXPORT
+#define EXPORT __attribute__((visibility("default")))
 #endif
 
 #define POS 0
@@ -37,26 +40,31 @@ EXPORT void *PyInit__bytetrack(void) { return 0; }
 #define LAST 23
 #define START 24
 #define SCORE 25
+#define MAX_CLASSES (1 << 24) /* class ids from 0 to below this: votes has a column each */
 #define TRACKED 1.0
 #define LOST 2.0
 
-/* _SP = 1/20, _SV = 1/160; per dimension (cx, cy, aspect, height) variance = h^2 x H + F */
-static const double SP2 = (1.0 / 20) * (1.0 / 20), SV2 = (1.0 / 160) * (1.0 / 160);
-static double QPOS_H[4], QPOS_F[4], QVEL_H[4], QVEL_F[4], R_H[4], R_F[4];
-static double P0POS_H[4], P0POS_F[4], P0VEL_H[4], P0VEL_F[4];
-static int ready = 0;
+/* The version of bt_update's arguments; bytetrack.py loads no other (a stale build). */
+EXPORT int64_t bt_version(void) { return 2; }
 
-static void init_constants(void) {
-    for (int d = 0; d < 4; d++) {
-        double h2 = d == 2 ? 0.0 : 1.0, flat = 1.0 - h2;
-        QPOS_H[d] = h2 * SP2, QPOS_F[d] = flat * 1e-4;
-        QVEL_H[d] = h2 * SV2, QVEL_F[d] = flat * 1e-10;
-        R_H[d] = h2 * SP2, R_F[d] = flat * 1e-2;
-        P0POS_H[d] = h2 * ((2 * (1.0 / 20)) * (2 * (1.0 / 20))), P0POS_F[d] = flat * 1e-4;
-        P0VEL_H[d] = h2 * ((10 * (1.0 / 160)) * (10 * (1.0 / 160))), P0VEL_F[d] = flat * 1e-10;
-    }
-    ready = 1;
-}
+/* _SP = 1/20, _SV = 1/160; per dimension (cx, cy, aspect, height) variance = h^2 x H + F,
+ * where the aspect ratio (dimension 2) has a constant F and no H */
+#define SP2 ((1.0 / 20) * (1.0 / 20))
+#define SV2 ((1.0 / 160) * (1.0 / 160))
+#define P0P ((2 * (1.0 / 20)) * (2 * (1.0 / 20)))
+#define P0V ((10 * (1.0 / 160)) * (10 * (1.0 / 160)))
+static const double QPOS_H[4] = {SP2, SP2, 0, SP2}, QPOS_F[4] = {0, 0, 1e-4, 0};
+static const double QVEL_H[4] = {SV2, SV2, 0, SV2}, QVEL_F[4] = {0, 0, 1e-10, 0};
+static const double R_H[4] = {SP2, SP2, 0, SP2}, R_F[4] = {0, 0, 1e-2, 0};
+static const double P0POS_H[4] = {P0P, P0P, 0, P0P}, P0POS_F[4] = {0, 0, 1e-4, 0};
+static const double P0VEL_H[4] = {P0V, P0V, 0, P0V}, P0VEL_F[4] = {0, 0, 1e-10, 0};
+
+/* np.minimum and np.maximum: a NaN on either side gives NaN (C's a < b ? a : b would
+ * drop it, and a NaN box's IoU would become a perfect match) */
+static inline float minf(float a, float b) { return a < b || a != a ? a : b; }
+static inline float maxf(float a, float b) { return a > b || a != a ? a : b; }
+static inline double mind(double a, double b) { return a < b || a != a ? a : b; }
+static inline double maxd(double a, double b) { return a > b || a != a ? a : b; }
 
 typedef struct {
     double cost;
@@ -125,7 +133,6 @@ EXPORT int64_t bt_update(double *t, int64_t cap, int64_t nf, int64_t *n_io, doub
                          double dt, double thr, double match_iou, double low, double refind, double buffer, double *next_id,
                          int64_t *out_ids, float *out_boxes, double *out_scores, int64_t *out_classes, double *out_centres,
                          int64_t *out_slots) {
-    if (!ready) init_constants();
     const int n = (int)*n_io;
     int m = 0;
     /* scratch, one block: n x m IoUs, costs and pairs; per detection and per track lists */
@@ -149,9 +156,10 @@ EXPORT int64_t bt_update(double *t, int64_t cap, int64_t nf, int64_t *n_io, doub
     int64_t top = -1;
     for (int j = 0; j < m_in; j++) {
         const float *q = boxes + 4 * j;
-        if (q[2] > q[0] && q[3] > q[1] && scores_in[j] > floor_) {
+        float w_ = q[2] - q[0], h_ = q[3] - q[1]; /* finite only: an inf coordinate gives inf or NaN */
+        if (w_ > 0 && h_ > 0 && w_ < INFINITY && h_ < INFINITY && scores_in[j] > floor_) {
             if (classes_in[j] < 0 || classes_in[j] >= nc) { /* votes[k][class] must exist */
-                if (classes_in[j] < 0) return free(mem), -2;
+                if (classes_in[j] < 0 || classes_in[j] >= MAX_CLASSES) return free(mem), -2;
                 top = classes_in[j] > top ? classes_in[j] : top;
             }
             for (int c = 0; c < 4; c++) b[c * m_in + m] = q[c];
@@ -159,7 +167,7 @@ EXPORT int64_t bt_update(double *t, int64_t cap, int64_t nf, int64_t *n_io, doub
         }
     }
     if (top >= 0) return free(mem), -3 - top;
-    const long M = m_in; /* b's row stride */
+    const int64_t M = m_in; /* b's row stride */
     int any_conf = 0, every_conf = 1, every_tracked = 1;
     for (int k = 0; k < n; k++) {
         int conf = t[CONFIRMED * cap + k] > 0, tracked = t[STATE * cap + k] == TRACKED;
@@ -189,11 +197,10 @@ EXPORT int64_t bt_update(double *t, int64_t cap, int64_t nf, int64_t *n_io, doub
         float sa = (a2 - a0) * (a3 - a1);
         for (int j = 0; j < m; j++) {
             float b0 = b[j], b1 = b[M + j], b2 = b[2 * M + j], b3 = b[3 * M + j];
-            float iw = (a2 < b2 ? a2 : b2) - (a0 > b0 ? a0 : b0), ih = (a3 < b3 ? a3 : b3) - (a1 > b1 ? a1 : b1);
-            iw = iw > 0 ? iw : 0, ih = ih > 0 ? ih : 0;
+            float iw = maxf(minf(a2, b2) - maxf(a0, b0), 0), ih = maxf(minf(a3, b3) - maxf(a1, b1), 0);
             float inter = iw * ih, uni = sa + (b2 - b0) * (b3 - b1);
             uni -= inter;
-            uni = uni > 1e-9f ? uni : 1e-9f;
+            uni = maxf(uni, 1e-9f);
             iou[k * m + j] = inter / uni;
         }
     }
@@ -234,14 +241,12 @@ EXPORT int64_t bt_update(double *t, int64_t cap, int64_t nf, int64_t *n_io, doub
         if (nr && nc_) {
             for (int a = 0; a < nr; a++) {
                 int k = trows[a];
-                double h = t[3 * cap + k] > 1e-6 ? t[3 * cap + k] : 1e-6;
+                double h = maxd(t[3 * cap + k], 1e-6);
                 double gap = frame - t[LAST * cap + k];
                 gap = gap > 1 ? gap : 1;
                 double vx = t[4 * cap + k], vy = t[5 * cap + k], speed = hypot(vx, vy);
-                double per = 3.0 * speed / h;
-                per = per > 0.2 ? per : 0.2;
-                per = per < refind ? per : refind;
-                double scale = h * (0.5 + per * gap), sp = speed > 1e-9 ? speed : 1e-9;
+                double per = mind(maxd(3.0 * speed / h, 0.2), refind);
+                double scale = h * (0.5 + per * gap), sp = maxd(speed, 1e-9);
                 int own = argmax(votes + (size_t)k * nc, nc);
                 int moving = 2 * speed * speed > t[VV * cap + k] + t[(VV + 1) * cap + k];
                 for (int c = 0; c < nc_; c++) {
@@ -277,7 +282,7 @@ EXPORT int64_t bt_update(double *t, int64_t cap, int64_t nf, int64_t *n_io, doub
     for (int i = 0; i < nhit; i++) {
         int k = hit_t[i], j = hit_d[i];
         float w_ = b[2 * M + j] - b[j], h_ = b[3 * M + j] - b[M + j];
-        float z[4] = {b[j] + w_ / 2, b[M + j] + h_ / 2, w_ / (h_ > 1e-6f ? h_ : 1e-6f), h_};
+        float z[4] = {b[j] + w_ / 2, b[M + j] + h_ / 2, w_ / maxf(h_, 1e-6f), h_};
         double h = t[3 * cap + k];
         for (int d = 0; d < 4; d++) {
             double *pp = t + (PP + d) * cap + k, *pv = t + (PV + d) * cap + k;
@@ -304,7 +309,7 @@ EXPORT int64_t bt_update(double *t, int64_t cap, int64_t nf, int64_t *n_io, doub
         if (!free_d[j] || !(sc[j] >= thr + 0.1)) continue;
         int k = nn_++;
         float w_ = b[2 * M + j] - b[j], h_ = b[3 * M + j] - b[M + j];
-        float z[4] = {b[j] + w_ / 2, b[M + j] + h_ / 2, w_ / (h_ > 1e-6f ? h_ : 1e-6f), h_};
+        float z[4] = {b[j] + w_ / 2, b[M + j] + h_ / 2, w_ / maxf(h_, 1e-6f), h_};
         double hh = (double)(h_ * h_);
         for (int f = 0; f < nf; f++) t[f * cap + k] = 0;
         for (int d = 0; d < 4; d++) {
@@ -328,11 +333,9 @@ EXPORT int64_t bt_update(double *t, int64_t cap, int64_t nf, int64_t *n_io, doub
             if (!(iou[q * m + dj] > 0)) continue;
             double A[4], B[4];
             xyxy(t, cap, pk, A), xyxy(t, cap, q, B);
-            double iw = (A[2] < B[2] ? A[2] : B[2]) - (A[0] > B[0] ? A[0] : B[0]);
-            double ih = (A[3] < B[3] ? A[3] : B[3]) - (A[1] > B[1] ? A[1] : B[1]);
-            iw = iw > 0 ? iw : 0, ih = ih > 0 ? ih : 0;
+            double iw = maxd(mind(A[2], B[2]) - maxd(A[0], B[0]), 0), ih = maxd(mind(A[3], B[3]) - maxd(A[1], B[1]), 0);
             double uni = (A[2] - A[0]) * (A[3] - A[1]) + (B[2] - B[0]) * (B[3] - B[1]) - iw * ih;
-            if (iw * ih / (uni > 1e-9 ? uni : 1e-9) > 0.85) {
+            if (iw * ih / maxd(uni, 1e-9) > 0.85) {
                 double age_p = t[LAST * cap + pk] - t[START * cap + pk], age_q = t[LAST * cap + q] - t[START * cap + q];
                 remove[age_p > age_q ? q : pk] = 1;
             }

@@ -84,6 +84,10 @@ def _pair_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 _NONE = np.zeros(0, int)
 
 
+_C_VERSION = 2  # bt_version() of the _bytetrack.c whose bt_update arguments are declared below
+MAX_CLASSES = 1 << 24  # class ids run from 0 to below it: the tracker keeps a vote column for each
+
+
 def _load_native(here: Path = Path(__file__).parent):
     """``bt_update`` of ``_bytetrack.c``, built beside this file by ``pip install`` where
     a C compiler was found (setup.py; the build is optional); None where it was not, or
@@ -94,9 +98,22 @@ def _load_native(here: Path = Path(__file__).parent):
         path = here / f"_bytetrack{suffix}"
         if path.is_file():
             try:
-                fn = ctypes.CDLL(str(path)).bt_update
+                # PyDLL: the call keeps the GIL (20-50 µs), so no other thread can reset or
+                # grow the tracker's arrays under it, as it could not under the NumPy step
+                lib = ctypes.PyDLL(str(path))
+                lib.bt_version.restype = ctypes.c_int64
+                version, fn = lib.bt_version(), lib.bt_update
             except (OSError, AttributeError) as e:  # built for another machine, or half written
                 log.warning("%s: not loadable (%s); tracking with NumPy, which is slower", path, e)
+                return None
+            if version != _C_VERSION:  # built from an older _bytetrack.c: its arguments differ
+                log.warning(
+                    "%s: built from another version of _bytetrack.c (%d, not %d); tracking with NumPy, which is "
+                    "slower, until it is built again (pip install .)",
+                    path,
+                    version,
+                    _C_VERSION,
+                )
                 return None
             i64, ptr = ctypes.c_int64, ctypes.c_void_p
             fn.restype = i64
@@ -112,6 +129,10 @@ _NATIVE = _load_native()
 def native() -> bool:
     """Whether the tracker's frame step runs compiled (``_bytetrack.c``) here."""
     return _NATIVE is not None
+
+
+def _bad_classes(classes: np.ndarray) -> str:
+    return f"class ids must be whole numbers from 0 to {MAX_CLASSES - 1}, got {classes.min()} to {classes.max()}"
 
 
 def set_indices(mask: np.ndarray) -> np.ndarray:
@@ -334,6 +355,8 @@ class ByteTracker:
     def __post_init__(self) -> None:
         if self.track_buffer < 0:  # removal by age relies on it (``_apply``)
             raise ValueError(f"track_buffer must be at least 0, got {self.track_buffer}")
+        for name in ("track_threshold", "match_iou", "low_threshold", "refind"):  # Python floats, as C's doubles:
+            setattr(self, name, float(getattr(self, name)))  # a float32 threshold moved NumPy's sums, not C's
         self._step = _NATIVE if self.native else None
         self._clear()
 
@@ -416,7 +439,7 @@ class ByteTracker:
         try:
             step = self._update_numpy if self._step is None else self._update_native
             return step(boxes, scores, classes, frame, dt, first)
-        except ValueError:  # detections it cannot take: as if this frame had not come
+        except Exception:  # detections it cannot take: as if this frame had not come
             self._frame = before
             raise
 
@@ -424,12 +447,15 @@ class ByteTracker:
         # coordinate-major, contiguous; float32 (the detector's), which halves the IoU's work
         b = np.array(np.asarray(boxes).reshape(-1, 4).T, np.float32, order="C")
         scores, classes = np.asarray(scores, float).reshape(-1), np.asarray(classes, int).reshape(-1)
-        # below both thresholds a detection takes part in no association
-        ok = (b[2] > b[0]) & (b[3] > b[1]) & (scores > min(self.low_threshold, self.track_threshold))
+        # below both thresholds a detection takes part in no association; nor does a box
+        # with an infinite or NaN side (its track would be NaN)
+        with np.errstate(over="ignore", invalid="ignore"):  # float32 sides of 3e38 - -3e38, inf - inf
+            wh = b[2:] - b[:2]
+        ok = ((wh > 0) & (wh < np.inf)).all(0) & (scores > min(self.low_threshold, self.track_threshold))
         if not _all(ok):
             b, scores, classes = b.compress(ok, 1), scores[ok], classes[ok]
-        if len(classes) and classes.min() < 0:  # as the C step does: votes has no such column
-            raise ValueError(f"class ids must be at least 0, got {classes.min()}")
+        if len(classes) and (classes.min() < 0 or classes.max() >= MAX_CLASSES):  # as the C step: a vote column each
+            raise ValueError(_bad_classes(classes))
         if len(classes) and classes.max() >= self.votes.shape[1]:
             self.votes = np.pad(self.votes, ((0, 0), (0, classes.max() + 1 - self.votes.shape[1])))
         t = self.t
@@ -457,7 +483,11 @@ class ByteTracker:
         in place. The arrays it reads and writes are kept from frame to frame with their
         addresses (looking one up costs 2 µs, as much as a tenth of the step), and the
         frame's detections are copied into them."""
-        b = np.asarray(boxes).reshape(-1, 4)
+        b, scores, classes = (
+            np.asarray(boxes).reshape(-1, 4),
+            np.asarray(scores).reshape(-1),
+            np.asarray(classes).reshape(-1),
+        )
         m = len(b)
         if len(scores) != m or len(classes) != m:
             raise ValueError(f"{m} boxes, {len(scores)} scores and {len(classes)} classes: one each per detection")
@@ -479,7 +509,7 @@ class ByteTracker:
             raise (
                 MemoryError("tracking: no memory for this frame's association")
                 if k == -1
-                else ValueError(f"class ids must be at least 0, got {min(np.asarray(classes).tolist())}")
+                else ValueError(_bad_classes(classes))
             )
         n = self._n.value
         self.next_id = int(self._next.value)
