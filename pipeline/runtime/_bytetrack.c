@@ -126,8 +126,8 @@ static int argmax(const double *v, long n) {
  * tracked tracks' ids, boxes (float32 x1 y1 x2 y2), scores, classes, centres (cx, cy),
  * and slots (their columns in the state after this frame).
  * Returns how many tracks are output; before any change, -1 when out of memory, -2 for
- * a class id below 0, and -3 - c when votes needs columns up to class c (the caller
- * widens it and calls again). */
+ * a class id outside 0 .. MAX_CLASSES - 1, and -3 - c when votes needs columns up to
+ * class c (the caller widens it and calls again). */
 EXPORT int64_t bt_update(double *t, int64_t cap, int64_t nf, int64_t *n_io, double *votes, int64_t nc, const float *boxes,
                          const double *scores_in, const int64_t *classes_in, int64_t m_in, int64_t frame, int64_t first,
                          double dt, double thr, double match_iou, double low, double refind, double buffer, double *next_id,

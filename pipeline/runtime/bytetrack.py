@@ -322,7 +322,8 @@ class Tracks:
 
 @dataclass
 class ByteTracker:
-    """ByteTrack with frame-gap-aware motion.
+    """ByteTrack with frame-gap-aware motion. One tracker is for one thread (the
+    runner's main thread), with either step.
 
     Args:
         track_threshold: detections scoring above it are "high" (first association, and
