@@ -17,10 +17,11 @@ interpreter thread count, in interleaved rounds (medians shown):
   detector's predictions replaced by 50 moving boxes a frame (its inference and
   post-processing still run), without and with ``--track``, a line and a zone
   (``--track-pairs`` short runs of each per round, side by side): the frame time and
-  CPU that tracking adds inside the runner, from pairs run side by side, and the CPU time of the tracking step itself on the runner's thread (``thread_time``
-  around ``Tracking.step``: unlike the pairs' difference, it does not move with other
-  load on the machine), with the compiled tracker step (``_bytetrack.c``) and with the
-  NumPy one it falls back to where no C compiler built it;
+  CPU that tracking adds inside the runner, from those pairs, and the CPU time of the
+  tracking step itself on the runner's thread (``thread_time`` around
+  ``Tracking.step``: unlike the pairs' difference, it barely moves with other load on
+  the machine), with the compiled tracker step (``_bytetrack.c``) and with the NumPy
+  one it falls back to where no C compiler built it;
 * **tracking cost**: ``ByteTracker`` plus a line and a zone counter alone, on 50 moving
   boxes per frame, against the runner's frame time (target: < 5 %), in a hot loop and
   with a frame's image work between steps (cold caches, as in the runner);
@@ -227,7 +228,7 @@ def tracking_cpu(numpy_step: bool = False):
     from pipeline.runtime import bytetrack
     from pipeline.runtime.tracking import Tracking
 
-    original, native = Tracking.step, bytetrack._NATIVE
+    original, compiled = Tracking.step, bytetrack._NATIVE
     spent: list[float] = []
 
     def step(self, *args, **kwargs):
@@ -243,7 +244,7 @@ def tracking_cpu(numpy_step: bool = False):
     try:
         yield got
     finally:
-        Tracking.step, bytetrack._NATIVE = original, native
+        Tracking.step, bytetrack._NATIVE = original, compiled
         got.append(float(np.mean(spent[20:] or spent)) * 1e3 if spent else float("nan"))
 
 
@@ -320,6 +321,8 @@ def main() -> int:
     )
     ap.add_argument("--resize", choices=["stretch", "letterbox"], default=None, help="override the sidecar's resize")
     args = ap.parse_args()
+    if args.track_pairs < 1:
+        ap.error("--track-pairs must be at least 1")
     logging.basicConfig(level=logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="runner_bench_"))
     model = args.model or make_model(tmp / "model", args.make_model or 224, args.overrides)
