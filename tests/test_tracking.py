@@ -842,10 +842,12 @@ def test_the_compiled_step_is_built_where_there_is_a_c_compiler(monkeypatch):
     assert _load_native() is not None
 
 
-def test_a_compiled_step_that_does_not_load_leaves_the_numpy_one(tmp_path, caplog):
+def test_a_compiled_step_that_does_not_load_leaves_the_numpy_one(tmp_path, caplog, monkeypatch):
     import importlib.machinery
 
     from pipeline.runtime.bytetrack import _load_native
+
+    monkeypatch.delenv("EDGEPIPE_TRACKER", raising=False)  # else it is not even looked for
 
     bad = tmp_path / f"_bytetrack{importlib.machinery.EXTENSION_SUFFIXES[0]}"
     bad.write_bytes(b"\x7fELF truncated")

@@ -16,7 +16,7 @@ shrank and slowed as it went in (on held-out sequences of benchmarks/tracking.py
 scene: mean IDF1 0.64 without, 0.83 with), but never one behind where it was lost,
 which is another object (and would count a line crossing that never happened).
 
-Each frame's step runs in C where the install built ``_bytetrack.c`` (one call, 5-10
+Each frame's step runs in C where the install built ``_bytetrack.c`` (one call, 6
 times quicker at 50 objects: NumPy's per-call cost, about a microsecond, was the whole
 cost), and in NumPy here otherwise. The NumPy step is the reference: the C one follows
 it line by line, and tests/test_tracking.py asks both for the same tracks. It is
@@ -515,15 +515,10 @@ class ByteTracker:
         n = self._n.value
         self.next_id = int(self._next.value)
         self.t, self.votes = self._buf[:, :n], self._vbuf[:n]
-        ids, boxes_, scores_, classes_, centres, slots = (a[:k].copy() for a in self._out)
+        ids, boxes_, scores_, classes_, centres = (a[:k].copy() for a in self._out[:5])
+        memory = self.t[_FIELDS:] if self.memory_rows else None
         return Tracks(
-            ids,
-            boxes_,
-            scores_,
-            classes_,
-            self.t[_FIELDS:] if self.memory_rows else None,
-            slots if self.memory_rows else None,
-            centres,
+            ids, boxes_, scores_, classes_, memory, self._out[5][:k].copy() if self.memory_rows else None, centres
         )
 
     def _room(self, n: int, m: int, classes: int = 0) -> None:
