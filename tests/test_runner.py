@@ -978,6 +978,32 @@ def test_output_segments_outlive_a_slow_disk_and_a_folder_gone_missing(tmp_path,
     assert [len(read_all(p)) for p in folder.iterdir()] == [5]
 
 
+def test_a_new_segment_never_takes_the_name_of_one_moved_into_place_meanwhile(tmp_path, monkeypatch):
+    """The race CI once lost: a new segment is named in the same second as one still
+    being finished on its thread, and that thread moves its file into place and lets go
+    of the name between the new segment's two checks (on disk, being finished). Were the
+    name given out again, the new segment would later be moved over the finished one
+    and a recording lost. Here the thread's move is made to land at the worst moment."""
+    from pipeline.runtime import sinks
+
+    monkeypatch.setattr(sinks.time, "gmtime", lambda *a: time.struct_time((2026, 12, 6, 9, 30, 0, 6, 340, 0)))
+    segments = sinks.VideoSegments(tmp_path / "rec.avi", fps=25.0, seconds=1)
+    finishing = tmp_path / "rec-20261206-093000Z.avi"
+    segments._unfinished.add(finishing)  # the first segment, being finished on its thread
+    exists = Path.exists
+
+    def moved_just_after_asking(self, *a, **k):
+        there = exists(self, *a, **k)
+        if self == finishing and not there:  # the finishing thread runs now: move, then let go
+            finishing.write_bytes(b"a finished segment")
+            with segments._idle:
+                segments._unfinished.discard(finishing)
+        return there
+
+    monkeypatch.setattr(Path, "exists", moved_just_after_asking)
+    assert segments._name() == tmp_path / "rec-20261206-093000Z_002.avi"
+
+
 def test_jsonl_to_standard_output_streams_and_outlives_its_reader(model, tmp_path, capsys, caplog):
     """--jsonl -: the lines on standard output as they come (a pipe into jq or an MQTT
     bridge); a reader that stalls or goes away costs lines, never the run."""

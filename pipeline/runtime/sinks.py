@@ -549,10 +549,21 @@ class VideoSegments:
     def _name(self) -> Path:
         stamp = time.strftime("%Y%m%d-%H%M%SZ", time.gmtime())
         name, k = self.path.with_name(f"{self.path.stem}-{stamp}{self.path.suffix}"), 1
-        while name.exists() or name in self._unfinished:  # two in a second, a clock set back, an earlier run's
+        while self._taken(name):  # two in a second, a clock set back, an earlier run's
             k += 1
             name = self.path.with_name(f"{self.path.stem}-{stamp}_{k:03d}{self.path.suffix}")  # sorts after it
         return name
+
+    def _taken(self, name: Path) -> bool:
+        """Whether ``name`` is in place or still being finished. The order matters: a
+        finishing thread moves its file into place *before* it drops the name from
+        ``_unfinished``, so asking the set first and the disk second cannot miss it. The
+        other order could: the disk asked just before the move, the set just after,
+        and the new segment would later be moved over the finished one."""
+        with self._idle:
+            if name in self._unfinished:
+                return True
+        return name.exists()
 
     def _now(self) -> float:
         return self._given if self.clock is None else self.clock()
@@ -591,7 +602,8 @@ class VideoSegments:
                 sink = VideoSink(tmp, self.fps)
                 stack.callback(sink.close)  # first at the end: the encoder is drained before the move
                 self._current = (stack.pop_all(), sink, name, self._seq)
-                self._unfinished.add(name)
+                with self._idle:
+                    self._unfinished.add(name)
         except OSError as e:
             self._gap = True
             self._fail(name or self.path, e)
