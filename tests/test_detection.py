@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+import threading
 from pathlib import Path
 
 import cv2
@@ -524,8 +524,10 @@ def test_a_restarted_counter_carries_on_its_saved_counts(det_chain, tmp_path, mo
     from pipeline.tasks.detection.runtime import DetectionRuntime
 
     walk = iter(range(10**6))
+    taken = threading.Event()  # the model has the last frame: the camera may give the next
 
     def one_walker(self, *args, **kwargs):  # the tiny detector's boxes: one object walking right, over the line
+        taken.set()
         x = 5 + 6 * (next(walk) % 8)
         boxes = np.array([[x, 30, x + 30, 60]], np.float32)
         return {"boxes": boxes, "scores": np.array([0.9], np.float32), "classes": np.array([0]), "count": 1}
@@ -533,17 +535,20 @@ def test_a_restarted_counter_carries_on_its_saved_counts(det_chain, tmp_path, mo
     monkeypatch.setattr(DetectionRuntime, "postprocess", one_walker)
 
     class Camera(VideoSource):
-        """The video read as a camera (its JSONL goes out as it comes), a frame every
-        50 ms: slower than the tiny model even on a loaded machine. A camera's frames
-        that the model cannot keep up with are dropped, and a drop would move the tracks
-        by its gap while the stand-in detections move one step a frame."""
+        """The video read as a camera (its JSONL goes out as it comes), a frame once
+        the model has taken the last (or a second later): never faster than the model,
+        however loaded the machine (a frame every 50 ms once lost one to a stall). A camera's frames that
+        the model cannot keep up with are dropped, and a drop would move the tracks by
+        its gap while the stand-in detections move one step a frame."""
 
         def __init__(self) -> None:
             super().__init__(str(video))
             self.live = True
+            taken.set()  # the first frame at once
 
         def read(self):
-            time.sleep(0.05)
+            taken.wait(1.0)  # not longer: once the run has its frames, nothing takes the next
+            taken.clear()
             return super().read()
 
     summary.unlink()

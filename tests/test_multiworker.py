@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -27,13 +28,25 @@ SETS = [
 
 
 def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
+    """Free ports below the kernel's ephemeral range: the workers bind them seconds
+    later, after importing TensorFlow, and a port from that range (what binding port 0
+    gives) could meanwhile be taken by any outgoing connection, gRPC's own included."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    ports: list[int] = []
+    choices = range(20000, max(low, 21000))  # a system whose range starts low: any of these
+    for port in random.Random().sample(choices, min(200, len(choices))):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free ports between 20000 and {low}")
 
 
 def _h5_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -161,10 +174,10 @@ def test_a_worker_whose_peer_never_comes_stops_naming_tf_config_and_the_address(
            "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
     cmd = [sys.executable, "-m", "pipeline.cli", "train", "--task", "classification", "--run-dir", str(tmp_path / "r")]
     cmd += [a for s in [*SETS, "train.worker_timeout_s=10"] for a in ("--set", s)]
-    t0 = time.time()
+    t0 = time.monotonic()
     r = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0, r.stderr[-3000:]
-    assert time.time() - t0 < 120
+    assert time.monotonic() - t0 < 120
     assert re.search(rf"TF_CONFIG: worker 0 waited 10 s .* cannot reach 127\.0\.0\.1:{ports[1]} \(", r.stderr), (
         r.stderr[-2000:]
     )
@@ -180,13 +193,13 @@ def test_a_killed_worker_and_a_restart_of_both_resume_from_the_last_backup(tmp_p
     extra = ["train.epochs=4", "data.synthetic_samples=320"]
     procs = _launch(tmp_path, run, extra)
     backup = run / "checkpoints" / "backup"
-    deadline = time.time() + 300
+    deadline = time.monotonic() + 300
     log_csv = run / "train_log.csv"
 
     def backed_up() -> bool:  # the first epoch ended: logged and its state saved
         return log_csv.is_file() and len(log_csv.read_text().splitlines()) >= 2 and any(backup.rglob("checkpoint"))
 
-    while not backed_up() and time.time() < deadline and all(p.poll() is None for p in procs):
+    while not backed_up() and time.monotonic() < deadline and all(p.poll() is None for p in procs):
         time.sleep(0.2)
     assert backed_up(), (tmp_path / "worker0.log").read_text()[-3000:]
     procs[1].kill()

@@ -684,14 +684,17 @@ def _window_problem() -> str | None:
     display (a stale ``$DISPLAY`` after ssh, none at all), OpenCV's Qt backend aborts
     the whole process, which no handler can catch, losing every output."""
     code = "import cv2; cv2.namedWindow('edgepipe'); cv2.destroyAllWindows()"
-    try:
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return str(e)
+    display = f"DISPLAY={os.environ.get('DISPLAY', '')!r}"
+    try:  # 30 s: a first import of OpenCV from a Raspberry Pi's SD card can take 10
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return f"{display}: opening a window gave no answer in 30 s"
+    except OSError as e:
+        return f"{display}: {e}"
     if r.returncode == 0:
         return None
     said = [s.strip() for s in r.stderr.splitlines() if s.strip() and not s.startswith(("Traceback", "  "))]
-    return f"DISPLAY={os.environ.get('DISPLAY', '')!r}: {said[0] if said else f'exit status {r.returncode}'}"
+    return f"{display}: {said[0] if said else f'exit status {r.returncode}'}"
 
 
 def _resume_counts(tracking: Tracking | None, opts: RunOptions, live: bool = True) -> None:
@@ -1035,10 +1038,10 @@ def _drive(
     loop: _Loop, inference: _Inference, stop: threading.Event, max_frames: int, checkpoints: _Checkpoints | None = None
 ) -> str:
     while not stop.is_set():
+        if max_frames and loop.frames >= max_frames:  # first: a running summary the final one
+            return "max frames"  # replaces at once would only be a stale file to read meanwhile
         if checkpoints is not None:
             checkpoints.tick()
-        if max_frames and loop.frames >= max_frames:
-            return "max frames"
         try:
             item = inference.get(timeout=0.25)
         except TimeoutError:

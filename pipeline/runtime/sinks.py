@@ -464,7 +464,7 @@ class VideoSink:
         while (frame := self._queue.get()) is not None:
             try:
                 self._writer.write(frame)
-            except cv2.error as e:  # keep draining so the main loop never blocks
+            except Exception as e:  # noqa: BLE001 - keep draining so the main loop never blocks
                 self._error = e
 
     def close(self) -> None:
@@ -474,6 +474,10 @@ class VideoSink:
         self._thread.join()
         self._writer.release()
         self._writer = None
+        if self._error is not None:  # on the last frames: no write() came after to raise it
+            log.warning(
+                "--output %s: writing failed (%s); the video is kept as far as it was written", self.path, self._error
+            )
 
 
 class ImageFiles:

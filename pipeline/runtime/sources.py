@@ -331,12 +331,20 @@ class Capture:
             self._skip_bad(e)
             raise TimeoutError from None  # the caller asks again, as after a timeout
 
-    def stop(self) -> None:
+    def stop(self, wait_s: float = 5.0) -> None:
+        """Stop reading. The capture thread closes the source itself, when its read
+        returns: closing it from here while a read or a reopen is still in native code
+        (an RTSP stream's 5 s timeout, a camera that hangs for seconds) could crash the
+        process before the run's final summary is written."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        self._thread.join(timeout=5)
-        self.source.close()
+        if self._thread.ident is None:  # never started (the source did not open)
+            self.source.close()
+            return
+        self._thread.join(timeout=wait_s)
+        if self._thread.is_alive():
+            log.warning("%s: still in a read after %g s; it is closed when the read returns", self.source.name, wait_s)
 
     # --- the thread ---
     def _run(self) -> None:
@@ -366,6 +374,7 @@ class Capture:
                 self._deliver(frame, t_start)
         finally:
             self._end()
+            self.source.close()  # here, not in stop(): never under a read still going
 
     def _make_frame(self, img: np.ndarray, t0: float) -> Frame:
         read_at = time.perf_counter()
