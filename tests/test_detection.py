@@ -535,19 +535,20 @@ def test_a_restarted_counter_carries_on_its_saved_counts(det_chain, tmp_path, mo
     monkeypatch.setattr(DetectionRuntime, "postprocess", one_walker)
 
     class Camera(VideoSource):
-        """The video read as a camera (its JSONL goes out as it comes), a frame once
-        the model has taken the last (or a second later): never faster than the model,
-        however loaded the machine (a frame every 50 ms once lost one to a stall). A camera's frames that
-        the model cannot keep up with are dropped, and a drop would move the tracks by
-        its gap while the stand-in detections move one step a frame."""
+        """The video read as a camera (its JSONL goes out as it comes), a frame once the
+        model has taken the last: never faster than the model, however loaded the
+        machine (a frame every 50 ms once lost one to a stall). A camera's frames that the
+        model cannot keep up with are dropped, and a drop would move the tracks by its
+        gap while the stand-in detections move one step a frame."""
 
         def __init__(self) -> None:
             super().__init__(str(video))
             self.live = True
-            taken.set()  # the first frame at once
 
         def read(self):
-            taken.wait(1.0)  # not longer: once the run has its frames, nothing takes the next
+            if self.position:  # the first at once; the next after the last was taken
+                # Past the run's 8 frames nothing takes one, so a short wait there
+                taken.wait(30 if self.position <= 8 else 1.0)
             taken.clear()
             return super().read()
 

@@ -162,7 +162,6 @@ class ListSource(FrameSource):
 
 @pytest.mark.parametrize("pace", [False, True], ids=["every-frame", "latest-only"])
 def test_odd_frames_are_converted_and_malformed_ones_skipped_not_fatal(pace):
-    from functools import partial
 
     from pipeline.core.images import prepare
 
@@ -172,9 +171,22 @@ def test_odd_frames_are_converted_and_malformed_ones_skipped_not_fatal(pace):
         np.full((30, 30, 4), 9, np.uint8),  # BGRA
         np.full((20, 20, 3), 1000, np.uint16),  # 16-bit
     ]
-    src = ListSource(frames)
-    src.fps = 5.0  # paced: one frame per 200 ms, so the consumer takes each one (50 ms once lost one to a stall)
-    cap = Capture(src, prepare=partial(prepare, spec=InputSpec(16), bgr=True), pace=pace).start()
+    taken = threading.Event()  # latest-only: the consumer has the last frame (prepared in get)
+    taken.set()
+
+    class HandsOver(ListSource):  # paced, and never faster than the consumer: none dropped
+        def read(self):
+            assert taken.wait(30)
+            taken.clear()
+            return super().read()
+
+    def prepared(image):
+        taken.set()
+        return prepare(image, spec=InputSpec(16), bgr=True)
+
+    src = HandsOver(frames) if pace else ListSource(frames)
+    src.fps = 20.0
+    cap = Capture(src, prepare=prepared, pace=pace).start()
     got = _drain(cap)
     cap.stop()
     assert [f.index for f in got] == [0, 2, 3] and cap.bad_frames == 1 and cap.dropped == 0
@@ -208,7 +220,10 @@ def test_stop_never_closes_a_source_under_a_read_still_going(caplog):
         time.sleep(0.01)
     with caplog.at_level(logging.WARNING):
         cap.stop(wait_s=0.2)
-    assert events == ["read"] and "list: still in a read after 0.2 s; it is closed when the read returns" in caplog.text
+    assert (
+        events == ["read"]
+        and "list: still in a read or a reopen after 0.2 s; it is closed when that returns" in caplog.text
+    )
     release.set()
     cap._thread.join(10)
     assert events == ["read", "returned", "closed"]
@@ -998,22 +1013,36 @@ def test_an_encoder_failing_on_the_last_frames_is_warned_about_and_the_video_kep
         def write(self, frame) -> None:
             self.n += 1
             if self.n > 5:
-                raise cv2.error("encoder gave up")
+                raise RuntimeError("encoder gave up")  # not only OpenCV's own errors
             self.writer.write(frame)
 
         def release(self) -> None:
             self.writer.release()
 
+    from pipeline.core.rundir import atomic_path
+
     monkeypatch.setattr(sinks.cv2, "VideoWriter", GivesUp)
-    path = tmp_path / "o.avi"
-    sink = sinks.VideoSink(path, fps=10.0)
+    path, frame = tmp_path / "o.avi", np.full((48, 64, 3), 90, np.uint8)
+    with atomic_path(path) as tmp:  # as the runner writes --output: the warning names the user's file
+        sink = sinks.VideoSink(tmp, fps=10.0, shown=path)
+        for _ in range(6):
+            sink.write(frame)
+        with caplog.at_level(logging.WARNING):
+            sink.close()
+    said = f"--output {path}: writing failed (encoder gave up); the video is kept as far as it was written"
+    assert said in caplog.text
+    # Failing mid-run instead, the next write says so, and close() does not say it again
+    caplog.clear()
+    sink = sinks.VideoSink(tmp_path / "p.avi", fps=10.0)
     for _ in range(6):
-        sink.write(np.full((48, 64, 3), 90, np.uint8))
+        sink.write(frame)
+    with pytest.raises(OSError, match="p.avi: writing failed: encoder gave up"):
+        for _ in range(1000):  # the writer thread gets to the sixth frame meanwhile
+            sink.write(frame)
+            time.sleep(0.01)
     with caplog.at_level(logging.WARNING):
         sink.close()
-    assert (
-        f"--output {path}: writing failed (encoder gave up); the video is kept as far as it was written" in caplog.text
-    )
+    assert "writing failed" not in caplog.text
     monkeypatch.undo()
     assert len(read_all(path)) == 5
 

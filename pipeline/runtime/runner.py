@@ -849,7 +849,7 @@ def _open_outputs(stack: contextlib.ExitStack, opts: RunOptions, capture: Captur
         stack.callback(sink.close)
     elif opts.output is not None:
         tmp = stack.enter_context(atomic_path(opts.output))
-        sink = VideoSink(tmp, opts.output_fps or capture.fps or 30.0)
+        sink = VideoSink(tmp, opts.output_fps or capture.fps or 30.0, shown=Path(opts.output))
         stack.callback(sink.close)
     if _stdout(opts.jsonl):
         jsonl = stack.enter_context(StdoutLines())
@@ -1038,8 +1038,10 @@ def _drive(
     loop: _Loop, inference: _Inference, stop: threading.Event, max_frames: int, checkpoints: _Checkpoints | None = None
 ) -> str:
     while not stop.is_set():
-        if max_frames and loop.frames >= max_frames:  # first: a running summary the final one
-            return "max frames"  # replaces at once would only be a stale file to read meanwhile
+        # Checked before the tick: a running summary that the final one replaces at once
+        # would only be a stale file for a dashboard to read meanwhile.
+        if max_frames and loop.frames >= max_frames:
+            return "max frames"
         if checkpoints is not None:
             checkpoints.tick()
         try:

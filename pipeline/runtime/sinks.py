@@ -432,14 +432,17 @@ class VideoSink:
     image folder) are resized to it. ``close`` drains the queue and finalises the file.
     """
 
-    def __init__(self, path: Path, fps: float, queue_size: int = 16) -> None:
+    def __init__(self, path: Path, fps: float, queue_size: int = 16, shown: Path | None = None) -> None:
+        """``shown``: the name errors give, where ``path`` is a temporary file beside it."""
         self.path, self.fps = Path(path), float(fps)
+        self.shown = Path(shown or path)
         self.frames = 0
         self._size: tuple[int, int] | None = None
         self._writer: cv2.VideoWriter | None = None
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._run, name="video-writer", daemon=True)
         self._error: Exception | None = None
+        self._raised = False  # the writer's error went out through write()
 
     def write(self, frame: np.ndarray, file: str | None = None) -> None:
         """``file``: the photo the frame came from (unused: a video is one file)."""
@@ -449,12 +452,13 @@ class VideoSink:
             writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (w, h))
             if not writer.isOpened():  # kept out of self._writer: close() then has nothing to drain
                 writer.release()
-                raise OSError(f"{self.path}: cannot open a video writer ({FOURCC[self.path.suffix.lower()]})")
+                raise OSError(f"{self.shown}: cannot open a video writer ({FOURCC[self.path.suffix.lower()]})")
             self._writer = writer
             self._size = (w, h)
             self._thread.start()
         if self._error is not None:
-            raise OSError(f"{self.path}: writing failed: {self._error}")
+            self._raised = True
+            raise OSError(f"{self.shown}: writing failed: {self._error}")
         if (frame.shape[1], frame.shape[0]) != self._size:
             frame = cv2.resize(frame, self._size, interpolation=cv2.INTER_AREA)
         self._queue.put(frame)
@@ -474,9 +478,9 @@ class VideoSink:
         self._thread.join()
         self._writer.release()
         self._writer = None
-        if self._error is not None:  # on the last frames: no write() came after to raise it
+        if self._error is not None and not self._raised:  # on the last frames: no write() came after
             log.warning(
-                "--output %s: writing failed (%s); the video is kept as far as it was written", self.path, self._error
+                "--output %s: writing failed (%s); the video is kept as far as it was written", self.shown, self._error
             )
 
 
@@ -603,7 +607,7 @@ class VideoSegments:
             with stack:  # closed (the temporary file removed) unless the segment opens
                 name = self._name()
                 tmp = stack.enter_context(atomic_path(name))
-                sink = VideoSink(tmp, self.fps)
+                sink = VideoSink(tmp, self.fps, shown=name)
                 stack.callback(sink.close)  # first at the end: the encoder is drained before the move
                 self._current = (stack.pop_all(), sink, name, self._seq)
                 with self._idle:

@@ -57,7 +57,10 @@ def redact(source: str | int) -> str:
 
 class FrameSource:
     """What :class:`Capture` reads. ``read`` returns a frame, ``None`` at the end of a
-    finite source, and raises when the device or stream fails.
+    finite source, and raises when the device or stream fails. Once the capture thread
+    has started, ``read``, ``close`` and a reopen's ``open`` run on it alone; ``close``
+    may come after :meth:`Capture.stop` returns, or never where the process exits under
+    a read that hangs.
 
     Attributes:
         name: for logs and outputs (credentials redacted).
@@ -344,7 +347,9 @@ class Capture:
             return
         self._thread.join(timeout=wait_s)
         if self._thread.is_alive():
-            log.warning("%s: still in a read after %g s; it is closed when the read returns", self.source.name, wait_s)
+            log.warning(
+                "%s: still in a read or a reopen after %g s; it is closed when that returns", self.source.name, wait_s
+            )
 
     # --- the thread ---
     def _run(self) -> None:
